@@ -1,0 +1,74 @@
+"""The torch backend: turn a Graph into a runnable, trainable `torch.fx.GraphModule`.
+
+Each IR node becomes one `call_function` of the op's torch function from
+`qcompiler.ops` (the same function that defines the op's semantics), so the
+emitted module computes exactly what the IR says. Weights of weighted and
+normalisation layers become `nn.Parameter`s (gradients flow, for fine-tuning);
+other constants become buffers. Attribute names are the IR value names with
+dots replaced by underscores; `module.qc_names` maps them back.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+
+from qcompiler.ir import Graph
+from qcompiler.ops import OPS, attrs_with_defaults
+
+# Ops whose constant inputs are learnable weights rather than fixed numbers.
+_TRAINABLE_CATEGORIES = {"weighted", "norm"}
+
+
+def _attribute_name(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return safe if not safe[0].isdigit() else f"c_{safe}"
+
+
+def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
+    """Emit a GraphModule that runs `graph`; its forward takes the graph inputs in order."""
+    root = nn.Module()
+    fx_graph = fx.Graph()
+    env: dict[int, fx.Node] = {}
+    qc_names: dict[str, str] = {}
+
+    for value in graph.inputs:
+        env[id(value)] = fx_graph.placeholder(_attribute_name(value.name))
+
+    learnable = {
+        id(v) for node in graph
+        if OPS[node.op].category in _TRAINABLE_CATEGORIES or node.op == "embedding"
+        for v in node.inputs if v is not None and v.is_constant
+    }
+    for value in graph.constants:
+        attribute = _attribute_name(value.name)
+        while hasattr(root, attribute) or attribute in qc_names:
+            attribute += "_"
+        tensor = torch.from_numpy(value.data.copy())
+        if trainable and id(value) in learnable and tensor.is_floating_point():
+            root.register_parameter(attribute, nn.Parameter(tensor))
+        else:
+            root.register_buffer(attribute, tensor)
+        qc_names[attribute] = value.name
+        env[id(value)] = fx_graph.get_attr(attribute)
+
+    for node in graph:
+        spec = OPS[node.op]
+        args = [None if v is None else env[id(v)] for v in node.inputs]
+        while args and args[-1] is None and len(args) > spec.min_inputs:
+            args.pop()
+        call = fx_graph.call_function(spec.fn, tuple(args), attrs_with_defaults(node.op, node.attrs))
+        call.name = _attribute_name(node.name)
+        if len(node.outputs) == 1:
+            env[id(node.outputs[0])] = call
+        else:
+            for index, value in enumerate(node.outputs):
+                env[id(value)] = fx_graph.call_function(operator.getitem, (call, index))
+
+    results = [env[id(v)] for v in graph.outputs]
+    fx_graph.output(results[0] if len(results) == 1 else tuple(results))
+    module = fx.GraphModule(root, fx_graph, class_name=f"QC_{_attribute_name(graph.name)}")
+    module.qc_names = qc_names
+    return module

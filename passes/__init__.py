@@ -1,0 +1,1 @@
+"""Graph rewrites, one a file. Each is a callable `graph -> PassResult`."""

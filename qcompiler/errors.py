@@ -1,0 +1,26 @@
+"""Exceptions raised by qcompiler. Each message names the node, option or file at fault
+and says what to do about it."""
+
+
+class QCompilerError(Exception):
+    """Base class of every error qcompiler raises on purpose."""
+
+
+class CaptureError(QCompilerError):
+    """A model could not be captured into the IR (untraceable, training mode, bad inputs)."""
+
+
+class UnsupportedOpError(CaptureError):
+    """The model uses an op the IR has no mapping for."""
+
+
+class VerificationError(QCompilerError):
+    """A graph broke an IR invariant (structure, op signature, dtype or shape)."""
+
+
+class PassError(QCompilerError):
+    """A pass failed; the message names the pass and the passes that ran before it."""
+
+
+class ParseError(QCompilerError):
+    """IR text could not be parsed; the message gives the line."""
