@@ -3,7 +3,8 @@
     graph main(%x: f32[1,3,32,32]) {
       %conv.weight = const sha1:3f2a9c1b0d4e5f60 : f32[8,3,3,3]
       %scale = const dense<[0.5]> : f32[1]
-      %conv = conv2d(%x, %conv.weight, _) {dilation=[1, 1], groups=1, padding=[1, 1], stride=[1, 1]} : f32[1,8,32,32]
+      %conv = conv2d(%x, %conv.weight, _) {dilation=[1, 1], groups=1, padding=[1, 1], stride=[1, 1]}
+          : f32[1,8,32,32]   (one line in real output)
       %a, %b = split(%conv) {axis=1, sizes=[4, 4]} : f32[1,4,32,32], f32[1,4,32,32]
       return %a, %b
     }
@@ -214,7 +215,7 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
                 if name in graph.values:
                     raise ParseError(f"{where}: value %{name} is defined twice")
             node = graph.create_node(op, inputs, names, [(s, d) for s, d, _ in types], attrs)
-            for value, (_, _, qparams) in zip(node.outputs, types):
+            for value, (_, _, qparams) in zip(node.outputs, types, strict=True):
                 value.qparams = qparams
             continue
         raise ParseError(f"{where}: cannot read {line!r}")
