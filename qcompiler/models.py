@@ -300,10 +300,12 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             with torch.no_grad():
-                m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                if m.track_running_stats:
+                    m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                    m.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+                    m.bias.copy_(torch.randn(n, generator=generator) * 0.1)
     return model
 
 
