@@ -1,0 +1,270 @@
+"""Insert `fake_quant` nodes where an integer-only runtime would quantize.
+
+    %c = conv2d(%x.fq, %w, %b)            %w.fq = fake_quant(%w, %w.fq.scale, %w.fq.zero_point) {axis=0}
+    %r = clamp(%c) {min=0, max=6}   ->    %c = conv2d(%x.fq, %w.fq, %b)
+                                          %r = clamp(%c) {min=0, max=6}
+                                          %r.fq = fake_quant(%r, %r.fq.scale, %r.fq.zero_point)
+
+The interface of `fake_quant(x, scale, zero_point) {axis, bits, signed, narrow_range,
+symmetric}`: scale is an f32[C] constant and zero_point an i32[C] constant (C = 1 per
+tensor, else the size of `axis`); real = scale * (q - zero_point) with q in the
+integer range of (bits, signed, narrow_range). `symmetric` says how calibration
+chooses the scale (zero_point = 0). Until calibrated, the scale is NaN and the
+output value's `qparams` is None; calibration (`qcompiler.calibrate`) fills the
+constants and sets the output's `qparams` to the same numbers, which is what
+integer lowering reads. Several fake_quant nodes may share one scale constant:
+they then share their qparams (see concat below).
+
+Placement (the quantization points of integer runtimes such as TFLite and
+onnxruntime QDQ; Jacob et al. 2018, sec. 2-3; Krishnamoorthi 2018, sec. 3):
+- float graph inputs;
+- the weight of each conv1d / conv2d / conv_transpose2d / linear (per output
+  channel when the scheme says so: axis 0, or axis 1 for conv_transpose2d with
+  groups == 1; grouped transposed convs fall back to per tensor, with a note).
+  Biases stay float: lowering stores them as int32 with scale s_in * s_w;
+- the output of every op that computes new values (conv, linear, matmul, add,
+  mul, pooling by averaging, softmax, layer_norm, gelu, ...). A relu or clamp
+  (ReLU6) that is the only user of such an output is fused into it, as integer
+  kernels apply it while requantizing: the fake_quant goes after the activation,
+  never between them;
+- residual adds (and the other binary ops): both inputs are quantized (by their
+  producers, or here if they are not yet, e.g. a constant operand) and the output too;
+- ops that only move or select values (reshape, flatten, permute, transpose,
+  slice, split, max pooling, zero padding, nearest resize) keep their input's
+  quantization exactly and get no fake_quant of their own (on a float input they
+  stay float, and the next integer op quantizes what it reads);
+- concat: all inputs share one scale and zero point, which are also the output's:
+  integer concat then copies bytes without requantizing, and fake-quantizing
+  the inputs with the output's parameters is exactly what the integer op computes.
+  The fake_quant nodes that produce the inputs (traced back through the
+  value-moving ops) are re-pointed at one shared scale/zero-point pair; calibration
+  observes all of their inputs together (the range of the concat output);
+- graph outputs that are not quantized yet.
+
+Excluded nodes (`QuantConfig.exclude_nodes` / `exclude_op_types`) run in float: no
+weight or output fake_quant; their inputs are whatever reaches them.
+
+Requires: batch norms folded first (`fold_batchnorm`; a remaining batch_norm is
+quantized as an op of its own), equalization done (weights must be final, since
+calibration reads them), and no fake_quant in the graph yet (the pass refuses
+to quantize twice). Preserves: shapes, dtypes, node names; changes the function
+(that is the point). Known limits: only float32 values are quantized; constant
+operands of binary ops use the activation scheme per tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qcompiler.errors import QuantizationError
+from qcompiler.ir import Graph, Node, Value
+from qcompiler.pipeline import PassResult
+from qcompiler.quant_config import QScheme, QuantConfig
+
+WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
+FUSED_ACTIVATIONS = {"relu", "clamp"}
+# Ops whose outputs only hold values of their input (moved, selected, or zero), so an
+# integer runtime runs them on the integers and the input's qparams carry over exactly.
+_VALUE_MOVING_OPS = {"reshape", "flatten", "permute", "transpose", "slice", "split",
+                     "max_pool2d", "max_pool1d"}
+# The activation (data) inputs of ops that also take weights, biases or statistics.
+_DATA_INPUTS = {"conv2d": (0,), "conv1d": (0,), "conv_transpose2d": (0,), "linear": (0,),
+                "batch_norm": (0,), "layer_norm": (0,), "embedding": ()}
+
+
+def moves_values_only(node: Node) -> bool:
+    """True if `node` keeps the quantization of its input (see _VALUE_MOVING_OPS)."""
+    if node.op in _VALUE_MOVING_OPS:
+        return True
+    if node.op == "pad":
+        return node.attrs.get("mode", "constant") != "constant" or node.attrs.get("value", 0.0) == 0
+    if node.op == "resize":
+        return node.attrs.get("mode", "nearest") == "nearest"
+    return False
+
+
+@dataclass(frozen=True)
+class InsertFakeQuant:
+    """The configured fake-quant insertion pass (see the module docstring)."""
+
+    config: QuantConfig = field(default_factory=QuantConfig)
+
+    # Not a dataclass field (no annotation): the name the pass manager reports.
+    __name__ = "insert_fake_quant"
+
+    def __call__(self, graph: Graph) -> PassResult:
+        for node in graph:
+            if node.op == "fake_quant":
+                raise QuantizationError(
+                    f"graph {graph.name} already has fake_quant nodes ({node.describe()}); "
+                    "insert_fake_quant quantizes a float graph once")
+        self.config.check_names(graph)
+        return _Placement(graph, self.config).run()
+
+
+def insert_fake_quant(graph: Graph | None = None, /, *, config: QuantConfig | None = None):
+    """`insert_fake_quant(graph)` runs with the int8 preset; `insert_fake_quant(config=...)`
+    returns the configured pass."""
+    configured = InsertFakeQuant(config if config is not None else QuantConfig())
+    return configured if graph is None else configured(graph)
+
+
+def _is_float(value: Value | None) -> bool:
+    return value is not None and value.dtype == "f32"
+
+
+class _Placement:
+    def __init__(self, graph: Graph, config: QuantConfig):
+        self.graph, self.config = graph, config
+        self.order = graph.nodes  # the original nodes; inserted fake_quants are not visited
+        self.following = {id(n): nxt for n, nxt in zip(self.order, [*self.order[1:], None], strict=True)}
+        self.quantized: set[int] = set()  # ids of values that hold quantized numbers
+        self.requantized: dict[int, Value] = {}  # value id -> its fake-quantized version
+        self.fused: set[int] = set()  # activation nodes fused into the group before them
+        self.weights: dict[int, Value] = {}
+        self.counts = {"weight": 0, "activation": 0}
+        self.notes: list[str] = []
+
+    def run(self) -> PassResult:
+        first = self.order[0] if self.order else None
+        for value in self.graph.inputs:
+            if _is_float(value) and value.name not in self.config.exclude_nodes:
+                fq = self._fake_quant(value, self.config.activation_scheme([value]), None, first)
+                self.graph.replace_all_uses(value, fq.output)
+        for node in self.order:
+            if id(node) in self.fused or self.config.is_excluded(node):
+                continue
+            if node.op in WEIGHTED_OPS:
+                self._quantize_weight(node)
+            # Value-moving ops run on whatever they get; a concat of quantized and float
+            # values must quantize the float ones (to the shared qparams, below).
+            if moves_values_only(node) or (node.op == "concat" and not any(
+                    id(v) in self.quantized for v in node.inputs if _is_float(v))):
+                indices = ()
+            else:
+                indices = _DATA_INPUTS.get(node.op, range(len(node.inputs)))
+            for index in indices:
+                value = node.inputs[index] if index < len(node.inputs) else None
+                if _is_float(value) and id(value) not in self.quantized:
+                    node.replace_input(value, self._requantize(value, node))
+            if node.op == "concat":
+                self._share_concat_qparams(node)
+            if moves_values_only(node) or node.op == "concat":
+                if all(id(v) in self.quantized for v in node.inputs if _is_float(v)):
+                    self.quantized.update(id(v) for v in node.outputs)
+            elif len(node.outputs) == 1 and _is_float(node.output):
+                self._quantize_output(node)
+        self._quantize_graph_outputs()
+        total = self.counts["weight"] + self.counts["activation"]
+        self.notes.insert(0, f"inserted {total} fake_quant node(s): {self.counts['weight']} on "
+                             f"weights, {self.counts['activation']} on activations")
+        return PassResult(self.graph, total > 0, self.notes)
+
+    def _fake_quant(self, value: Value, scheme: QScheme, axis: int | None, before: Node | None,
+                    name: str | None = None, role: str = "activation") -> Node:
+        """A fake_quant of `value` with uncalibrated (NaN) scale, inserted before `before`."""
+        name = self.graph.unique_name(name or f"{value.name}.fq")
+        channels = 1 if axis is None else value.shape[axis]
+        scale = self.graph.add_constant(f"{name}.scale", np.full(channels, np.nan, np.float32))
+        zero_point = self.graph.add_constant(f"{name}.zero_point", np.zeros(channels, np.int32))
+        attrs = {"axis": axis, "bits": scheme.bits, "signed": scheme.signed,
+                 "narrow_range": scheme.narrow_range, "symmetric": scheme.symmetric}
+        source = value.producer.source if value.producer is not None else ""
+        node = self.graph.add_node("fake_quant", [value, scale, zero_point], attrs, name=name,
+                                   before=before, source=source)
+        self.quantized.add(id(node.output))
+        self.counts[role] += 1
+        return node
+
+    def _quantize_weight(self, node: Node) -> None:
+        weight = node.inputs[1]
+        if not _is_float(weight) or not weight.is_constant:
+            self.notes.append(f"the weight of {node.describe()} is not a float constant; left float")
+            return
+        if id(weight) in self.weights:  # a shared weight is quantized once
+            node.replace_input(weight, self.weights[id(weight)])
+            return
+        scheme = self.config.weight_scheme(node)
+        axis = None
+        if scheme.per_channel:
+            axis = 0
+            if node.op == "conv_transpose2d":
+                axis = 1 if node.attrs.get("groups", 1) == 1 else None
+                if axis is None:
+                    self.notes.append(f"{node.describe()}: grouped conv_transpose2d weights have "
+                                      "no single output-channel axis; quantized per tensor")
+        fq = self._fake_quant(weight, scheme, axis, node, role="weight")
+        self.weights[id(weight)] = fq.output
+        node.replace_input(weight, fq.output)
+
+    def _requantize(self, value: Value, consumer: Node) -> Value:
+        """The fake-quantized version of a float value that reaches `consumer` unquantized
+        (a constant operand, or the output of an excluded node); made once, reused."""
+        if id(value) not in self.requantized:
+            owners = [value.producer] if value.producer is not None else [value]
+            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, consumer)
+            self.requantized[id(value)] = fq.output
+        return self.requantized[id(value)]
+
+    def _quantize_output(self, node: Node) -> None:
+        """Quantize the output of `node`, after the relu/clamp chain fused into it."""
+        owners, value = [node], node.output
+        while (len(value.users) == 1 and value not in self.graph.outputs
+               and value.users[0].op in FUSED_ACTIVATIONS and value.users[0].inputs[0] is value
+               and not self.config.is_excluded(value.users[0])):
+            owners.append(value.users[0])
+            self.fused.add(id(value.users[0]))
+            value = value.users[0].output
+        fq = self._fake_quant(value, self.config.activation_scheme(owners), None,
+                              self.following[id(owners[-1])])
+        self.graph.replace_all_uses(value, fq.output)
+
+    def _sources(self, value: Value) -> list[Node]:
+        """The fake_quant nodes whose numbers `value` holds (through value-moving ops)."""
+        producer = value.producer
+        if producer is None:
+            return []
+        if producer.op == "fake_quant":
+            return [producer]
+        if producer.op == "concat":
+            return [fq for v in producer.inputs for fq in self._sources(v)]
+        if moves_values_only(producer):
+            return self._sources(producer.inputs[0])
+        return []
+
+    def _share_concat_qparams(self, node: Node) -> None:
+        sources = list({id(fq): fq for v in node.inputs if _is_float(v)
+                        for fq in self._sources(v)}.values())
+        if len(sources) < 2:
+            return
+        scheme = self.config.activation_scheme([node])
+        attrs = {"axis": None, "bits": scheme.bits, "signed": scheme.signed,
+                 "narrow_range": scheme.narrow_range, "symmetric": scheme.symmetric}
+        shared_scale, shared_zero_point = sources[0].inputs[1], sources[0].inputs[2]
+        for fq in sources:
+            if fq.attrs.get("axis") is not None:
+                raise QuantizationError(f"{node.describe()} concatenates a per-channel quantized "
+                                        f"value ({fq.describe()}); concat needs shared per-tensor qparams")
+            fq.attrs.update(attrs)
+            for old, new in ((fq.inputs[1], shared_scale), (fq.inputs[2], shared_zero_point)):
+                if old is not new:
+                    fq.replace_input(old, new)
+                    if not old.users:
+                        self.graph.remove_value(old)
+        names = ", ".join(f"%{fq.name}" for fq in sources)
+        self.notes.append(f"concat %{node.name}: {names} share one scale and zero point")
+
+    def _quantize_graph_outputs(self) -> None:
+        for value in list(self.graph.outputs):
+            if not _is_float(value) or id(value) in self.quantized:
+                continue
+            producer = value.producer
+            excluded = (self.config.is_excluded(producer) if producer is not None
+                        else value.name in self.config.exclude_nodes or value.is_constant)
+            if excluded:
+                continue
+            owners = [producer] if producer is not None else [value]
+            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None)
+            self.graph.outputs = [fq.output if v is value else v for v in self.graph.outputs]
