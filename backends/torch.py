@@ -18,8 +18,21 @@ from torch import fx, nn
 from qcompiler.ir import Graph
 from qcompiler.ops import OPS, attrs_with_defaults
 
-# Ops whose constant inputs are learnable weights rather than fixed numbers.
+# Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
+# learnable weights rather than fixed numbers. Only those two: batch-norm running
+# statistics (inputs 3, 4) are not learnable, and torch refuses gradients through them.
 _TRAINABLE_CATEGORIES = {"weighted", "norm"}
+
+
+# Ops whose torch function returns a tuple even when the node has one output
+# (`split` into a single piece).
+_TUPLE_RESULT_OPS = {"split"}
+
+
+def _learnable_inputs(op: str) -> tuple[int, ...]:
+    if op == "embedding":
+        return (1,)
+    return (1, 2) if OPS[op].category in _TRAINABLE_CATEGORIES else ()
 
 
 def _attribute_name(name: str) -> str:
@@ -28,7 +41,13 @@ def _attribute_name(name: str) -> str:
 
 
 def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
-    """Emit a GraphModule that runs `graph`; its forward takes the graph inputs in order."""
+    """Emit a GraphModule that runs `graph`; its forward takes the graph inputs in order.
+
+    A fake-quant graph must be calibrated first (the error names the first node that is not).
+    """
+    from qcompiler.calibrate import require_calibrated  # calibrate imports this module
+
+    require_calibrated(graph, "qc.to_torch")
     root = nn.Module()
     fx_graph = fx.Graph()
     env: dict[int, fx.Node] = {}
@@ -37,11 +56,16 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
     for value in graph.inputs:
         env[id(value)] = fx_graph.placeholder(_attribute_name(value.name))
 
-    learnable = {
-        id(v) for node in graph
-        if OPS[node.op].category in _TRAINABLE_CATEGORIES or node.op == "embedding"
-        for v in node.inputs if v is not None and v.is_constant
-    }
+    learnable = set()
+    for node in graph:
+        for index in _learnable_inputs(node.op):
+            value = node.inputs[index] if index < len(node.inputs) else None
+            # A quantized weight reaches its layer through a fake_quant; the float weight
+            # behind it is what quantization-aware training updates.
+            if value is not None and value.producer is not None and value.producer.op == "fake_quant":
+                value = value.producer.inputs[0]
+            if value is not None and value.is_constant:
+                learnable.add(id(value))
     for value in graph.constants:
         attribute = _attribute_name(value.name)
         while hasattr(root, attribute) or attribute in qc_names:
@@ -61,7 +85,7 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
             args.pop()
         call = fx_graph.call_function(spec.fn, tuple(args), attrs_with_defaults(node.op, node.attrs))
         call.name = _attribute_name(node.name)
-        if len(node.outputs) == 1:
+        if len(node.outputs) == 1 and node.op not in _TUPLE_RESULT_OPS:
             env[id(node.outputs[0])] = call
         else:
             for index, value in enumerate(node.outputs):
