@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from qcompiler.errors import VerificationError
 
 # Short dtype names used in the IR and its text form, and their numpy types.
 DTYPES: dict[str, np.dtype] = {
@@ -175,6 +174,11 @@ class Graph:
         self._tail: Node | None = None
         self._len = 0
         self._name_counters: dict[str, itertools.count] = {}
+        # Memo of op type inference: type_key(op, inputs, attrs) -> output (shape, dtype)s.
+        # Running an op on meta tensors costs 0.1-4 ms (torch's Python reference kernels);
+        # graphs repeat a few layer signatures many times. Op semantics are fixed, so
+        # entries never go stale and copies share the memo.
+        self._inferred_types: dict[tuple, list[tuple[tuple[int, ...], str]]] = {}
 
     # ---- values ---------------------------------------------------------------
 
@@ -249,6 +253,8 @@ class Graph:
     def _link(self, node: Node, before: Node | None) -> None:
         if node.graph is not None:
             raise ValueError(f"{node!r} is already in a graph")
+        if before is not None and before.graph is not self:
+            raise ValueError(f"cannot insert before {before.describe()}: it is not in graph {self.name}")
         node.graph = self
         if before is None:  # append
             node._prev, node._next = self._tail, None
@@ -296,12 +302,20 @@ class Graph:
         """Create a single-output node whose output type is inferred from the op."""
         from qcompiler.ops import infer_types
 
-        types = infer_types(op, list(inputs), dict(attrs or {}))
+        inputs, attrs = list(inputs), dict(attrs or {})
+        key = type_key(op, inputs, attrs)
+        types = self._inferred_types.get(key) if key is not None else None
+        if types is None:
+            types = infer_types(op, inputs, attrs)
+            if key is not None:
+                self._inferred_types[key] = types
         names = [name or op] + [f"{name or op}.{i}" for i in range(1, len(types))]
         return self.create_node(op, inputs, names, types, attrs, before=before, source=source)
 
     def remove_node(self, node: Node) -> None:
         """Unlink a node whose outputs are no longer used; its output values go too."""
+        if node.graph is not self:
+            raise ValueError(f"cannot remove {node.describe()}: it is not in graph {self.name}")
         for value in node.outputs:
             if value.users or value in self.outputs:
                 raise ValueError(
@@ -324,9 +338,13 @@ class Graph:
         self._len -= 1
 
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Point every user of `old` (and the graph outputs) at `new`."""
+        """Point every user of `old` (and the graph outputs) at `new`.
+
+        The node producing `new` is skipped: a node cannot consume its own output,
+        and this is what inserting `new = f(old)` after `old` needs."""
         for user in list(old.users):
-            user.replace_input(old, new)
+            if user is not new.producer:
+                user.replace_input(old, new)
         self.outputs = [new if v is old else v for v in self.outputs]
 
     def remove_unused_constants(self) -> int:
@@ -339,60 +357,11 @@ class Graph:
     # ---- whole-graph views ------------------------------------------------------
 
     def verify(self) -> Graph:
-        """Check structure, op signatures, dtypes and shapes; raise VerificationError."""
-        from qcompiler.ops import check_node
+        """Check structure, op signatures, dtypes, shapes and qparams; raise VerificationError
+        listing every problem found. Returns the graph (for chaining)."""
+        from qcompiler.verify import verify_graph
 
-        problems: list[str] = []
-        defined: set[int] = set()
-        names: set[str] = set()
-        for value in self.inputs:
-            if value.is_constant or value.producer is not None:
-                problems.append(f"graph input %{value.name} must not be a constant or produced")
-            defined.add(id(value))
-        for value in self.values.values():
-            if value.is_constant:
-                defined.add(id(value))
-                if value.producer is not None:
-                    problems.append(f"constant %{value.name} has a producer")
-                if tuple(value.data.shape) != value.shape or dtype_of_array(value.data) != value.dtype:
-                    problems.append(f"constant %{value.name} data does not match {value.type_str}")
-        count = 0
-        for node in self:
-            count += 1
-            if node.graph is not self:
-                problems.append(f"{node.describe()} does not belong to this graph")
-            for value in node.inputs:
-                if value is None:
-                    continue
-                if id(value) not in defined:
-                    problems.append(
-                        f"{node.describe()} uses %{value.name} before it is defined "
-                        "(graph not topologically sorted, or value not in graph)")
-                if node not in value.users:
-                    problems.append(f"{node.describe()} is missing from users of %{value.name}")
-            for value in node.outputs:
-                if value.producer is not node:
-                    problems.append(f"output %{value.name} of {node.describe()} has another producer")
-                if value.name in names or self.values.get(value.name) is not value:
-                    problems.append(f"value name %{value.name} is not unique or not registered")
-                names.add(value.name)
-                defined.add(id(value))
-                for user in value.users:
-                    if user.graph is not self:
-                        problems.append(f"%{value.name} lists a user that is not in the graph")
-            try:
-                check_node(node)
-            except VerificationError as error:
-                problems.append(str(error))
-        if count != self._len:
-            problems.append(f"node list has {count} nodes but length says {self._len}")
-        for value in self.outputs:
-            if id(value) not in defined:
-                problems.append(f"graph output %{value.name} is not defined")
-        if problems:
-            shown = "\n  ".join(problems[:20])
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            raise VerificationError(f"graph {self.name} failed verification:\n  {shown}{more}")
+        verify_graph(self)
         return self
 
     def to_networkx(self):
@@ -417,6 +386,7 @@ class Graph:
     def copy(self) -> Graph:
         """A deep structural copy; constant arrays are shared (passes replace, never mutate)."""
         clone = Graph(self.name)
+        clone._inferred_types = self._inferred_types
         mapping: dict[int, Value] = {}
 
         def copy_value(value: Value) -> Value:
@@ -433,7 +403,7 @@ class Graph:
         for node in self:
             inputs = [None if v is None else mapping[id(v)] for v in node.inputs]
             outputs = [copy_value(v) for v in node.outputs]
-            new = Node(node.op, inputs, outputs, dict(node.attrs), source=node.source)
+            new = Node(node.op, inputs, outputs, deepcopy(node.attrs), source=node.source)
             for value in outputs:
                 value.producer = new
             for value in inputs:
@@ -450,6 +420,28 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self)} nodes, {len(self.inputs)} inputs>"
+
+
+def _attr_key(value):
+    """A hashable stand-in for an attribute value that keeps 1, 1.0 and True apart.
+    Raises TypeError for unhashable values (numpy arrays)."""
+    if isinstance(value, dict):
+        return ("dict", tuple((key, _attr_key(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_attr_key(item) for item in value))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def type_key(op: str, inputs: Sequence[Value | None], attrs: dict) -> tuple | None:
+    """Everything an op's output types depend on (op, input shapes and dtypes, attributes)
+    as a hashable key; None when an attribute cannot be hashed."""
+    try:
+        key = (op, tuple(None if v is None else (v.shape, v.dtype) for v in inputs), _attr_key(attrs))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def structurally_equal(a: Graph, b: Graph) -> bool:

@@ -67,6 +67,12 @@ class Pipeline:
                         ) -> tuple[Graph, list[PassRecord]]:
         print_after = _print_after_setting()
         stream = stream or sys.stderr
+        if self.verify_each:
+            # Check the input first, so that a broken input is not blamed on the first pass.
+            try:
+                graph.verify()
+            except VerificationError as error:
+                raise PassError(f"the input graph is invalid, before any pass ran: {error}") from error
         current = graph.copy()
         records: list[PassRecord] = []
         for p in self.passes:
@@ -84,6 +90,9 @@ class Pipeline:
             if not isinstance(result, PassResult):
                 raise PassError(f"pass '{name}' returned {type(result).__name__}, "
                                 "not a PassResult")
+            if not isinstance(result.graph, Graph):
+                raise PassError(f"pass '{name}' returned a PassResult whose graph is "
+                                f"{type(result.graph).__name__}, not a Graph")
             seconds = time.perf_counter() - start
             current = result.graph
             if self.verify_each:

@@ -32,6 +32,9 @@ _QPARAM_FIELDS = ("bits", "signed", "axis", "narrow_range")
 
 
 def _format_literal(value) -> str:
+    # Passes often compute attributes with numpy; print them as the Python values they equal.
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, float):
         if not np.isfinite(value):
             return f"float('{value}')"
@@ -62,7 +65,7 @@ def format_type(value: Value) -> str:
     text = value.type_str
     q = value.qparams
     if q is not None:
-        fields = ", ".join(f"{k}={getattr(q, k)!r}" for k in _QPARAM_FIELDS)
+        fields = ", ".join(f"{k}={_format_literal(getattr(q, k))}" for k in _QPARAM_FIELDS)
         text += (f" q({fields}, scale={_format_numbers(q.scale)}, "
                  f"zero_point={_format_numbers(q.zero_point)})")
     return text
@@ -95,14 +98,20 @@ _CONST = re.compile(rf"^%({_NAME}) = const (dense<(.*)>|sha1:([0-9a-f]+)) : (.*)
 _NODE = re.compile(rf"^(%{_NAME}(?:, %{_NAME})*) = ([a-z_0-9]+)\((.*?)\)(?: (\{{.*\}}))? : (.*)$")
 _RETURN = re.compile(r"^return(.*)$")
 _TYPE = re.compile(r"^(\w+)\[([0-9,]*)\]$")
+_INPUT = re.compile(rf"^%?({_NAME})\s*:\s*(.+)$")
 
 
 def _split_top_level(text: str, separator: str = ",") -> list[str]:
     """Split on separators that are not inside brackets, parentheses or quotes."""
-    parts, depth, quote, current = [], 0, None, []
+    parts, depth, quote, escaped, current = [], 0, None, False, []
     for char in text:
         if quote:
-            quote = None if char == quote else quote
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
         elif char in "'\"":
             quote = char
         elif char in "([{<":
@@ -120,13 +129,24 @@ def _split_top_level(text: str, separator: str = ",") -> list[str]:
     return parts
 
 
+class _NonFiniteFloats(ast.NodeTransformer):
+    """Turn `float('inf')` / `float('nan')` calls, which the printer writes for non-finite
+    floats, into constants so that `ast.literal_eval` accepts them at any depth."""
+
+    def visit_Call(self, node: ast.Call):
+        if (isinstance(node.func, ast.Name) and node.func.id == "float" and len(node.args) == 1
+                and not node.keywords and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            return ast.Constant(float(node.args[0].value))
+        return node
+
+
 def _literal(text: str, where: str):
     text = text.strip()
-    if text.startswith("float("):
-        return float(ast.literal_eval(text[len("float("):-1]))
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        tree = _NonFiniteFloats().visit(ast.parse(text, mode="eval"))
+        return ast.literal_eval(tree)
+    except (ValueError, SyntaxError, TypeError):
         raise ParseError(f"{where}: cannot read literal {text!r}") from None
 
 
@@ -146,8 +166,14 @@ def _parse_type(text: str, where: str) -> tuple[tuple[int, ...], str, QParams | 
     if " q(" in text:
         text, _, qtext = text.partition(" q(")
         fields = _parse_keyvalues(qtext.rstrip(")"), where)
-        qparams = QParams(np.array(fields.pop("scale"), np.float32),
-                          np.array(fields.pop("zero_point"), np.int32), **fields)
+        try:
+            qparams = QParams(np.array(fields.pop("scale"), np.float32),
+                              np.array(fields.pop("zero_point"), np.int32), **fields)
+        except (KeyError, TypeError, ValueError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise ParseError(f"{where}: bad quantization parameters q({qtext}: {reason}; expected "
+                             "q(bits=8, signed=True, axis=None, narrow_range=False, scale=[...], "
+                             "zero_point=[...])") from None
     match = _TYPE.match(text)
     if not match or match.group(1) not in DTYPES:
         raise ParseError(f"{where}: bad type {text!r}; expected e.g. f32[1,3,224,224]")
@@ -167,9 +193,14 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
         raise ParseError(f"line 1: expected 'graph NAME(%x: f32[...]) {{', got {lines[0]!r}")
     graph = Graph(header.group(1))
     for part in _split_top_level(header.group(2)):
-        name, _, type_text = part.partition(":")
+        match = _INPUT.match(part)
+        if match is None:
+            raise ParseError(f"line 1: expected a graph input like '%x: f32[1,3]', got {part!r}")
+        name, type_text = match.groups()
+        if name in graph.values:
+            raise ParseError(f"line 1: graph input %{name} is defined twice")
         shape, dtype, qparams = _parse_type(type_text, "line 1")
-        graph.add_input(name.strip().lstrip("%"), shape, dtype).qparams = qparams
+        graph.add_input(name, shape, dtype).qparams = qparams
 
     def lookup(name: str, where: str) -> Value | None:
         if name == "_":
@@ -179,10 +210,14 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
             raise ParseError(f"{where}: %{name.lstrip('%')} is used before it is defined")
         return value
 
+    closed = False
     for number, line in enumerate(lines[1:], start=2):
         where = f"line {number}"
+        if closed:
+            raise ParseError(f"{where}: text after the graph's closing '}}': {line!r}")
         if line == "}":
-            break
+            closed = True
+            continue
         if (match := _RETURN.match(line)) is not None:
             graph.outputs = [lookup(n.strip(), where) for n in match.group(1).split(",") if n.strip()]
             continue
@@ -190,9 +225,20 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
             name, _, dense, digest, type_text = match.groups()
             shape, dtype, qparams = _parse_type(type_text, where)
             if dense is not None:
-                data = np.array(_literal(dense, where), dtype=DTYPES[dtype]).reshape(shape)
+                try:
+                    data = np.array(_literal(dense, where), dtype=DTYPES[dtype])
+                except (ValueError, TypeError, OverflowError) as error:
+                    raise ParseError(f"{where}: constant %{name} data is not a flat list of "
+                                     f"{dtype} numbers: {error}") from None
+                if data.size != int(np.prod(shape)):
+                    raise ParseError(f"{where}: constant %{name} lists {data.size} numbers but its "
+                                     f"type {type_text.strip()} holds {int(np.prod(shape))}")
+                data = data.reshape(shape)
             elif name in constants:
-                data = np.asarray(constants[name], dtype=DTYPES[dtype]).reshape(shape)
+                data = np.asarray(constants[name], dtype=DTYPES[dtype])
+                if data.shape != shape:
+                    raise ParseError(f"{where}: data given for %{name} has shape {list(data.shape)}, "
+                                     f"but the text says {type_text.strip()}")
             else:
                 raise ParseError(f"{where}: constant %{name} is printed as a digest; pass its "
                                  "data in parse(text, constants={name: array})")
@@ -211,8 +257,8 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
             names = [o.strip().lstrip("%") for o in outs.split(",")]
             if len(types) != len(names):
                 raise ParseError(f"{where}: {len(names)} outputs but {len(types)} types")
-            for name in names:
-                if name in graph.values:
+            for index, name in enumerate(names):
+                if name in graph.values or name in names[:index]:
                     raise ParseError(f"{where}: value %{name} is defined twice")
             node = graph.create_node(op, inputs, names, [(s, d) for s, d, _ in types], attrs)
             for value, (_, _, qparams) in zip(node.outputs, types, strict=True):
