@@ -2,14 +2,14 @@
 
 Tests run torch and BLAS on one thread: the suite's layers are small, and on a
 shared 2-core machine a second intra-op thread made small convolutions up to 100x
-slower while other work ran. Benchmarks set their own thread counts.
+slower (and a 320x960 SVD 10-100x slower) while other work ran. Benchmarks set
+their own thread counts.
 """
 
-import os
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import torch  # noqa: E402  (after the thread variables, which BLAS reads at load)
+import torch
+from threadpoolctl import threadpool_limits
 
 torch.set_num_threads(1)
+# Kept for the whole session: numpy may already have loaded its BLAS, so environment
+# variables would come too late.
+_BLAS_LIMIT = threadpool_limits(limits=1)

@@ -23,15 +23,6 @@ GAMMA = np.array([1.0, -0.5, 2.0, 0.3], np.float32)
 BETA = np.array([0.5, 1.0, -1.0, 2.0], np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On the shared 2-core machine, torch's second thread spin-waits against other processes
-    # and makes these small convolutions ~100x slower; one thread is faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def conv_relu(batch_norm: bool = False) -> Graph:
     g = Graph()

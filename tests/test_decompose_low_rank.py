@@ -15,19 +15,6 @@ from qcompiler.numerics import low_rank
 from qcompiler.passes import decompose_low_rank
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """Multi-threaded OpenBLAS on two cores shared with other jobs spins: a 320 x 960 SVD
-    took 1-12 s instead of 0.1 s. One thread keeps these tests fast."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # not a declared dependency; without it the tests are only slower
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def single_layer(op, weight, x_shape, attrs=None, bias=True, seed=0) -> Graph:
     graph = Graph("single")
     x = graph.add_input("x", x_shape)

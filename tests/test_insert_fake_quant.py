@@ -16,15 +16,6 @@ from qcompiler.text import parse
 CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On the shared 2-core machine, torch's second thread spin-waits against other processes
-    # and makes these small convolutions ~100x slower; one thread is faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def traced(factory, **kwargs) -> Graph:
     model, inputs = factory(**kwargs)

@@ -14,16 +14,6 @@ from qcompiler.numerics.quant import sqnr_db
 from qcompiler.text import parse
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On the shared 2-core machine, torch's second thread spin-waits against other processes
-    # and makes these small convolutions ~100x slower; one thread is faster here.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def digit_batches(count: int, batch: int, offset: int = 0):
     """Real 8x8 digit images from scikit-learn, standardised, as [batch, 1, 8, 8] tensors."""
     datasets = pytest.importorskip("sklearn.datasets")
