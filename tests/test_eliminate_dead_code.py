@@ -5,10 +5,10 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from qcompiler.backends.torch import to_torch
-from qcompiler.passes import eliminate_dead_code
 
+from qcompiler.backends.torch import to_torch
 from qcompiler.ir import Graph
+from qcompiler.passes import eliminate_dead_code
 from qcompiler.text import parse
 
 

@@ -4,10 +4,10 @@ function; every BN that cannot be folded stays, with the reason in the notes."""
 import numpy as np
 import pytest
 import torch
-from qcompiler.backends.torch import to_torch
-from qcompiler.passes import fold_batchnorm
 
+from qcompiler.backends.torch import to_torch
 from qcompiler.ir import Graph, Value
+from qcompiler.passes import fold_batchnorm
 
 CONV_ATTRS = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
 

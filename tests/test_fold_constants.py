@@ -5,11 +5,11 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qcompiler.backends.torch import to_torch
+from qcompiler.ir import Graph
 from qcompiler.passes import fold_constants
 from qcompiler.passes.fold_constants import SMALL_RESULT_ELEMENTS
-
-from qcompiler.ir import Graph
 from qcompiler.text import parse
 
 
