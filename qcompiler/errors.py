@@ -24,3 +24,13 @@ class PassError(QCompilerError):
 
 class ParseError(QCompilerError):
     """IR text could not be parsed; the message gives the line."""
+
+
+class QuantizationError(QCompilerError):
+    """Quantization cannot proceed: an invalid QuantConfig, bad calibration data, NaN/Inf
+    in weights or activations, or a graph whose fake-quant nodes are not calibrated."""
+
+
+class IntegerOnlyError(QCompilerError):
+    """An integer-only graph would hold (or holds) float arithmetic inside its integer region:
+    an op without an integer form, lowered or run in strict mode. The message names the node."""

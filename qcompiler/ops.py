@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qcompiler.errors import VerificationError
+from qcompiler import integer_ops
+from qcompiler.errors import QuantizationError, VerificationError
+from qcompiler.numerics.quant import quant_range
 
 REQUIRED = object()  # marks an attribute that has no default
 
@@ -119,9 +121,45 @@ _POOL_AVG_ATTRS = {"kernel_size": REQUIRED, "stride": REQUIRED, "padding": REQUI
                    "ceil_mode": False, "count_include_pad": True}
 
 
+# Attributes of the integer ops (docs/integer-spec.md): the input zero point, a per-tensor
+# multiplier (M0, shift with t = 31 + shift), average pooling's multipliers indexed by window
+# count - 1, and the output's zero point, clamp (fused activations included) and dtype.
+_INPUT_ZP = {"input_zero_point": REQUIRED}
+_SCALAR_MULTIPLIER = {"multiplier": REQUIRED, "shift": REQUIRED}
+_COUNT_MULTIPLIERS = {"multipliers": REQUIRED, "shifts": REQUIRED}
+_REQUANT_OUT = {"output_zero_point": REQUIRED, "output_min": REQUIRED, "output_max": REQUIRED,
+                "output_dtype": REQUIRED}
+
+
 def _spec(name, fn, min_inputs, max_inputs=None, attrs=None, category="other"):
     return OpSpec(name, fn, min_inputs, min_inputs if max_inputs is None else max_inputs,
                   dict(attrs or {}), category)
+
+
+def _fake_quant(x, scale, zero_point, *, axis, bits, signed, narrow_range, symmetric):
+    """Quantize and dequantize x with the scale/zero point constants (`qcompiler.numerics.quant`
+    states the arithmetic and rounding; torch's kernels match it bit for bit). Gradients
+    are straight-through inside [qmin, qmax] and zero outside, as torch defines them (QAT).
+    `symmetric` only records how calibration must choose the scale (zero_point = 0)."""
+    qmin, qmax = quant_range(bits, signed, narrow_range)
+    channels = 1 if axis is None else x.shape[axis]
+    if tuple(scale.shape) != (channels,) or tuple(zero_point.shape) != (channels,):
+        kind = "per-tensor" if axis is None else f"per-channel on axis {axis}"
+        raise ValueError(f"{kind} fake_quant needs scale and zero_point of shape [{channels}], "
+                         f"got {list(scale.shape)} and {list(zero_point.shape)}")
+    if scale.dtype != torch.float32 or zero_point.dtype != torch.int32:
+        raise ValueError(f"fake_quant needs an f32 scale and an i32 zero_point, got "
+                         f"{scale.dtype} and {zero_point.dtype}")
+    if x.device.type == "meta":  # shape inference; torch's kernels have no meta version
+        return torch.empty_like(x)
+    if torch.isnan(scale).any():
+        raise QuantizationError(
+            "a fake_quant node has no calibrated scale (NaN): calibrate the graph first "
+            "(qc.quantize, or qcompiler.calibrate.calibrate); "
+            "qcompiler.calibrate.require_calibrated(graph) names the node")
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
 
 
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
@@ -171,6 +209,43 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     _spec("pad", _pad, 1, 1, {"pads": REQUIRED, "mode": "constant", "value": 0.0}, "shape"),
     _spec("resize", _resize, 1, 1, {"size": REQUIRED, "mode": "nearest", "align_corners": None},
           "shape"),
+    # Quantization: real = scale * (q - zero_point); scale f32[C], zero_point i32[C] constants
+    # (C = 1 per tensor). The output value's qparams mirror them once calibrated.
+    _spec("fake_quant", _fake_quant, 3, 3, {"axis": None, "bits": 8, "signed": True,
+                                            "narrow_range": False, "symmetric": False}, "quant"),
+    # Integer ops (docs/integer-spec.md; semantics in qcompiler.integer_ops). Per-channel numbers
+    # of weighted ops are constant inputs: int8 weight, int32 bias, int32 multiplier and shift.
+    _spec("quantize", integer_ops.quantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED,
+                                                    "qmin": REQUIRED, "qmax": REQUIRED,
+                                                    "dtype": REQUIRED}, "quant"),
+    _spec("dequantize", integer_ops.dequantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED},
+          "quant"),
+    _spec("qconv2d", integer_ops.qconv2d, 5, 5, {**_CONV_ATTRS, **_INPUT_ZP, **_REQUANT_OUT},
+          "integer"),
+    _spec("qconv1d", integer_ops.qconv1d, 5, 5, {**_CONV_ATTRS, **_INPUT_ZP, **_REQUANT_OUT},
+          "integer"),
+    _spec("qlinear", integer_ops.qlinear, 5, 5, {**_INPUT_ZP, **_REQUANT_OUT}, "integer"),
+    _spec("qmatmul", integer_ops.qmatmul, 2, 2, {"a_zero_point": REQUIRED, "b_zero_point": REQUIRED,
+                                                  **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+    _spec("qadd", integer_ops.qadd, 2, 2, {"a_zero_point": REQUIRED, "a_multiplier": REQUIRED,
+                                            "b_zero_point": REQUIRED, "b_multiplier": REQUIRED,
+                                            "shift": REQUIRED, **_REQUANT_OUT}, "integer"),
+    _spec("qmul", integer_ops.qmul, 2, 2, {"a_zero_point": REQUIRED, "b_zero_point": REQUIRED,
+                                            **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+    _spec("requantize", integer_ops.requantize, 1, 1, {**_INPUT_ZP, **_SCALAR_MULTIPLIER,
+                                                        **_REQUANT_OUT}, "integer"),
+    _spec("qconcat", integer_ops.qconcat, 1, 1 << 16, {"dim": REQUIRED}, "integer"),
+    _spec("qmax_pool2d", integer_ops.qmax_pool2d, 1, 1, _POOL_MAX_ATTRS, "integer"),
+    _spec("qmax_pool1d", integer_ops.qmax_pool1d, 1, 1, _POOL_MAX_ATTRS, "integer"),
+    _spec("qavg_pool2d", integer_ops.qavg_pool2d, 1, 1, {**_POOL_AVG_ATTRS, **_INPUT_ZP,
+                                                          **_COUNT_MULTIPLIERS, **_REQUANT_OUT},
+          "integer"),
+    _spec("qavg_pool1d", integer_ops.qavg_pool1d, 1, 1, {**_POOL_AVG_ATTRS, **_INPUT_ZP,
+                                                          **_COUNT_MULTIPLIERS, **_REQUANT_OUT},
+          "integer"),
+    _spec("qmean", integer_ops.qmean, 1, 1, {"dim": REQUIRED, "keepdim": False, **_INPUT_ZP,
+                                              **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+    _spec("qlookup", integer_ops.qlookup, 2, 2, {"input_min": REQUIRED}, "integer"),
 ]}
 
 
