@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qcompiler.calibrate import batch_to_tensors, require_calibrated
+from qcompiler.calibrate import graph_runs, require_calibrated
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.numerics.bias_correction import (
@@ -151,7 +151,8 @@ def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
 
 
 def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[str]) -> int:
-    batches = [batch_to_tensors(batch, graph, index) for index, batch in enumerate(calibration_data)]
+    batches = [run for index, batch in enumerate(calibration_data)
+               for run in graph_runs(batch, graph, index)]
     if not batches:
         raise QuantizationError("correct_bias: calibration_data is empty; give at least one batch")
     # Per value: a list with one tensor per batch, or one shared tensor for values that

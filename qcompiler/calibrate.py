@@ -242,20 +242,22 @@ def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) 
         progress = sys.stderr.isatty()
     total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
     count = 0
-    for batch in tqdm(calibration_data, desc="calibrating", total=total, disable=not progress):
-        inputs = batch_to_tensors(batch, work, count)
-        with torch.no_grad():
-            results = module(*inputs)
-        results = results if isinstance(results, tuple) else (results,)
-        for name, tensor in zip(names, results, strict=True):
-            array = tensor.numpy()
-            if not np.isfinite(array).all():
-                value = work.values[name]
-                where = value.producer.describe() if value.producer is not None else f"input %{name}"
-                raise QuantizationError(f"calibration batch {count}: {where} produced NaN or Inf; "
-                                        "check the model and the data for overflow")
-            for point in listeners[name]:
-                point.observer.update(array)
+    for index, batch in enumerate(tqdm(calibration_data, desc="calibrating", total=total,
+                                       disable=not progress)):
+        for inputs in graph_runs(batch, work, index):
+            with torch.no_grad():
+                results = module(*inputs)
+            results = results if isinstance(results, tuple) else (results,)
+            for name, tensor in zip(names, results, strict=True):
+                array = tensor.numpy()
+                if not np.isfinite(array).all():
+                    value = work.values[name]
+                    where = (value.producer.describe() if value.producer is not None
+                             else f"input %{name}")
+                    raise QuantizationError(f"calibration batch {index}: {where} produced NaN or "
+                                            "Inf; check the model and the data for overflow")
+                for point in listeners[name]:
+                    point.observer.update(array)
         count += 1
     if count == 0:
         raise QuantizationError("calibration_data is empty: give at least one batch (a tensor, "
@@ -270,8 +272,27 @@ def observed_name(value: Value) -> str:
     return value.name
 
 
-def batch_to_tensors(batch, graph: Graph, index: int) -> list[torch.Tensor]:
-    """Check one calibration batch against the graph inputs and convert it to tensors."""
+def graph_runs(batch, graph: Graph, index: int) -> list[list[torch.Tensor]]:
+    """One calibration batch as the input lists of the graph runs it takes.
+
+    The IR has static shapes, so a graph traced with batch size b runs b examples at a
+    time; a batch whose inputs all carry k * b examples along dimension 0 is cut into k
+    runs (e.g. 32-image calibration batches for a graph traced with one image).
+    """
+    tensors = batch_to_tensors(batch, graph, index, any_multiple=True)
+    if not tensors or tensors[0].dim() == 0 or not graph.inputs[0].shape:
+        return [tensors]
+    runs = tensors[0].shape[0] // graph.inputs[0].shape[0]
+    pieces = [torch.chunk(t, runs) for t in tensors]
+    return [[piece[run] for piece in pieces] for run in range(runs)]
+
+
+def batch_to_tensors(batch, graph: Graph, index: int, any_multiple: bool = False
+                     ) -> list[torch.Tensor]:
+    """Check one calibration batch against the graph inputs and convert it to tensors.
+
+    With `any_multiple`, dimension 0 of every input may be the same multiple of the
+    graph's (see `graph_batches`)."""
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         batch = (batch,)
     signature = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs)
@@ -281,7 +302,7 @@ def batch_to_tensors(batch, graph: Graph, index: int) -> list[torch.Tensor]:
     if len(batch) != len(graph.inputs):
         raise QuantizationError(f"calibration batch {index} has {len(batch)} tensor(s) but graph "
                                 f"{graph.name} takes {len(graph.inputs)} input(s) ({signature})")
-    tensors = []
+    tensors, multiples = [], set()
     for value, item in zip(graph.inputs, batch, strict=True):
         tensor = torch.from_numpy(item) if isinstance(item, np.ndarray) else item
         if not isinstance(tensor, torch.Tensor):
@@ -289,11 +310,22 @@ def batch_to_tensors(batch, graph: Graph, index: int) -> list[torch.Tensor]:
                                     f"{type(item).__name__}, expected a tensor of {value.type_str}")
         dtype = ir_dtype(tensor.dtype) if tensor.dtype in TORCH_DTYPES.values() else str(tensor.dtype)
         got = f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
-        if got != value.type_str:
+        if any_multiple and _is_batch_multiple(tensor, value, dtype):
+            multiples.add(tensor.shape[0] // value.shape[0])
+        elif got != value.type_str:
             raise QuantizationError(f"calibration batch {index}: input %{value.name} expects "
                                     f"{value.type_str}, got {got}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise QuantizationError(f"calibration batch {index}: input %{value.name} contains NaN "
                                     "or Inf")
         tensors.append(tensor)
+    if len(multiples) > 1:
+        raise QuantizationError(f"calibration batch {index}: the inputs carry different numbers of "
+                                f"examples ({signature}); give every input the same batch size")
     return tensors
+
+
+def _is_batch_multiple(tensor: torch.Tensor, value: Value, dtype: str) -> bool:
+    return (dtype == value.dtype and tensor.dim() == len(value.shape) > 0
+            and tuple(tensor.shape[1:]) == value.shape[1:] and value.shape[0] > 0
+            and tensor.shape[0] > 0 and tensor.shape[0] % value.shape[0] == 0)

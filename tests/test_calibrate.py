@@ -213,3 +213,27 @@ def test_qparams_mirror_the_constants_and_a_mismatch_is_reported(fake_quant_grap
     assert fake_quant_problems(calibrated) == [
         "node %relu.fq (fake_quant): output qparams do not match its scale/zero_point constants "
         "and attributes"]
+
+
+def test_calibration_batches_may_carry_several_graph_batches():
+    """A graph traced with batch 2 calibrates on 6-example batches: cut into 3 runs, the
+    ranges equal those observed from the same examples fed 2 at a time."""
+    g = Graph()
+    x = g.add_input("x", (2, 3))
+    w = g.add_constant("w", np.arange(12, dtype=np.float32).reshape(4, 3) / 7)
+    g.outputs = [g.add_node("linear", [x, w], name="fc").output]
+    fq = insert_fake_quant(g).graph
+    data = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    whole = calibrate(fq, [data])
+    pairs = calibrate(fq, [data[0:2], data[2:4], data[4:6]])
+    assert str(whole) == str(pairs)
+
+
+def test_calibration_batch_that_is_not_a_multiple_names_the_expected_type():
+    g = Graph()
+    x = g.add_input("x", (2, 3))
+    g.outputs = [g.add_node("relu", [x], name="r").output]
+    fq = insert_fake_quant(g).graph
+    with pytest.raises(QuantizationError,
+                       match=r"calibration batch 0: input %x expects f32\[2,3\], got f32\[3,3\]"):
+        calibrate(fq, [torch.randn(3, 3)])
