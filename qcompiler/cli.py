@@ -2,8 +2,13 @@
 
     qcompiler demo [--model MODEL]    capture a model (default: MobileNetV2), run the canonical
                                       float pipeline, show the IR, cost and pass report before
-                                      and after, and check the function is unchanged
+                                      and after, check the function is unchanged; then quantize
+                                      to int8, lower to integers and compare FP32, fake-quant
+                                      simulation and the integer interpreter
     qcompiler inspect MODEL           print a model's IR and cost summary
+    qcompiler run MODEL               quantize to int8, lower to integers, run on the interpreter,
+                                      print outputs and agreement with float and simulation
+    qcompiler report MODEL --out F    quantize and write an HTML/markdown quantization report
 
 MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/file.py:factory`,
 where `factory()` returns `(module, example_inputs)`.
@@ -26,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import torch
 
 from qcompiler.cost import CostReport, cost, format_bytes, format_count, format_energy
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph
+from qcompiler.quant_config import PRESETS
 
 
 class UsageError(Exception):
@@ -246,6 +253,111 @@ def run_demo(args, out: TextIO) -> int:
     out.write("\n== function check (float32, on the example inputs) ==\n")
     out.write(f"max |captured graph - torch module|     = {max_abs_difference(before, reference):.3g}\n")
     out.write(f"max |after pipeline - before pipeline|  = {max_abs_difference(after, before):.3g}\n")
+    if not args.float_only:
+        run_quantized_demo(spec, loaded, optimized, args.images, out)
+    return 0
+
+
+def demo_data(spec: str, loaded: LoadedModel, count: int) -> tuple[list, list, str]:
+    """Calibration and evaluation batches: disjoint photo crops for an ImageNet model, else
+    seeded random tensors shaped like the example inputs."""
+    batch = loaded.example_inputs[0].shape[0]
+    if spec in ("pretrained_mobilenet_v2", "mobilenet_v2"):
+        from qcompiler.photos import calibration_pool, evaluation_pool
+
+        resolution = loaded.example_inputs[0].shape[-1]
+        calibration = list(calibration_pool(count, seed=0, batch_size=batch, size=resolution))
+        evaluation = list(evaluation_pool(count, seed=1, batch_size=batch, size=resolution))
+        return calibration, evaluation, f"{count} + {count} disjoint photo crops"
+    generator = torch.Generator().manual_seed(0)
+
+    def like(example):
+        if example.is_floating_point():
+            return torch.randn(example.shape, generator=generator)
+        return torch.randint(0, int(example.max()) + 1, example.shape, generator=generator)
+
+    batches = [tuple(like(x) for x in loaded.example_inputs) for _ in range(2 * max(1, count // batch))]
+    half = len(batches) // 2
+    return batches[:half], batches[half:], f"{half} + {half} random batches"
+
+
+def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, images: int,
+                       out: TextIO) -> None:
+    """Quantize (int8: per-channel weights, u8 activations), lower to integers, run the
+    integer interpreter, and compare FP32, fake-quant simulation and integers."""
+    from qcompiler.backends import interpreter
+    from qcompiler.metrics import fidelity
+    from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
+    from qcompiler.quantize import quantize
+
+    calibration, evaluation, described = demo_data(spec, loaded, images)
+    out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
+    start = time.perf_counter()
+    quantized = quantize(float_graph, calibration, progress=False)
+    out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
+              "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
+    strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
+    start = time.perf_counter()
+    integer = lower_to_integer(quantized, strict=strict)
+    out.write(f"qc.lower_to_integer: {time.perf_counter() - start:.1f} s, {len(integer)} integer-graph "
+              f"nodes, ops: {op_counts(integer)}\n")
+    out.write("\n== cost: float vs integer graph ==\n")
+    out.write(cost_comparison(cost(float_graph), cost(integer)))
+
+    simulation = to_torch_module(quantized)
+    reference, simulated, integers = [], [], []
+    seconds = 0.0
+    for batch in evaluation:
+        inputs = batch if isinstance(batch, tuple) else (batch,)
+        with torch.no_grad():
+            reference.append(loaded.module(*inputs).numpy())
+            simulated.append(simulation(*inputs).numpy())
+        start = time.perf_counter()
+        integers.append(np.asarray(interpreter.run(integer, *inputs, strict=strict)))
+        seconds += time.perf_counter() - start
+    reference, simulated, integers = (np.concatenate(x) for x in (reference, simulated, integers))
+    count = len(reference)
+    out.write(f"\n== fidelity on {count} evaluation inputs ==\n")
+    for name, candidate in (("fake-quant simulation", simulated), ("integer interpreter", integers)):
+        metrics = fidelity(reference, candidate)
+        out.write(f"{name:>22} vs FP32: top-1 agreement {metrics['top1_agreement']:.1%}, "
+                  f"top-5 containment {metrics['top5_containment']:.1%}, "
+                  f"mean KL {metrics['mean_kl']:.4f}\n")
+    differing = float(np.mean(simulated != integers))
+    agree = float(np.mean(simulated.argmax(-1) == integers.argmax(-1)))
+    out.write(f"interpreter vs simulation: {differing:.2%} of output elements differ, "
+              f"top-1 agreement {agree:.1%}\n")
+    out.write(f"interpreter speed: {count / seconds:.1f} inputs/s (numpy reference, not a fast "
+              "backend)\n")
+
+
+def to_torch_module(graph: Graph):
+    from qcompiler.backends.torch import to_torch
+
+    return to_torch(graph, trainable=False)
+
+
+def run_on_backend(args, out: TextIO) -> int:
+    from qcompiler.backends.simulation_agreement import run_model_on_interpreter
+
+    loaded = load_model(args.model)
+    strict = {"auto": None, "yes": True, "no": False}[args.strict]
+    run_model_on_interpreter(loaded.module, loaded.example_inputs, strict=strict, out=out)
+    return 0
+
+
+def run_report(args, out: TextIO) -> int:
+    from qcompiler.report import report_for_model
+
+    loaded = load_model(args.model)
+    try:
+        path = report_for_model(loaded.module, loaded.example_inputs, args.out, config=args.config,
+                                equalize=not args.no_equalize,
+                                bias_correction=not args.no_bias_correction, photos=args.photos,
+                                batch_size=args.batch_size)
+    except ValueError as error:  # bad option values (preset name, photo count)
+        raise UsageError(str(error)) from None
+    out.write(f"wrote {path}\n")
     return 0
 
 
@@ -275,7 +387,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lines", type=int, default=12, metavar="N",
                       help="IR node lines to show before and after (default 12)")
     demo.add_argument("--full-ir", action="store_true", help="print the whole IR before and after")
+    demo.add_argument("--float-only", action="store_true",
+                      help="stop after the float pipeline (skip quantization and the integer run)")
+    demo.add_argument("--images", type=int, default=32, metavar="N",
+                      help="calibration and evaluation inputs for the int8 part (default 32 each)")
     demo.set_defaults(run=run_demo)
+
+    run_command = commands.add_parser(
+        "run", help="quantize a model to int8, lower it to integers and run it on a backend, "
+                    "printing outputs and agreement with float and with fake-quant simulation")
+    run_command.add_argument("model", metavar="MODEL", help=model_help)
+    run_command.add_argument("--backend", choices=["interpreter"], default="interpreter",
+                             help="where to run the integer graph (default: the numpy interpreter)")
+    run_command.add_argument("--strict", choices=["auto", "yes", "no"], default="auto",
+                             help="integer-only (yes), float islands allowed (no), or try integer-only "
+                                  "and fall back (auto, default)")
+    run_command.set_defaults(run=run_on_backend)
+
+    report = commands.add_parser(
+        "report", help="quantize a model and write a self-contained HTML (or markdown) report: "
+                       "CLE weight ranges, activation ranges, per-layer sensitivity, fidelity")
+    report.add_argument("model", metavar="MODEL", help=model_help)
+    report.add_argument("--out", required=True, help="report path: .html (self-contained) or .md")
+    report.add_argument("--config", default="int8", choices=list(PRESETS),
+                        help="QuantConfig preset (default int8)")
+    report.add_argument("--photos", type=int, default=None, metavar="N",
+                        help="calibrate on N photo crops and measure fidelity on N held-out ones "
+                             "(image models); default: the example inputs only")
+    report.add_argument("--batch-size", type=int, default=8, help="photo batch size (default 8)")
+    report.add_argument("--no-equalize", action="store_true", help="skip cross-layer equalization")
+    report.add_argument("--no-bias-correction", action="store_true", help="skip bias correction")
+    report.set_defaults(run=run_report)
 
     inspect_command = commands.add_parser("inspect", help="print a model's IR and cost summary")
     inspect_command.add_argument("model", metavar="MODEL", help=model_help)

