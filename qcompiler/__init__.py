@@ -2,6 +2,9 @@
 
 from qcompiler import backends, passes
 from qcompiler.backends.torch import to_torch
+from qcompiler.budget import BudgetError, BudgetResult, search_budget
+from qcompiler.capture import trace
+from qcompiler.cost import cost
 from qcompiler.errors import (
     CaptureError,
     ParseError,
@@ -10,12 +13,22 @@ from qcompiler.errors import (
     UnsupportedOpError,
     VerificationError,
 )
+from qcompiler.finetune import FinetuneResult, finetune
 from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
 from qcompiler.pipeline import PassResult, Pipeline
+from qcompiler.quant_config import QOverride, QScheme, QuantConfig
+from qcompiler.quantize import quantize
+from qcompiler.report import write_report
+from qcompiler.sensitivity import SensitivityReport, sensitivity_analysis
 from qcompiler.text import parse
 
 __all__ = [
     "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
-    "backends", "parse", "passes", "to_torch",
+    "backends", "cost", "parse", "passes", "to_torch", "trace",
+    "QOverride", "QScheme", "QuantConfig", "quantize",
+    "lower_to_integer",
+    "BudgetError", "BudgetResult", "search_budget", "FinetuneResult", "finetune",
+    "SensitivityReport", "sensitivity_analysis", "write_report",
 ]
