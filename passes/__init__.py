@@ -1,1 +1,15 @@
 """Graph rewrites, one a file. Each is a callable `graph -> PassResult`."""
+
+# Re-exported so pipelines read `qc.passes.fold_batchnorm` (hence the noqa).
+from qcompiler.passes.absorb_high_bias import absorb_high_bias  # noqa: F401
+from qcompiler.passes.correct_bias import correct_bias  # noqa: F401
+from qcompiler.passes.decompose_low_rank import decompose_low_rank  # noqa: F401
+from qcompiler.passes.eliminate_dead_code import eliminate_dead_code  # noqa: F401
+from qcompiler.passes.equalize_cross_layer import equalize_cross_layer  # noqa: F401
+from qcompiler.passes.fold_batchnorm import fold_batchnorm  # noqa: F401
+from qcompiler.passes.fold_constants import fold_constants  # noqa: F401
+from qcompiler.passes.insert_fake_quant import insert_fake_quant  # noqa: F401
+from qcompiler.passes.lower_to_integer import lower_to_integer  # noqa: F401
+from qcompiler.passes.merge_similar_neurons import merge_similar_neurons  # noqa: F401
+from qcompiler.passes.remove_filters import remove_filters  # noqa: F401
+from qcompiler.passes.round_adaptive import round_adaptive  # noqa: F401
