@@ -60,9 +60,11 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
     for node in graph:
         for index in _learnable_inputs(node.op):
             value = node.inputs[index] if index < len(node.inputs) else None
-            # A quantized weight reaches its layer through a fake_quant; the float weight
-            # behind it is what quantization-aware training updates.
-            if value is not None and value.producer is not None and value.producer.op == "fake_quant":
+            # A quantized weight (bias) reaches its layer through a fake_quant
+            # (fake_quant_bias); the float constant behind it is what quantization-aware
+            # training updates.
+            if value is not None and value.producer is not None \
+                    and value.producer.op in ("fake_quant", "fake_quant_bias"):
                 value = value.producer.inputs[0]
             if value is not None and value.is_constant:
                 learnable.add(id(value))

@@ -32,8 +32,9 @@ Two ways to know E[x], the mean input of each layer:
 Requires: a calibrated graph (fake_quant scales set: `insert_fake_quant` then
 `calibrate`). The weights to correct are the constant inputs of the fake_quant
 nodes that feed conv1d / conv2d / conv_transpose2d / linear weights. Preserves:
-shapes, dtypes, node names and every qparams (biases stay float; lowering
-quantizes them to int32 afterwards). Not corrected, with a note: layers whose
+shapes, dtypes, node names and every qparams (the corrected bias is a float constant;
+a layer's fake_quant_bias, if it has one, stays in front of it and rounds it to the
+int32 grid lowering uses). Not corrected, with a note: layers whose
 bias is shared with another node (the correction is per layer), non-constant
 biases, and layers whose weights are not fake-quantized. Activation ranges are
 not re-calibrated; the shifts are small compared with them.
@@ -58,6 +59,7 @@ from qcompiler.numerics.bias_correction import (
 )
 from qcompiler.numerics.quant import fake_quantize, quant_range
 from qcompiler.ops import run_op
+from qcompiler.passes.insert_fake_quant import layer_bias, set_layer_bias
 from qcompiler.pipeline import PassResult
 
 _WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
@@ -125,7 +127,8 @@ def _quantized_weight(graph: Graph, layer: Node, notes: list[str]) -> tuple[np.n
 
 
 def _bias(node: Node) -> Value | None:
-    return node.inputs[2] if len(node.inputs) > 2 else None
+    """The layer's float bias, behind its fake_quant_bias when it has one."""
+    return layer_bias(node)
 
 
 def _output_channel_axis(layer: Node) -> int:
@@ -135,16 +138,7 @@ def _output_channel_axis(layer: Node) -> int:
 def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
     old = _bias(layer)
     name = f"{old.name}.corrected" if old is not None else f"{layer.name}.bias.corrected"
-    new = graph.add_constant(name, data)
-    if old is not None:
-        layer.replace_input(old, new)
-        if not old.users and old not in graph.outputs:
-            graph.remove_value(old)
-        return
-    while len(layer.inputs) < 3:
-        layer.inputs.append(None)
-    layer.inputs[2] = new
-    new.users.append(layer)
+    set_layer_bias(graph, layer, graph.add_constant(name, data))
 
 
 # ---- empirical ---------------------------------------------------------------------------
@@ -189,6 +183,11 @@ def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[s
                     _set_bias(graph, node, corrected_bias(None if bias is None else bias.data,
                                                           output_error, np.float32))
                     corrected += 1
+                    holder = node.inputs[2].producer
+                    if holder is not None and holder.op == "fake_quant_bias":  # ran, or is new
+                        env[id(holder.output)] = run_op(holder.op, [lookup(v) for v in holder.inputs],
+                                                        holder.attrs)[0]
+                        remaining.setdefault(id(holder.output), 1)
             arguments = [lookup(v) for v in node.inputs]
             if any(isinstance(a, list) for a in arguments):
                 per_batch = [run_op(node.op, [a[b] if isinstance(a, list) else a for a in arguments],

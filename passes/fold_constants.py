@@ -39,7 +39,7 @@ from qcompiler.pipeline import PassResult
 SMALL_RESULT_ELEMENTS = 1024
 
 # Quantization ops are kept as nodes: the integer lowering matches them.
-_QUANTIZATION_OPS = frozenset({"quantize", "dequantize", "fake_quant"})
+_QUANTIZATION_OPS = frozenset({"quantize", "dequantize", "fake_quant", "fake_quant_bias"})
 
 
 def fold_constants(graph: Graph) -> PassResult:

@@ -6,22 +6,30 @@
                                           %r.fq = fake_quant(%r, %r.fq.scale, %r.fq.zero_point)
 
 The interface of `fake_quant(x, scale, zero_point) {axis, bits, signed, narrow_range,
-symmetric}`: scale is an f32[C] constant and zero_point an i32[C] constant (C = 1 per
-tensor, else the size of `axis`); real = scale * (q - zero_point) with q in the
-integer range of (bits, signed, narrow_range). `symmetric` says how calibration
-chooses the scale (zero_point = 0). Until calibrated, the scale is NaN and the
-output value's `qparams` is None; calibration (`qcompiler.calibrate`) fills the
-constants and sets the output's `qparams` to the same numbers, which is what
-integer lowering reads. Several fake_quant nodes may share one scale constant:
-they then share their qparams (see concat below).
+symmetric, rounding}`: scale is an f32[C] constant and zero_point an i32[C] constant
+(C = 1 per tensor, else the size of `axis`); real = scale * (q - zero_point) with q in
+the integer range of (bits, signed, narrow_range). `symmetric` says how calibration
+chooses the scale (zero_point = 0). `rounding` is the integer path's rule at that point:
+"half_up" after ops whose integer form requantizes an accumulator
+(`qcompiler.lowering_rules.REQUANTIZING_OPS`), "half_to_even" (the graph-boundary rule)
+elsewhere; a float64 simulation applies it exactly (`qcompiler.ops`). Until
+calibrated, the scale is NaN and the output value's `qparams` is None; calibration
+(`qcompiler.calibrate`) fills the constants and sets the output's `qparams` to the
+same numbers, which is what integer lowering reads. Several fake_quant nodes may share
+one scale constant: they then share their qparams (see concat below).
 
 Placement (the quantization points of integer runtimes such as TFLite and
 onnxruntime QDQ; Jacob et al. 2018, sec. 2-3; Krishnamoorthi 2018, sec. 3):
 - float graph inputs;
 - the weight of each conv1d / conv2d / conv_transpose2d / linear (per output
   channel when the scheme says so: axis 0, or axis 1 for conv_transpose2d with
-  groups == 1; grouped transposed convs fall back to per tensor, with a note).
-  Biases stay float: lowering stores them as int32 with scale s_in * s_w;
+  groups == 1; grouped transposed convs fall back to per tensor, with a note);
+- the bias of each conv1d / conv2d / linear whose weight is quantized symmetrically along
+  its output channels and whose input is quantized: `fake_quant_bias(%b, %x.fq.scale,
+  %w.fq.scale)` rounds it to the int32 grid of step s_in * s_w[c] that the integer kernel
+  adds (docs/integer-spec.md, section 1), reading the two scale constants when it runs, so
+  the grid follows calibration, bias correction and training with nothing to keep in
+  sync. `layer_bias` and `set_layer_bias` read and replace the float bias behind it;
 - the output of every op that computes new values (conv, linear, matmul, add,
   mul, pooling by averaging, softmax, layer_norm, gelu, ...). A relu or clamp
   (ReLU6) that is the only user of such an output is fused into it, as integer
@@ -60,10 +68,13 @@ import numpy as np
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.lowering_rules import REQUANTIZING_OPS
 from qcompiler.pipeline import PassResult
 from qcompiler.quant_config import QScheme, QuantConfig
 
 WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
+# Weighted ops that integer lowering runs with an int32 bias (conv_transpose2d falls back to float).
+INTEGER_BIAS_OPS = {"conv2d", "conv1d", "linear"}
 FUSED_ACTIVATIONS = {"relu", "clamp"}
 # Ops whose outputs only hold values of their input (moved, selected, or zero), so an
 # integer runtime runs them on the integers and the input's qparams carry over exactly.
@@ -115,6 +126,13 @@ def _is_float(value: Value | None) -> bool:
     return value is not None and value.dtype == "f32"
 
 
+def _rounding(producer: Node | None) -> str:
+    """How the fake_quant after `producer` rounds in a float64 simulation: half up where the
+    integer op requantizes an accumulator, else the graph-boundary rule (see the module
+    docstring)."""
+    return "half_up" if producer is not None and producer.op in REQUANTIZING_OPS else "half_to_even"
+
+
 class _Placement:
     def __init__(self, graph: Graph, config: QuantConfig):
         self.graph, self.config = graph, config
@@ -124,7 +142,7 @@ class _Placement:
         self.requantized: dict[int, Value] = {}  # value id -> its fake-quantized version
         self.fused: set[int] = set()  # activation nodes fused into the group before them
         self.weights: dict[int, Value] = {}
-        self.counts = {"weight": 0, "activation": 0}
+        self.counts = {"weight": 0, "activation": 0, "bias": 0}
         self.notes: list[str] = []
 
     def run(self) -> PassResult:
@@ -157,20 +175,28 @@ class _Placement:
             elif len(node.outputs) == 1 and _is_float(node.output):
                 self._quantize_output(node)
         self._quantize_graph_outputs()
+        # Last, once every quantization point and shared (concat) scale is in place.
+        for node in self.order:
+            if node.op in INTEGER_BIAS_OPS and not self.config.is_excluded(node) \
+                    and quantize_layer_bias(self.graph, node) is not None:
+                self.counts["bias"] += 1
         total = self.counts["weight"] + self.counts["activation"]
         self.notes.insert(0, f"inserted {total} fake_quant node(s): {self.counts['weight']} on "
-                             f"weights, {self.counts['activation']} on activations")
-        return PassResult(self.graph, total > 0, self.notes)
+                             f"weights, {self.counts['activation']} on activations; "
+                             f"{self.counts['bias']} fake_quant_bias node(s)")
+        return PassResult(self.graph, total + self.counts["bias"] > 0, self.notes)
 
     def _fake_quant(self, value: Value, scheme: QScheme, axis: int | None, before: Node | None,
-                    name: str | None = None, role: str = "activation") -> Node:
+                    name: str | None = None, role: str = "activation",
+                    rounding: str = "half_to_even") -> Node:
         """A fake_quant of `value` with uncalibrated (NaN) scale, inserted before `before`."""
         name = self.graph.unique_name(name or f"{value.name}.fq")
         channels = 1 if axis is None else value.shape[axis]
         scale = self.graph.add_constant(f"{name}.scale", np.full(channels, np.nan, np.float32))
         zero_point = self.graph.add_constant(f"{name}.zero_point", np.zeros(channels, np.int32))
         attrs = {"axis": axis, "bits": scheme.bits, "signed": scheme.signed,
-                 "narrow_range": scheme.narrow_range, "symmetric": scheme.symmetric}
+                 "narrow_range": scheme.narrow_range, "symmetric": scheme.symmetric,
+                 "rounding": rounding}
         source = value.producer.source if value.producer is not None else ""
         node = self.graph.add_node("fake_quant", [value, scale, zero_point], attrs, name=name,
                                    before=before, source=source)
@@ -218,25 +244,12 @@ class _Placement:
             self.fused.add(id(value.users[0]))
             value = value.users[0].output
         fq = self._fake_quant(value, self.config.activation_scheme(owners), None,
-                              self.following[id(owners[-1])])
+                              self.following[id(owners[-1])], rounding=_rounding(node))
         self.graph.replace_all_uses(value, fq.output)
-
-    def _sources(self, value: Value) -> list[Node]:
-        """The fake_quant nodes whose numbers `value` holds (through value-moving ops)."""
-        producer = value.producer
-        if producer is None:
-            return []
-        if producer.op == "fake_quant":
-            return [producer]
-        if producer.op == "concat":
-            return [fq for v in producer.inputs for fq in self._sources(v)]
-        if moves_values_only(producer):
-            return self._sources(producer.inputs[0])
-        return []
 
     def _share_concat_qparams(self, node: Node) -> None:
         sources = list({id(fq): fq for v in node.inputs if _is_float(v)
-                        for fq in self._sources(v)}.values())
+                        for fq in source_fake_quants(v)}.values())
         if len(sources) < 2:
             return
         scheme = self.config.activation_scheme([node])
@@ -266,5 +279,82 @@ class _Placement:
             if excluded:
                 continue
             owners = [producer] if producer is not None else [value]
-            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None)
+            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None,
+                                  rounding=_rounding(producer))
             self.graph.outputs = [fq.output if v is value else v for v in self.graph.outputs]
+
+
+# ---- sources of quantized values, and biases ------------------------------------------------
+
+
+def source_fake_quants(value: Value) -> list[Node]:
+    """The fake_quant nodes whose numbers `value` holds (through value-moving ops and concat)."""
+    producer = value.producer
+    if producer is None:
+        return []
+    if producer.op == "fake_quant":
+        return [producer]
+    if producer.op == "concat":
+        return [fq for v in producer.inputs for fq in source_fake_quants(v)]
+    if moves_values_only(producer):
+        return source_fake_quants(producer.inputs[0])
+    return []
+
+
+def bias_scale_sources(layer: Node) -> tuple[Value, Value] | None:
+    """The scale constants (input, weight) whose product is the step of `layer`'s int32 bias,
+    or None when integer lowering would not give it one: the weight is not fake-quantized
+    symmetrically along the output channels, or the input does not hold one per-tensor
+    quantization."""
+    if layer.op not in INTEGER_BIAS_OPS or len(layer.inputs) < 2:
+        return None
+    weight_fq = layer.inputs[1].producer
+    if (weight_fq is None or weight_fq.op != "fake_quant" or not weight_fq.inputs[0].is_constant
+            or not weight_fq.attrs.get("symmetric", False) or weight_fq.attrs.get("axis") not in (None, 0)):
+        return None
+    sources = source_fake_quants(layer.inputs[0])
+    if not sources or sources[0].attrs.get("axis") is not None \
+            or any(fq.inputs[1] is not sources[0].inputs[1] for fq in sources):
+        return None
+    return sources[0].inputs[1], weight_fq.inputs[1]
+
+
+def layer_bias(layer: Node) -> Value | None:
+    """The float bias of a weighted layer (its input 2), looking through a fake_quant_bias."""
+    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+    if bias is not None and bias.producer is not None and bias.producer.op == "fake_quant_bias":
+        return bias.producer.inputs[0]
+    return bias
+
+
+def quantize_layer_bias(graph: Graph, layer: Node) -> Node | None:
+    """Put a fake_quant_bias between `layer` and its float constant bias, if lowering gives the
+    layer an int32 bias (see `bias_scale_sources`) and it has none yet; the new node or None."""
+    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+    scales = bias_scale_sources(layer)
+    if bias is None or scales is None or not _is_float(bias) or not bias.is_constant:
+        return None
+    node = graph.add_node("fake_quant_bias", [bias, *scales], {},
+                          name=graph.unique_name(f"{layer.name}.bias.fq"), before=layer,
+                          source=layer.source)
+    layer.replace_input(bias, node.output)
+    return node
+
+
+def set_layer_bias(graph: Graph, layer: Node, bias: Value) -> None:
+    """Make the float constant `bias` the bias of `layer`, behind the layer's fake_quant_bias
+    when it has one; a layer that had no bias gets a fake_quant_bias too if its quantization
+    calls for one (e.g. bias correction adding a bias). The old float bias is removed if
+    nothing else reads it."""
+    old = layer_bias(layer)
+    holder = layer.inputs[2].producer if old is not None and layer.inputs[2] is not old else layer
+    if old is not None:
+        holder.replace_input(old, bias)
+        if not old.users and old not in graph.outputs and old.is_constant:
+            graph.remove_value(old)
+        return
+    while len(layer.inputs) < 3:
+        layer.inputs.append(None)
+    layer.inputs[2] = bias
+    bias.users.append(layer)
+    quantize_layer_bias(graph, layer)

@@ -27,11 +27,13 @@ symmetric (zero point 0), activations per tensor, 8-bit or 16-bit signed
 activations, and on `target="x86"` uint8 activations and weights in [-64, 63] into
 conv/linear, on `target="aarch64"` int8 activations (spec section 8). Refuses a
 layer whose worst-case int32 accumulator can reach 2**31 (spec section 7) and
-reports the largest bounds. Preserves: the function of the fake-quant graph up to
-what integer arithmetic does differently (int32 bias rounding, exact
-accumulation, one rounding): each op, fed the same integers, is within one
-quantization step of the simulation (`qcompiler.backends.simulation_agreement`
-measures it); through deep networks these differences propagate.
+reports the largest bounds. Preserves: the function of the fake-quant graph, whose
+`fake_quant_bias` nodes add the int32 bias stored here and whose fake_quant `rounding`
+is each integer op's rule: the float64 simulation agrees bit for bit but for the
+fixed-point multiplier's 2**-31 (docs/integer-spec.md, section 12); the float32 one, fed
+the same integers, within one step at a few elements in a million (float32
+accumulation), differences that deep networks can spread
+(`qcompiler.backends.simulation_agreement` measures both).
 Known limits: nearest resize, conv_transpose2d and ops with float operands of
 their own fall back; 16-bit lookup tables are not built (fall back).
 References: Jacob et al. 2018 (integer-only inference, sec. 2); the TFLite
@@ -50,8 +52,17 @@ from qcompiler import lowering_rules_layout as layout
 from qcompiler.calibrate import require_calibrated
 from qcompiler.errors import IntegerOnlyError, QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
-from qcompiler.lowering_rules import emit_requantize, fake_quant_qparams, integer_dtype
-from qcompiler.numerics.integer_params import largest_offset, worst_case_accumulator
+from qcompiler.lowering_rules import (
+    check_rounding,
+    emit_requantize,
+    fake_quant_qparams,
+    integer_dtype,
+)
+from qcompiler.numerics.integer_params import (
+    fake_quantize_bias,
+    largest_offset,
+    worst_case_accumulator,
+)
 from qcompiler.numerics.quant import fake_quantize, quantize
 from qcompiler.passes.insert_fake_quant import moves_values_only
 from qcompiler.pipeline import PassResult
@@ -158,6 +169,8 @@ class _Lowering:
             if node.op == "fake_quant":
                 self._lower_fake_quant(node)
                 continue
+            if node.op == "fake_quant_bias":
+                continue  # read by its layer's rule (int32 bias), or made on demand by as_float
             rule = RULES.get(node.op)
             reason = rule(self, node) if rule is not None else \
                 f"{node.op} has no integer form (docs/integer-spec.md, section 9)"
@@ -214,6 +227,12 @@ class _Lowering:
             data = fake_quantize(producer.inputs[0].data, qparams.scale, qparams.zero_point,
                                  qparams.qmin, qparams.qmax, qparams.axis)
             result = self.new.add_constant(value.name, data)
+        elif producer is not None and producer.op == "fake_quant_bias" \
+                and all(v.is_constant for v in producer.inputs):
+            # A layer that falls back to float adds the bias the simulation adds.
+            bias, input_scale, weight_scale = (v.data for v in producer.inputs)
+            result = self.new.add_constant(value.name, fake_quantize_bias(bias, input_scale,
+                                                                          weight_scale))
         elif id(value) in self.int_of:
             result = self.dequantize(self.int_of[id(value)], f"{value.name}.dequantize")
         else:
@@ -261,11 +280,13 @@ class _Lowering:
         if integer is None:  # a float value (graph input or fall back): the boundary quantize
             self.set_int(node.output, self.quantize(self.as_float(source), qparams, node.name,
                                                     node.source), qparams)
+            check_rounding(self, node, "quantize")
         elif integer.qparams == qparams:
             self.int_of[id(node.output)] = integer
         else:
             self.set_int(node.output, emit_requantize(self, integer, qparams, [], node.name, node),
                          qparams)
+            check_rounding(self, node, "requantize")
 
     # ---- fall back ------------------------------------------------------------------------------
 

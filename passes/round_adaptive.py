@@ -73,6 +73,7 @@ from qcompiler.numerics.adaround import (
 )
 from qcompiler.numerics.quant import dequantize, quant_range
 from qcompiler.ops import run_op
+from qcompiler.passes.insert_fake_quant import layer_bias
 from qcompiler.pipeline import PassResult
 
 _ROW_OPS = {"conv2d", "conv1d", "linear"}
@@ -172,7 +173,7 @@ def _adaroundable(graph: Graph, layer: Node, notes: list[str]) -> bool:
         why = f"its weight is quantized per channel on axis {fq.attrs.get('axis')}, not 0"
     elif len(fq.output.users) != 1 or len(weight.users) != 1 or weight in graph.outputs:
         why = f"its weight %{weight.name} is shared with other nodes"
-    elif len(layer.inputs) > 2 and layer.inputs[2] is not None and not layer.inputs[2].is_constant:
+    elif layer_bias(layer) is not None and not layer_bias(layer).is_constant:
         why = "its bias is not a constant"
     if why is not None:
         notes.append(f"%{layer.name} kept round-to-nearest: {why}")
@@ -215,7 +216,7 @@ class _Run:
         return found if isinstance(found, list) else [found] * self.count
 
     def run(self, node: Node) -> None:
-        if self.bypass_fake_quant and node.op == "fake_quant":
+        if self.bypass_fake_quant and node.op in ("fake_quant", "fake_quant_bias"):
             self.env[id(node.output)] = self.get(node.inputs[0])
             return
         arguments = [self.get(v) for v in node.inputs]
@@ -280,7 +281,7 @@ def _round_layer(graph: Graph, layer: Node, float_run: _Run, quantized_run: _Run
     qmin, qmax = quant_range(fq.attrs.get("bits", 8), fq.attrs.get("signed", True),
                              fq.attrs.get("narrow_range", False))
     groups = layer.attrs.get("groups", 1) if layer.op != "linear" else 1
-    bias = layer.inputs[2].data if len(layer.inputs) > 2 and layer.inputs[2] is not None else None
+    bias = None if layer_bias(layer) is None else layer_bias(layer).data
     float_inputs = float_run.batches(layer.inputs[0])
     quantized_inputs = quantized_run.batches(layer.inputs[0])
     float_rows, quantized_rows = sample_rows([float_inputs, quantized_inputs], layer.op, layer.attrs,

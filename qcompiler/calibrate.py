@@ -18,9 +18,11 @@ Quantization points are the fake_quant nodes, grouped by their scale constant
 
 Then `choose_qparams` (qcompiler.numerics.quant) turns each range into a scale and
 zero point, which fill the point's constants and the `qparams` of every member's
-output value. The input graph is never modified: work happens on a copy, so an
-error (empty data, a batch of the wrong shape or dtype, NaN/Inf in a weight or an
-activation) leaves nothing half-calibrated.
+output value. `fake_quant_bias` nodes read those scale constants when they run, so
+biases land on their int32 grid with nothing more to do here. The input graph is
+never modified: work happens on a copy, so an error (empty data, a batch of the
+wrong shape or dtype, NaN/Inf in a weight or an activation) leaves nothing
+half-calibrated.
 """
 
 from __future__ import annotations
@@ -84,6 +86,26 @@ def fake_quant_problems(graph: Graph) -> list[str]:
                 or not np.array_equal(q.scale, scale) or not np.array_equal(q.zero_point, zero_point):
             problems.append(f"{node.describe()}: output qparams do not match its scale/zero_point "
                             "constants and attributes")
+    return problems + _fake_quant_bias_problems(graph)
+
+
+def _fake_quant_bias_problems(graph: Graph) -> list[str]:
+    """A fake_quant_bias must read the scale constants of its layer's input and weight
+    fake_quants (then lowering and simulation round the bias to the same grid)."""
+    from qcompiler.passes.insert_fake_quant import bias_scale_sources  # passes import calibrate
+
+    problems = []
+    for node in graph:
+        if node.op != "fake_quant_bias":
+            continue
+        layers = node.output.users
+        if len(layers) != 1 or len(layers[0].inputs) < 3 or layers[0].inputs[2] is not node.output:
+            problems.append(f"{node.describe()} must be the bias of exactly one layer")
+            continue
+        expected = bias_scale_sources(layers[0])
+        if expected is None or expected[0] is not node.inputs[1] or expected[1] is not node.inputs[2]:
+            problems.append(f"{node.describe()} does not read the scales of the fake_quants of "
+                            f"{layers[0].describe()}'s input and weight; re-run insert_fake_quant")
     return problems
 
 
@@ -210,11 +232,11 @@ def _check_constants_finite(graph: Graph) -> None:
 
 
 def float_observation_graph(graph: Graph, observed: list[Value]) -> tuple[Graph, list[str]]:
-    """A float copy of `graph` (fake_quants bypassed) whose outputs are the `observed`
-    values; returns it and the output names, deduplicated, in order."""
+    """A float copy of `graph` (fake_quant and fake_quant_bias nodes bypassed) whose outputs
+    are the `observed` values; returns it and the output names, deduplicated, in order."""
     probe = graph.copy()
     for node in list(probe):
-        if node.op == "fake_quant":
+        if node.op in ("fake_quant", "fake_quant_bias"):
             probe.replace_all_uses(node.output, node.inputs[0])
             probe.remove_node(node)
     names = []

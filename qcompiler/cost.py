@@ -89,6 +89,7 @@ _PER_ELEMENT = MappingProxyType({
     "dequantize": (1, 1),  # subtract zero point, multiply
     "requantize": (4, 1),  # fixed-point multiply, rounding shift, add zero point, clamp (2)
     "fake_quant": (4, 2),  # quantize, then dequantize
+    "fake_quant_bias": (4, 3),  # step = s_in * s_w, then fake_quant on that step
     "qlookup": (1, 0),  # index = q - input_min, then a table read
 })
 _POOLS = frozenset({"max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d"})
@@ -98,8 +99,8 @@ _SPECIAL = frozenset({"clamp", "gelu", "layer_norm", "resize"})
 # batch-norm running statistics, quantization scales and zero points, requantization
 # multipliers and shifts, lookup tables computed from an activation function.
 _NOT_PARAMETERS = MappingProxyType({
-    "batch_norm": (3, 4), "fake_quant": (1, 2), "qconv2d": (3, 4), "qconv1d": (3, 4),
-    "qlinear": (3, 4), "qlookup": (1,),
+    "batch_norm": (3, 4), "fake_quant": (1, 2), "fake_quant_bias": (1, 2), "qconv2d": (3, 4),
+    "qconv1d": (3, 4), "qlinear": (3, 4), "qlookup": (1,),
 })
 # Ops that only move or reinterpret data: no arithmetic (their memory traffic still counts).
 _DATA_MOVEMENT = frozenset({"concat", "split", "slice", "reshape", "flatten", "permute",

@@ -33,6 +33,16 @@ from qcompiler.ops import run_op
 
 FUSABLE_ACTIVATIONS = ("relu", "clamp")
 LOOKUP_OPS = ("sigmoid", "tanh", "hardswish", "hardsigmoid", "silu", "gelu")
+# Float ops whose integer form requantizes an accumulator (spec section 3: round half up). The
+# fake_quant after one (and its fused relu/clamp) gets rounding="half_up", the rule a float64
+# simulation then applies there; every other quantization point (graph inputs, weights, lookup
+# tables, embeddings, float fall backs) rounds by the graph-boundary rule (section 10).
+REQUANTIZING_OPS = frozenset({"conv2d", "conv1d", "linear", "matmul", "add", "sub", "mul", "div",
+                              "relu", "clamp", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d",
+                              "adaptive_avg_pool1d", "mean"})
+# The integer ops that end in that requantization (lookups, embeddings and quantize do not).
+_REQUANTIZING_INTEGER_OPS = frozenset({"qconv2d", "qconv1d", "qlinear", "qmatmul", "qadd", "qmul",
+                                       "requantize", "qavg_pool2d", "qavg_pool1d", "qmean"})
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
@@ -105,6 +115,20 @@ def multiplier(real: float, node: Node) -> tuple[int, int]:
 def finish(lowering, node: Node, chain: list[Node], fake_quant: Node, result: Value) -> None:
     lowering.consumed.update(id(n) for n in [*chain, fake_quant])
     lowering.set_int(fake_quant.output, result, fake_quant_qparams(fake_quant))
+    check_rounding(lowering, fake_quant, result.producer.op if result.producer is not None else "")
+
+
+def check_rounding(lowering, fake_quant: Node, integer_op: str) -> None:
+    """Note a fake_quant whose `rounding` is not the rule of the integer op that computes its
+    value: a float64 simulation would then round that point differently (rarely: at ties)."""
+    if integer_op == "qconcat":  # copies (its differing inputs were requantized before it)
+        return
+    expected = "half_up" if integer_op in _REQUANTIZING_INTEGER_OPS else "half_to_even"
+    if fake_quant.attrs.get("rounding", "half_to_even") != expected:
+        lowering.notes.append(f"{fake_quant.describe()} has rounding="
+                              f"{fake_quant.attrs.get('rounding', 'half_to_even')!r} but its value "
+                              f"comes from {integer_op} ({expected}); re-run insert_fake_quant for a "
+                              "float64 simulation that rounds as the integer path does")
 
 
 def quantized_output(lowering, node: Node):
@@ -164,7 +188,7 @@ def lower_weighted(lowering, node: Node):
     weight_fq = node.inputs[1].producer
     if weight_fq is None or weight_fq.op != "fake_quant" or not weight_fq.inputs[0].is_constant:
         return "its weight is not a quantized constant"
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = _float_bias(node)
     if bias is not None and not bias.is_constant:
         return "its bias is not a constant"
     found = quantized_output(lowering, node)
@@ -177,6 +201,7 @@ def lower_weighted(lowering, node: Node):
     if w_q.axis not in (None, 0):
         return f"its weight is quantized along axis {w_q.axis}, not the output channels"
     _check_target(lowering.target, node, x.qparams, w_q)
+    _check_bias_grid(node, x, w_q)
     weight = weight_fq.inputs[0].data
     channels = weight.shape[0]
     weight_scales = np.broadcast_to(w_q.scale, (channels,))
@@ -199,6 +224,30 @@ def lower_weighted(lowering, node: Node):
     result = lowering.emit(f"q{node.op}", [x, *constants], attrs, name, node.source).output
     finish(lowering, node, chain, fake_quant, result)
     return None
+
+
+def _float_bias(node: Node) -> Value | None:
+    """The float bias of a weighted layer, behind its fake_quant_bias if it has one (what
+    `passes.insert_fake_quant.layer_bias` says; not imported, as that module imports this)."""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and bias.producer is not None and bias.producer.op == "fake_quant_bias":
+        return bias.producer.inputs[0]
+    return bias
+
+
+def _check_bias_grid(node: Node, x: Value, w_q: QParams) -> None:
+    """A fake_quant_bias rounds the bias with the scales it reads; the int32 bias is rounded
+    with the input's and weight's qparams. They must be the same numbers (spec section 1)."""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is None or bias.producer is None or bias.producer.op != "fake_quant_bias":
+        return
+    input_scale, weight_scale = (v.data for v in bias.producer.inputs[1:])
+    if not (np.array_equal(np.asarray(input_scale).reshape(-1), x.qparams.scale.reshape(-1))
+            and np.array_equal(np.asarray(weight_scale).reshape(-1), np.asarray(w_q.scale).reshape(-1))):
+        raise QuantizationError(
+            f"{bias.producer.describe()} rounds the bias of {node.describe()} with scales that are "
+            "not those of the layer's input and weight, so simulation and the int32 bias would "
+            "differ; re-run insert_fake_quant (qcompiler.calibrate.fake_quant_problems explains)")
 
 
 def _check_target(target: str, node: Node, x_q: QParams, w_q: QParams) -> None:

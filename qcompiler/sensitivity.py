@@ -201,13 +201,22 @@ def run_with_quantizers(graph: Graph, inputs: list[torch.Tensor], enabled: set[s
 
     with torch.no_grad():
         for node in graph:
-            if node.op == "fake_quant" and node.name not in enabled:
+            if node.op == "fake_quant" and node.name not in enabled \
+                    or node.op == "fake_quant_bias" and not _bias_quantizer_on(node, enabled):
                 env[id(node.output)] = get(node.inputs[0])
                 continue
             results = run_op(node.op, [get(v) for v in node.inputs], node.attrs)
             for value, result in zip(node.outputs, results, strict=True):
                 env[id(value)] = result
     return [get(v).numpy() for v in graph.outputs]
+
+
+def _bias_quantizer_on(node: Node, enabled: set[str]) -> bool:
+    """A layer's fake_quant_bias is on exactly when its weight's fake_quant is (both belong to
+    the layer)."""
+    layers = node.output.users
+    weight = layers[0].inputs[1].producer if layers and len(layers[0].inputs) > 1 else None
+    return weight is not None and weight.name in enabled
 
 
 def sensitivity_analysis(quantized_graph: Graph, calibration_data: Iterable, *, mode: str = "one_float",

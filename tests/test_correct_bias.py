@@ -16,7 +16,7 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.passes.correct_bias import CorrectBias, correct_bias
 from qcompiler.passes.fold_batchnorm import fold_batchnorm
-from qcompiler.passes.insert_fake_quant import insert_fake_quant
+from qcompiler.passes.insert_fake_quant import insert_fake_quant, layer_bias
 from qcompiler.pipeline import Pipeline
 from qcompiler.quant_config import QScheme, QuantConfig
 
@@ -91,9 +91,9 @@ def test_each_correction_is_the_mean_error_on_inputs_from_corrected_earlier_laye
         with torch.no_grad():
             errors = [run_layer(node, x, error_weight) for x in inputs[node.name]]
         expected = torch.cat([e.movedim(axis, -1).reshape(-1, e.shape[axis]) for e in errors]).mean(0)
-        old = original.inputs[2].data if len(original.inputs) > 2 and original.inputs[2] is not None \
+        old = layer_bias(original).data if layer_bias(original) is not None \
             else np.zeros(expected.shape[0], np.float32)
-        np.testing.assert_allclose(old - node.inputs[2].data, expected.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(old - layer_bias(node).data, expected.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def to_torch_weight(fq):
@@ -140,7 +140,7 @@ def test_a_layer_without_bias_gets_one():
     _, quantized, data = small_linear_graph()
     result = correct_bias(quantized, calibration_data=data)
     assert result.modified
-    assert quantized.values["fc2"].producer.inputs[2] is quantized.values["fc2.bias.corrected"]
+    assert layer_bias(quantized.values["fc2"].producer) is quantized.values["fc2.bias.corrected"]
 
 
 def test_a_shared_bias_is_not_corrected():
@@ -210,8 +210,8 @@ def test_analytical_matches_empirical_on_data_drawn_from_the_batchnorm_statistic
                                 "%conv0 not corrected: the mean of its input %x.fq does not follow "
                                 "from the statistics"]
     empirical = correct_bias(calibration_data=data)(quantized.copy())
-    analytical_shift = analytical.graph.values["conv1"].producer.inputs[2].data - original_bias
-    empirical_shift = empirical.graph.values["conv1"].producer.inputs[2].data - original_bias
+    analytical_shift = layer_bias(analytical.graph.values["conv1"].producer).data - original_bias
+    empirical_shift = layer_bias(empirical.graph.values["conv1"].producer).data - original_bias
     # "Roughly": the empirical mean also includes uint8 activation rounding, the
     # corrected conv0 before it and sampling noise (9216 positions).
     assert np.abs(empirical_shift).max() > 0.05  # a visible correction to compare
@@ -259,5 +259,5 @@ def test_analytical_input_means_follow_residual_adds_and_global_pooling():
     # 2% of the correction's size: the clipped-normal mean is exact only in expectation,
     # and the sample means (9216 positions) carry about 1% noise.
     expected = -(error_weight @ measured_mean)
-    np.testing.assert_allclose(corrected.values["fc"].producer.inputs[2].data, expected,
+    np.testing.assert_allclose(layer_bias(corrected.values["fc"].producer).data, expected,
                                atol=0.02 * np.abs(expected).max())

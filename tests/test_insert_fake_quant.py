@@ -61,6 +61,11 @@ def check_common_placement(float_graph: Graph, config=None):
             weight_fq = node.inputs[1].producer
             assert weight_fq.op == "fake_quant" and weight_fq.inputs[0].is_constant
             assert quantized_by(node.inputs[0]) is not None, node.describe()
+            if len(node.inputs) > 2 and node.inputs[2] is not None:  # int32 bias grid s_in * s_w
+                bias_fq = node.inputs[2].producer
+                assert bias_fq.op == "fake_quant_bias" and bias_fq.inputs[0].is_constant
+                assert bias_fq.inputs[1] is quantized_by(node.inputs[0]).inputs[1]
+                assert bias_fq.inputs[2] is weight_fq.inputs[1]
         if node.op == "add":  # residual adds: both inputs and the output (after a fused relu)
             assert all(quantized_by(v) is not None for v in node.inputs), node.describe()
             out = node.output
@@ -83,10 +88,12 @@ def test_resnet_placement(resnet):
     graph = check_common_placement(resnet)
     weight_fq = graph.values["conv1"].producer.inputs[1].producer
     assert weight_fq.attrs == {"axis": 0, "bits": 8, "signed": True, "narrow_range": True,
-                               "symmetric": True}
+                               "symmetric": True, "rounding": "half_to_even"}
     relu_fq = graph.values["relu"].users[0]
+    # The conv's integer form requantizes its accumulator there: round half up.
     assert relu_fq.attrs == {"axis": None, "bits": 8, "signed": False, "narrow_range": False,
-                             "symmetric": False}
+                             "symmetric": False, "rounding": "half_up"}
+    assert graph.values["x"].users[0].attrs["rounding"] == "half_to_even"  # graph boundary
     assert relu_fq.inputs[1].shape == (1,) and np.isnan(relu_fq.inputs[1].data).all()
     # The pooled value is requantized (averaging makes new values); flatten keeps it.
     assert producer_op(graph.values["flatten"].producer.inputs[0]) == "fake_quant"

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from qcompiler.numerics.integer_params import (
     add_multipliers,
     average_multipliers,
+    bias_scales,
+    fake_quantize_bias,
     fused_clamp,
     largest_offset,
     lookup_table,
@@ -47,6 +49,34 @@ def test_bias_is_rounded_half_to_even_at_scale_s_in_times_s_w():
 def test_bias_saturates_to_int32_and_counts_it():
     bias_q, saturated = quantize_bias(np.array([1e6, -1e6, 1.0], np.float32), 1e-4, np.full(3, 1e-4), 3)
     assert bias_q.tolist() == [2**31 - 1, -(2**31), 10**8] and saturated == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-10.0, 10.0, width=32), min_size=1, max_size=6), scales,
+       st.lists(scales, min_size=1, max_size=6), st.booleans())
+def test_simulated_bias_is_the_int32_bias_times_its_step(bias, s_in, s_w, per_channel):
+    """What simulation adds (fake_quantize_bias) is exactly what the integer kernel adds
+    (quantize_bias), expressed in real units: dividing it by the step gives back the integers,
+    and it lies within half a step of the float bias (one rounding, half to even)."""
+    bias = np.array(bias, np.float32)
+    weight_scales = np.resize(np.array(s_w, np.float32), len(bias) if per_channel else 1)
+    step = bias_scales(s_in, weight_scales, len(bias))
+    integers, saturated = quantize_bias(bias, s_in, weight_scales, len(bias))
+    simulated = fake_quantize_bias(bias, s_in, weight_scales)
+    assert simulated.dtype == np.float32 and simulated.shape == bias.shape and saturated == 0
+    np.testing.assert_array_equal(np.rint(simulated.astype(np.float64) / step), integers)
+    error = np.abs(simulated.astype(np.float64) - bias)
+    assert (error <= step / 2 * (1 + 1e-6) + np.abs(bias) * 2**-23).all()
+    # Rounding a simulated bias again changes nothing: the grid is a fixed point.
+    np.testing.assert_array_equal(quantize_bias(simulated, s_in, weight_scales, len(bias))[0], integers)
+
+
+def test_bias_step_is_formed_in_float64_per_channel():
+    s_in, s_w = np.float32(0.1), np.array([0.3, 0.7], np.float32)
+    step = bias_scales(np.array([s_in]), s_w, 2)
+    assert step.dtype == np.float64
+    assert step.tolist() == [float(s_in) * float(s_w[0]), float(s_in) * float(s_w[1])]
+    assert bias_scales(s_in, np.array([0.5], np.float32), 3).tolist() == [float(s_in) * 0.5] * 3
 
 
 def test_absent_bias_is_zero():

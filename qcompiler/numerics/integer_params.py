@@ -6,7 +6,10 @@ floating point (`docs/integer-spec.md`, sections 3-9). Every function takes plai
 numbers or arrays and knows nothing about the IR.
 
 - `weighted_multipliers`: `M[c] = s_in * s_w[c] / s_out` as (M0, shift) pairs (spec 3).
-- `quantize_bias`: `round_half_even(b / (s_in * s_w[c]))`, saturated to int32 (spec 1, 7).
+- `bias_scales`, `quantize_bias`: `round_half_even(b / (s_in * s_w[c]))`, saturated to int32
+  (spec 1, 7); `fake_quantize_bias`: the real values those integers stand for, which is what
+  fake-quant simulation adds (the `fake_quant_bias` op), so lowering and simulation share
+  this one rounding.
 - `add_multipliers`: the two multipliers of `qadd` with one shared shift (spec 5).
 - `average_multipliers`: one (M0, shift) per window count for average pooling (spec 6).
 - `fused_clamp`: the output clamp of a requantizing op with relu/clamp folded in (spec 4).
@@ -38,17 +41,36 @@ def weighted_multipliers(input_scale: float, weight_scales: np.ndarray, output_s
     return quantize_multipliers(real)
 
 
+def bias_scales(input_scale: float, weight_scales: np.ndarray, channels: int) -> np.ndarray:
+    """The step of the int32 bias grid, `s_in * s_w[c]` per output channel, formed in float64
+    from the float32 scales (a per-tensor weight scale is broadcast to every channel)."""
+    weight_scales = np.asarray(weight_scales, np.float64).reshape(-1)
+    return np.float64(np.asarray(input_scale, np.float64).reshape(-1)[0]) * np.broadcast_to(
+        weight_scales, (channels,))
+
+
 def quantize_bias(bias: np.ndarray | None, input_scale: float, weight_scales: np.ndarray,
                   channels: int) -> tuple[np.ndarray, int]:
     """int32 bias with scale `s_in * s_w[c]` (zeros when there is none), and how many
-    entries saturated. Rounding is half to even (numpy's rint)."""
+    entries saturated. Rounding is half to even (numpy's rint) of the float64 quotient."""
     if bias is None:
         return np.zeros(channels, np.int32), 0
-    scales = np.float64(input_scale) * np.broadcast_to(
-        np.asarray(weight_scales, np.float64).reshape(-1), (channels,))
-    exact = np.rint(np.asarray(bias, np.float64).reshape(-1) / scales)
+    exact = np.rint(np.asarray(bias, np.float64).reshape(-1) / bias_scales(input_scale, weight_scales,
+                                                                          channels))
     saturated = int(np.count_nonzero((exact < INT32_MIN) | (exact > INT32_MAX)))
     return np.clip(exact, INT32_MIN, INT32_MAX).astype(np.int32), saturated
+
+
+def fake_quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray,
+                       dtype=np.float32) -> np.ndarray:
+    """The real values of the int32 bias an integer kernel adds in place of `bias`:
+    `quantize_bias(bias) * s_in * s_w[c]`, the product in float64, rounded once to `dtype`.
+    Fake-quant simulation adds these, so it sees the bias the integer path sees."""
+    bias = np.asarray(bias)
+    channels = bias.reshape(-1).shape[0]
+    integers, _ = quantize_bias(bias, input_scale, weight_scales, channels)
+    real = integers.astype(np.float64) * bias_scales(input_scale, weight_scales, channels)
+    return real.astype(dtype).reshape(bias.shape)
 
 
 def add_multipliers(scale_a: float, scale_b: float, output_scale: float, subtract: bool = False
