@@ -107,7 +107,7 @@ def compare_with_simulation(fake_quant_graph: Graph, inputs: tuple, *, target: s
                             precision: str = "float32") -> Agreement:
     """Lower `fake_quant_graph`, run the interpreter and the simulation on `inputs`, and compare.
     local=False skips the layer-by-layer comparison (and its second interpreter run).
-    precision="float64" runs the simulation as `qc.to_torch(graph).double()` (see
+    precision="float64" runs the simulation as `qc.to_torch(graph, exact=True)` (see
     `SimulationComparison`)."""
     return SimulationComparison(fake_quant_graph, target=target, strict=strict,
                                 precision=precision).compare(inputs, local)
@@ -117,8 +117,8 @@ class SimulationComparison:
     """`compare_with_simulation` for many batches: lowers the graph and builds the simulation
     once, then `compare(inputs, local)` per batch.
 
-    precision "float32" is the simulation as `qc.to_torch` makes it; "float64" is the same
-    module after `.double()`, float inputs cast to float64: its fake_quant nodes then round
+    precision "float32" is the simulation as `qc.to_torch` makes it by default; "float64" is
+    `qc.to_torch(graph, exact=True)`, which computes in float64: its fake_quant nodes round
     exactly as the integer path does at each point (`qcompiler.ops`, docs/integer-spec.md
     section 12), and accumulation is exact to far below one step."""
 
@@ -133,11 +133,12 @@ class SimulationComparison:
         self.dtype = PRECISIONS[precision]
         self.steps = {name: fake_quant_graph.values[name].qparams for name in self.origins}
         self.outputs = len(fake_quant_graph.outputs)
-        self.simulation = to_torch(fake_quant_graph, trainable=False).to(self.dtype)
+        exact = precision == "float64"
+        self.simulation = to_torch(fake_quant_graph, trainable=False, exact=exact)
         probe = fake_quant_graph.copy()
         probe.outputs = probe.outputs + [probe.values[name] for name in self.origins]
         # Graph outputs first, then every quantized layer.
-        self.simulation_with_layers = to_torch(probe, trainable=False).to(self.dtype)
+        self.simulation_with_layers = to_torch(probe, trainable=False, exact=exact)
 
     def compare(self, inputs: tuple, local: bool = True,
                 interpreted: list[np.ndarray] | None = None) -> Agreement:
@@ -264,7 +265,8 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
     modes = [strict] if strict is not None else [True, False]
     for mode in modes:
         try:
-            agreement = compare_with_simulation(fake_quant, example_inputs, strict=mode)
+            agreement = compare_with_simulation(fake_quant, example_inputs, strict=mode,
+                                                precision="float64")
             break
         except IntegerOnlyError as error:
             if mode is modes[-1]:
@@ -281,7 +283,7 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
         out.write(f"output %{difference.name}: {list(ours.shape)}\n")
         with np.printoptions(precision=4, suppress=True, threshold=20, edgeitems=3):
             out.write(f"  interpreter: {ours.reshape(-1)[:8]}\n")
-        out.write(f"  vs fake-quant simulation: max {difference.max_steps:.3g} step(s), "
+        out.write(f"  vs fake-quant simulation (exact): max {difference.max_steps:.3g} step(s), "
                   f"{difference.differing:.2%} of {difference.elements} elements differ\n")
         out.write(f"  vs float: max |difference| {np.abs(ours - float_out).max():.4g}")
         if ours.ndim == 2:

@@ -6,6 +6,15 @@ emitted module computes exactly what the IR says. Weights of weighted and
 normalisation layers become `nn.Parameter`s (gradients flow, for fine-tuning);
 other constants become buffers. Attribute names are the IR value names with
 dots replaced by underscores; `module.qc_names` maps them back.
+
+`exact=True` runs the float arithmetic in float64 (float32 inputs and outputs stay
+float32 at the module boundary). A fake-quant graph then computes exactly what its
+integer lowering computes: each fake_quant rounds by the integer path's rule at that
+point, and float64 accumulation of int8 x int8 products sits far below one step
+(docs/integer-spec.md, section 12). The float32 default uses torch's fake-quant kernels,
+for speed and quantization-aware training; its float32 accumulation order can land a
+value on the other side of a rounding boundary, and a deep network amplifies such
+one-step differences (benchmarks/results/integer_fidelity.md measures both).
 """
 
 from __future__ import annotations
@@ -40,10 +49,12 @@ def _attribute_name(name: str) -> str:
     return safe if not safe[0].isdigit() else f"c_{safe}"
 
 
-def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
+def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx.GraphModule:
     """Emit a GraphModule that runs `graph`; its forward takes the graph inputs in order.
 
-    A fake-quant graph must be calibrated first (the error names the first node that is not).
+    exact=True computes in float64 inside (see the module docstring): the simulation that
+    equals the integer interpreter. A fake-quant graph must be calibrated first (the error
+    names the first node that is not).
     """
     from qcompiler.calibrate import require_calibrated  # calibrate imports this module
 
@@ -55,6 +66,8 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
 
     for value in graph.inputs:
         env[id(value)] = fx_graph.placeholder(_attribute_name(value.name))
+        if exact and value.dtype == "f32":
+            env[id(value)] = fx_graph.call_method("to", (env[id(value)], torch.float64))
 
     learnable = set()
     for node in graph:
@@ -73,6 +86,8 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
         while hasattr(root, attribute) or attribute in qc_names:
             attribute += "_"
         tensor = torch.from_numpy(value.data.copy())
+        if exact and tensor.dtype == torch.float32:
+            tensor = tensor.to(torch.float64)
         if trainable and id(value) in learnable and tensor.is_floating_point():
             root.register_parameter(attribute, nn.Parameter(tensor))
         else:
@@ -94,6 +109,9 @@ def to_torch(graph: Graph, trainable: bool = True) -> fx.GraphModule:
                 env[id(value)] = fx_graph.call_function(operator.getitem, (call, index))
 
     results = [env[id(v)] for v in graph.outputs]
+    if exact:
+        results = [fx_graph.call_method("to", (result, torch.float32)) if value.dtype == "f32"
+                   else result for result, value in zip(results, graph.outputs, strict=True)]
     fx_graph.output(results[0] if len(results) == 1 else tuple(results))
     module = fx.GraphModule(root, fx_graph, class_name=f"QC_{_attribute_name(graph.name)}")
     module.qc_names = qc_names

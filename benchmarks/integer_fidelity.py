@@ -60,7 +60,7 @@ TRIALS = {"quick": 2, "full": 4}  # one-step perturbations per model
 MOBILENET_BATCH = 8
 
 
-PRECISIONS = ("float32", "float64")  # qc.to_torch(qg), and the same module after .double()
+PRECISIONS = ("float32", "float64")  # qc.to_torch(qg), and qc.to_torch(qg, exact=True)
 
 
 class Tally:
@@ -242,9 +242,10 @@ def main(argv=None) -> None:
     else:
         rows.append(mobilenet_row)
     notes += [
-        "float32: the simulation as qc.to_torch(qg) runs it; float64: the same module after "
-        ".double() (float inputs cast), whose fake_quant nodes round exactly as the integer "
-        "path does at each point (docs/integer-spec.md, section 12).",
+        "float32: the simulation qc.to_torch(qg) makes by default (torch's fake-quant kernels, "
+        "float32 accumulation); float64: qc.to_torch(qg, exact=True), which computes in float64 "
+        "and whose fake_quant nodes round exactly as the integer path does at each point "
+        "(docs/integer-spec.md, section 12).",
         "outputs differing: fraction of output elements (logits) where interpreter and simulation "
         "differ at all; max steps: the largest difference, in output quantization steps.",
         "per-op: every integer op run on the simulation's integers for its inputs (first batch), "

@@ -165,8 +165,9 @@ def test_demo_on_a_small_model_reports_every_section():
     # int8 weights: a quarter of the float weight bytes, plus int32 biases and multipliers
     assert re.search(r"^weight bytes .* -7\d\.\d%$", out, re.MULTILINE)
     assert re.search(r"^ +integer interpreter vs FP32: top-1 agreement \d+\.\d%", out, re.MULTILINE)
-    assert re.search(r"^interpreter vs simulation: \d+\.\d\d% of output elements differ", out,
-                     re.MULTILINE)
+    # The integers equal the exact simulation.
+    assert re.search(r"^interpreter vs simulation \(qc.to_torch\(qg, exact=True\)\): 0.00% of output "
+                     r"elements differ, top-1 agreement 100.0%", out, re.MULTILINE)
     assert re.search(r"^fold_batchnorm +yes ", out, re.MULTILINE)
     before, after = (int(n) for n in re.findall(r"== IR (?:before|after): (\d+) nodes", out))
     assert after < before  # batch norms folded away
@@ -187,8 +188,7 @@ def test_run_on_the_interpreter_reports_agreement():
     code, out = run(["run", "digits_cnn"])
     assert code == 0
     assert re.search(r"^output %\S+: \[4, 10\]$", out, re.MULTILINE)
-    steps = re.search(r"vs fake-quant simulation: max (\S+) step\(s\), (\S+)% of 40 elements differ", out)
-    assert steps and float(steps.group(1)) <= 1
+    assert "vs fake-quant simulation (exact): max 0 step(s), 0.00% of 40 elements differ" in out
     assert re.search(r"vs float: max \|difference\| \S+, top-1 agreement \d+\.\d%", out)
 
 

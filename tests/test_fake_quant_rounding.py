@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import qcompiler as qc
+from qcompiler.backends.interpreter import Interpreter
 from qcompiler.backends.simulation_agreement import compare_with_simulation, local_agreement_by_op
 from qcompiler.models import bert_style, resnet_style
 from qcompiler.numerics.quant import quantize
@@ -108,10 +109,24 @@ def test_float64_simulation_agrees_with_the_interpreter_bit_for_bit(resnet_case)
     exact = compare_with_simulation(fake_quant, (x,), precision="float64")
     assert exact.outputs[0].differing == 0 and exact.outputs[0].max_steps == 0
     assert sum(op.differing for op in local_agreement_by_op(exact)) == 0
-    assert exact.simulation_outputs[0].dtype == np.float64
+    assert exact.simulation_outputs[0].dtype == np.float32  # float32 at the module boundary
     # The float32 simulation of the same graph does not (float32 accumulation).
     approximate = compare_with_simulation(fake_quant, (x,))
     assert sum(op.differing for op in local_agreement_by_op(approximate)) > 0
+
+
+def test_exact_to_torch_returns_the_interpreters_numbers_with_float32_at_the_boundary(resnet_case):
+    fake_quant, x = resnet_case
+    module = qc.to_torch(fake_quant, exact=True)
+    assert all(b.dtype != torch.float32 for b in module.buffers())  # computes in float64
+    simulated = module(x)
+    assert simulated.dtype == torch.float32
+    integer = lower_to_integer(fake_quant).graph
+    interpreted = Interpreter(integer).run(x.numpy())[0]
+    np.testing.assert_array_equal(simulated.detach().numpy(), interpreted)
+    # Float graphs compute the same function, to float32 precision.
+    float_graph = qc.trace(resnet_style(batch=4, seed=0)[0], (x,))
+    torch.testing.assert_close(qc.to_torch(float_graph, exact=True)(x), qc.to_torch(float_graph)(x))
 
 
 def test_float64_simulation_trains_like_the_float32_one(resnet_case):
