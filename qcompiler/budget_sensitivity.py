@@ -18,8 +18,13 @@ that no labels are needed.
 Nothing is rewritten while measuring: one torch module of the graph is made, and a
 setting is simulated by changing its weights in place and restoring them after.
 Removing channels is simulated by zeroing their filters (every producer slice of
-the group); `remove_filters` with bias compensation computes exactly that function,
-away from the borders of zero-padded convolutions (see its docstring). A rank is
+the group); `remove_filters` with bias compensation `"constant"` computes exactly
+that function, away from the borders of zero-padded convolutions (see its
+docstring). With `compensation="mean"` (the channel's calibration mean folded into
+the reader's bias, Evci et al. 2018) the reader layers' columns of the removed
+channels are zeroed as well and the response to the means is added to their
+biases (a reader without a bias is given a zero one in the module first), which is
+what `remove_filters(compensate_with="mean")` computes, borders included. A rank is
 simulated by the truncated-SVD weight, which the two factors of the channel and SVD
 decompositions multiply out to (Eckart and Young 1936: the best rank-r weight).
 
@@ -37,12 +42,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qcompiler import channel_surgery as surgery
 from qcompiler import metrics
 from qcompiler.backends.torch import to_torch
-from qcompiler.dependency import PRODUCER_ROLES, Group, Member, dependency_groups
+from qcompiler.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.ir import Graph, Node
 from qcompiler.numerics import low_rank
-from qcompiler.passes.remove_filters import _activation_means, remove_filters
+from qcompiler.passes.remove_filters import COMPENSATIONS, channel_scores, reader_channel_axis
 
 METHODS = ("remove_filters", "decompose_low_rank")
 ERRORS = ("relative_l2", "kl")
@@ -80,6 +86,7 @@ class Sensitivity:
     error: str
     units: tuple[UnitSensitivity, ...]
     calibration_count: int  # calibration inputs the errors were measured on
+    compensation: str | None = None  # remove_filters' compensate_with that was simulated
 
     def __str__(self) -> str:
         what = self.method + (f" (criterion {self.criterion})" if self.criterion else "")
@@ -142,15 +149,42 @@ def prunable_groups(graph: Graph) -> list[Group]:
 
 def removal_orders(graph: Graph, groups: Sequence[Group], criterion: str,
                    batches: Sequence[tuple]) -> dict[str, np.ndarray]:
-    """Each group's channels, least important first, as `remove_filters` ranks them.
+    """Each group's channels, least important first, as `remove_filters` ranks them
+    (its `channel_scores`), so that the channels this search removes are the ones the
+    criterion names."""
+    scores = channel_scores(graph, groups, criterion, batches)
+    return {g.name: np.argsort(scores[g.name], kind="stable") for g in groups}
 
-    Uses the pass's own scoring (`_scores`, `_activation_means`), so that the channels
-    this search removes are the ones the criterion names; remove_filters has no public
-    per-group score function yet."""
-    pruner = remove_filters(criterion=criterion, calibration_data=batches)
-    activations = (_activation_means(graph, list(groups), batches)
-                   if criterion == "activation" else {})
-    return {g.name: np.argsort(pruner._scores(graph, g, activations), kind="stable") for g in groups}
+
+def with_reader_biases(graph: Graph, groups: Sequence[Group]) -> Graph:
+    """A copy of `graph` in which every reader layer of `groups` has a bias of its own
+    (conv/linear without one get zeros; a matmul gets an `add` of zeros after it), so
+    that a compensation can be simulated by changing a constant. Same function."""
+    graph = graph.copy()
+    readers = {m.node for g in groups for m in g.members_with_role(*READER_ROLES)}
+    for node in [n for n in graph if n.name in readers]:
+        channels = node.output.shape[1 if node.op.startswith("conv") else -1]
+        zeros = np.zeros(channels, graph.values[node.inputs[1].name].data.dtype)
+        if node.op == "matmul":
+            constant = graph.add_constant(f"{node.name}.simulated_bias", zeros)
+            users = list(node.output.users)
+            added = graph.add_node("add", [node.output, constant], name=f"{node.name}.simulated_add",
+                                   before=node._next)
+            for user in users:
+                user.replace_input(node.output, added.output)
+            graph.outputs = [added.output if v is node.output else v for v in graph.outputs]
+        elif len(node.inputs) < 3 or node.inputs[2] is None:
+            constant = graph.add_constant(f"{node.name}.simulated_bias", zeros)
+            node.inputs += [None] * (3 - len(node.inputs))
+            node.inputs[2] = constant
+            constant.users.append(node)
+    return graph.verify()
+
+
+def reader_bias(graph: Graph, node_name: str) -> str:
+    """The constant `with_reader_biases` gave (or left) reader `node_name` as its bias."""
+    node = next(n for n in graph if n.name == node_name)
+    return f"{node_name}.simulated_bias" if node.op == "matmul" else node.inputs[2].name
 
 
 def decomposable_layers(graph: Graph) -> list[Node]:
@@ -235,14 +269,20 @@ def candidate_units(graph: Graph, method: str, fractions: Sequence[float]) -> li
 
 def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = "remove_filters",
                         criterion: str | None = "l1", fractions: Sequence[float] = DEFAULT_FRACTIONS,
-                        error: str = "relative_l2") -> Sensitivity:
+                        error: str = "relative_l2", compensation: str = "mean") -> Sensitivity:
     """Compress each unit alone to each of its settings (`candidate_units`) and measure the
-    output error; see the module docstring."""
+    output error; see the module docstring. `compensation` is the `compensate_with` of
+    `remove_filters` whose result is simulated."""
     if error not in ERRORS:
         raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
+    if compensation not in COMPENSATIONS:
+        raise ValueError(f"unknown compensation {compensation!r}; choose one of "
+                         f"{', '.join(COMPENSATIONS)}")
     candidates = candidate_units(graph, method, fractions)
     batches = input_batches(calibration_data)
-    module = to_torch(graph, trainable=False)
+    by_mean = method == "remove_filters" and compensation == "mean"
+    simulated = with_reader_biases(graph, [c.source for c in candidates]) if by_mean else graph
+    module = to_torch(simulated, trainable=False)
     attribute = {value: name for name, value in module.qc_names.items()}
     reference = run_batches(module, batches)
 
@@ -258,14 +298,37 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
 
     orders = (removal_orders(graph, [c.source for c in candidates], criterion, batches)
               if method == "remove_filters" else {})
+    means = {}
+    if by_mean:
+        nodes = {n.name: n for n in graph}
+        reads = {nodes[m.node].inputs[0].name: reader_channel_axis(nodes[m.node])
+                 for c in candidates for m in c.source.members_with_role(*READER_ROLES)}
+        means = surgery.channel_means(graph, reads, batches)
+
+    def removal(unit: Candidate, channels: np.ndarray) -> dict[str, np.ndarray]:
+        """The constants that simulate removing `channels` of the unit's group."""
+        replaced = {m.value: zero_slices(graph.values[m.value].data, m, channels)
+                    for m in unit.source.members_with_role(*PRODUCER_ROLES)}
+        if not by_mean:
+            return replaced
+        for member in unit.source.members_with_role(*READER_ROLES):
+            node = next(n for n in simulated if n.name == member.node)
+            positions = np.concatenate([np.asarray(member.positions[c]) for c in channels])
+            weight = graph.values[member.value].data
+            replaced[member.value] = zero_slices(replaced.get(member.value, weight), member, channels)
+            bias = reader_bias(simulated, member.node)
+            response, _ = surgery.constant_channel_response(
+                node.op, np.take(weight, positions, axis=member.axes[0]),
+                means[node.inputs[0].name][positions], node.attrs, node.inputs[0].shape)
+            base = replaced.get(bias, simulated.values[bias].data)
+            replaced[bias] = (base + response).astype(base.dtype)
+        return replaced
+
     units = []
     for unit in candidates:
         if unit.kind == "channels":
             order = orders[unit.name]
-            producers = unit.source.members_with_role(*PRODUCER_ROLES)
-            errors = [error_with({m.value: zero_slices(graph.values[m.value].data, m,
-                                                       order[:unit.size - k]) for m in producers})
-                      for k in unit.measured]
+            errors = [error_with(removal(unit, order[:unit.size - k])) for k in unit.measured]
             units.append(UnitSensitivity(unit.name, unit.kind, unit.size, unit.measured,
                                          tuple(errors), tuple(int(c) for c in order)))
         else:
@@ -276,4 +339,5 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
             units.append(UnitSensitivity(unit.name, unit.kind, unit.size, unit.measured,
                                          tuple(errors)))
     return Sensitivity(method, criterion if method == "remove_filters" else None, error,
-                       tuple(units), sum(len(b[0]) for b in batches))
+                       tuple(units), sum(len(b[0]) for b in batches),
+                       compensation if method == "remove_filters" else None)

@@ -13,7 +13,8 @@
   reader layer adds to its output when input channel k holds the constant c_k
   everywhere (a removed channel whose filter is zero still carries act(bias)).
 - `evaluate` runs a graph op by op (the torch functions of `qcompiler.ops`) and
-  returns the values asked for.
+  returns the values asked for; `channel_means` averages values per channel over
+  calibration data (the constants of mean-replacement compensation).
 """
 
 from __future__ import annotations
@@ -196,3 +197,21 @@ def evaluate(graph: Graph, inputs: Sequence, names: set[str]) -> dict[str, np.nd
     for name in names:
         found[name] = env[id(graph.values[name])].numpy()
     return found
+
+
+def channel_means(graph: Graph, axes: Mapping[str, int], batches) -> dict[str, np.ndarray]:
+    """Per value name in `axes`, the mean over `batches` (and over every other axis) of each
+    index along that value's channel axis `axes[name]`; float64. Every batch weighs by
+    its number of elements."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    batches = as_input_tuples(batches)
+    if not batches:
+        raise PassError("channel means need at least one calibration batch")
+    for batch in batches:
+        values = evaluate(graph, batch, set(axes))
+        for name, axis in axes.items():
+            x = np.moveaxis(values[name].astype(np.float64), axis, 0).reshape(values[name].shape[axis], -1)
+            sums[name] = sums.get(name, 0.0) + x.sum(axis=1)
+            counts[name] = counts.get(name, 0) + x.shape[1]
+    return {name: sums[name] / counts[name] for name in axes}

@@ -34,3 +34,7 @@ class QuantizationError(QCompilerError):
 class IntegerOnlyError(QCompilerError):
     """An integer-only graph would hold (or holds) float arithmetic inside its integer region:
     an op without an integer form, lowered or run in strict mode. The message names the node."""
+
+
+class BudgetError(QCompilerError):
+    """A compression budget (`qc.search_budget`) cannot be met by the chosen method."""

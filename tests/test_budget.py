@@ -2,6 +2,8 @@
 where one layer is clearly more sensitive, the cost estimate and the sensitivity
 simulation agree with the real passes, impossible targets fail with the graph untouched."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 
 import qcompiler as qc
 from qcompiler import models
-from qcompiler.budget import BudgetError, search_budget
+from qcompiler.budget import BudgetError, convex_errors, search_budget
 from qcompiler.budget_cost import PlanCost
 from qcompiler.budget_sensitivity import (
     candidate_units,
@@ -120,16 +122,19 @@ def mlp() -> tuple[qc.Graph, list[torch.Tensor]]:
     return traced(model, batches[0]), batches
 
 
-def test_sensitivity_simulation_equals_the_real_passes():
-    """Zeroing a group's filters is what removal with bias compensation computes (exact for
-    linear layers); the truncated-SVD weight is what the two factors compute."""
+@pytest.mark.parametrize("compensation", ["constant", "mean"])
+def test_sensitivity_simulation_equals_the_real_passes(compensation):
+    """Zeroing a group's filters (and, for mean compensation, the readers' columns, with the
+    means' response in their biases) is what removal with that compensation computes (exact
+    for linear layers); the truncated-SVD weight is what the two factors compute."""
     graph, batches = mlp()
-    channels = measure_sensitivity(graph, batches, "remove_filters", "l2")
+    channels = measure_sensitivity(graph, batches, "remove_filters", "l2", compensation=compensation)
     for unit in channels.units:
         for kept, error in zip(unit.measured, unit.errors, strict=True):
             mask = np.ones(unit.size, bool)
             mask[list(unit.removal_order[:unit.size - kept])] = False
-            pruned = remove_filters(masks={unit.name: mask})(graph.copy()).graph
+            pruned = remove_filters(masks={unit.name: mask}, compensate_with=compensation,
+                                    calibration_data=batches)(graph.copy()).graph
             assert error == pytest.approx(error_of(graph, pruned, batches), rel=1e-4, abs=1e-6)
     ranks = measure_sensitivity(graph, batches, "decompose_low_rank")
     assert ranks.units
@@ -173,11 +178,14 @@ def test_bad_options_raise(digits, options, message):
 def test_sensitivity_from_other_options_is_refused(digits):
     graph, batches = digits
     sensitivity = measure_sensitivity(graph, batches, "remove_filters", "l1", fractions=(0.5,))
-    message = "measured for another graph, method, criterion, error or fractions"
+    message = "measured for another graph, method, criterion, error, fractions or compensation"
     with pytest.raises(ValueError, match=message):
         search_budget(graph, batches, 0.6, sensitivity=sensitivity)  # default fractions differ
     with pytest.raises(ValueError, match=message):
         search_budget(graph, batches, 0.6, criterion="l2", fractions=(0.5,), sensitivity=sensitivity)
+    with pytest.raises(ValueError, match=message):
+        search_budget(graph, batches, 0.6, fractions=(0.5,), compensation="constant",
+                      sensitivity=sensitivity)
 
 
 def test_reused_sensitivity_gives_the_same_plan(digits):
@@ -216,3 +224,28 @@ def test_latency_target_is_met_as_measured():
     result = search_budget(graph, batches, 0.8, metric="latency", latency_repeats=5)
     assert result.after["latency_s"] <= 0.8 * result.before["latency_s"]
     assert result.after["macs"] < result.before["macs"]
+
+
+def test_convex_errors_raise_a_saturating_curve_and_keep_a_convex_one():
+    # Channels kept 8 (untouched), 6, 4, 2: a curve whose growth slows (saturation) is raised to
+    # keep its first slope; one whose growth speeds up is left alone.
+    assert convex_errors([8, 6, 4, 2], [0.0, 0.5, 0.6, 0.65]) == pytest.approx([0.0, 0.5, 1.0, 1.5])
+    assert convex_errors([8, 6, 4, 2], [0.0, 0.1, 0.3, 0.9]) == pytest.approx([0.0, 0.1, 0.3, 0.9])
+
+
+def test_a_unit_that_reaches_the_target_alone_is_not_taken_when_spreading_costs_less():
+    """Regression: the greedy once took, from the first step, the single move that reaches the
+    target with the least added error, even when cheaper moves of other units existed (it put
+    56% of a MobileNetV2 residual stream's channels on the plan, destroying the output)."""
+    graph, batches = mlp()  # groups of 24 (28 MACs a channel) and 16 channels (29 MACs a channel)
+    measured = measure_sensitivity(graph, batches, "remove_filters", "l1", fractions=(0.125, 0.25))
+    wide, narrow = measured.units
+    assert (wide.size, wide.measured, narrow.size, narrow.measured) == (24, (21, 18), 16, (14, 12))
+    crafted = dataclasses.replace(measured, units=(
+        dataclasses.replace(wide, errors=(1.0, 1.0)),  # saturated: the output is destroyed
+        dataclasses.replace(narrow, errors=(0.1, 0.02 ** 0.5))))  # cheap, but cannot reach alone
+    # 20% fewer MACs: 150 of 752. The narrow group removes at most 4 channels (116 MACs).
+    result = search_budget(graph, batches, 0.8, criterion="l1", fractions=(0.125, 0.25),
+                           sensitivity=crafted)
+    assert [c.kept for c in result.choices] == [22, 12]
+    assert result.achieved_ratio <= 0.8

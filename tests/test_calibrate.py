@@ -44,6 +44,9 @@ def batches(count=3, seed=1):
     return [torch.randn(2, 3, 8, 8, generator=generator) * (i + 1) for i in range(count)]
 
 
+MINMAX = QuantConfig(activation_observer="minmax")  # the ranges these tests compute by hand
+
+
 @pytest.fixture
 def fake_quant_graph():
     return insert_fake_quant(conv_relu()).graph
@@ -51,7 +54,7 @@ def fake_quant_graph():
 
 def test_ranges_match_an_independent_computation(fake_quant_graph):
     data = batches()
-    calibrated = calibrate(fake_quant_graph, iter(data), progress=False)  # a one-shot iterator
+    calibrated = calibrate(fake_quant_graph, iter(data), MINMAX, progress=False)  # a one-shot iterator
     assert not find_uncalibrated(calibrated)
     require_calibrated(calibrated)
     outputs = [F.relu(F.conv2d(x, torch.from_numpy(WEIGHT), torch.from_numpy(BIAS), padding=1))
@@ -77,10 +80,21 @@ def test_ranges_match_an_independent_computation(fake_quant_graph):
 
 def test_the_configured_observer_is_used(fake_quant_graph):
     data = batches()
-    minmax = calibrate(fake_quant_graph, data)
+    minmax = calibrate(fake_quant_graph, data, MINMAX)
     clipped = calibrate(fake_quant_graph, data, QuantConfig(
         activation_observer="percentile", activation_observer_options={"percentile": 90}))
     assert clipped.values["relu.fq"].qparams.scale[0] < 0.5 * minmax.values["relu.fq"].qparams.scale[0]
+
+
+def test_by_default_a_rare_outlier_does_not_set_the_activation_range(fake_quant_graph):
+    data = [x / (i % 3 + 1) for i, x in enumerate(batches(count=40))]  # 15,360 inputs
+    spiked = [x.clone() for x in data]
+    spiked[0][0, 0, 0, 0] = 1000.0  # one element in 15,360: below the top 0.01%
+    default = calibrate(fake_quant_graph, spiked).values["x.fq"].qparams
+    minmax = calibrate(fake_quant_graph, spiked, MINMAX).values["x.fq"].qparams
+    assert minmax.scale[0] > 1000 / 255
+    typical = float(max(x.abs().max() for x in data))
+    assert default.scale[0] < 1.1 * typical * 2 / 255  # the range of the other values
 
 
 def assert_refused(graph, data, message, **kwargs):

@@ -147,7 +147,7 @@ def test_concat_inputs_share_the_output_qparams():
     # the reshape: the graph output is quantized through value-moving ops.
     assert [u.op for u in cat.output.users] == ["reshape"]
     data = [torch.randn(1, 2, 4, 4) for _ in range(3)]
-    calibrated = calibrate(graph, data, progress=False)
+    calibrated = calibrate(graph, data, QuantConfig(activation_observer="minmax"), progress=False)
     qa, qb = (v.producer.output.qparams for v in calibrated.values["cat"].producer.inputs)
     assert qa == qb
     # The shared range is the range of the whole concat output (branch b dominates).

@@ -82,7 +82,7 @@ def test_exclusions():
                          activation_observer_options={"percentile": 10}),
      r"QuantConfig.activation_observer_options do not suit the 'percentile' observer: "
      r"percentile must be in \(50, 100\]"),
-    (lambda: QuantConfig(activation_observer_options={"bins": 10}),
+    (lambda: QuantConfig(activation_observer="minmax", activation_observer_options={"bins": 10}),
      "do not suit the 'minmax' observer"),
     (lambda: QuantConfig(op_type_overrides={"conv": QOverride()}),
      "QuantConfig names op type 'conv', which is not an IR op; did you mean 'conv2d', 'conv1d'"),
