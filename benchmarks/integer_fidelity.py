@@ -209,7 +209,7 @@ def mobilenet(calibration: int, evaluation: int, trials: int, repeats: int
     return fields, speed
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small pools (< 2 min)")
     # One thread by default: on a shared machine a second torch thread made the float64
@@ -283,7 +283,8 @@ def main(argv=None) -> None:
                   "equalize": True, "config": "int8 preset"}, results_dir=args.out)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
