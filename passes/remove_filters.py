@@ -24,18 +24,31 @@ whose channels must stay. `masks` (group name -> boolean keep mask over the
 group's channels) removes exactly the given channels and nothing else, ignoring
 ratio and criterion.
 
-Bias compensation (`compensate_bias=True`): the function after removal equals the
-original network with the removed channels' *filters* zeroed (every producer
-slice of the group set to 0). Such a channel is not silent: it still carries a
-constant, act(BN(bias)), into the next layer. That constant is folded into the
-reader layer's bias, b2[o] += sum_k sum_taps W2[o, k, taps] c_k (a bias is
-created if the reader has none). This is exact for linear layers and for convs
-without padding. With zero padding, taps outside the image see 0 instead of
-c_k, so the fold is exact only away from the borders; `exact_borders=True` adds
-the position-dependent border correction as an `add` of a (1, C, H, W) constant
-after such a conv, making removal exact everywhere at the cost of that add.
-The constants are measured by running the graph once with the filters zeroed
-(graph inputs set to zero: the removed channels do not depend on them).
+Bias compensation (`compensate_bias=True`): a removed channel is replaced, where
+the next (reader) layer reads it, by a constant c_k, folded into the reader's
+bias, b2[o] += sum_k sum_taps W2[o, k, taps] c_k (a bias is created if the reader
+has none). Which constant (`compensate_with`):
+
+- `"constant"` (default): the value the channel carries when its *filters* are
+  zeroed (every producer slice of the group set to 0): such a channel is not
+  silent, it still carries act(BN(bias)). The function after removal then equals
+  the original network with those filters zeroed.
+- `"mean"`: the channel's mean over `calibration_data`, measured at the reader's
+  input on the unpruned graph ("mean replacement", Evci et al. 2018, "Mean
+  Replacement Pruning"). In a network with batch norms the zeroed-filter constant
+  act(BN(0)) = act(beta - gamma * mu / sigma) can lie far from anything the
+  channel ever carries (mu, the mean of the conv's output, is arbitrary), while the
+  mean is the best constant in the least-squares sense: what remains of the error
+  is the channel's variation around its mean. On the pretrained MobileNetV2 this
+  halves the output error of removing 10% of a single group.
+
+Either fold is exact for linear layers and for convs without padding. With zero
+padding, taps outside the image see 0 instead of c_k, so the fold is exact only
+away from the borders; `exact_borders=True` adds the position-dependent border
+correction as an `add` of a (1, C, H, W) constant after such a conv, making
+removal exact everywhere at the cost of that add. The "constant" constants are
+measured by running the graph once with the filters zeroed (graph inputs set to
+zero: the removed channels do not depend on them).
 
 Requires: constant weights (run before quantization). `bn_scale` needs batch norms
 not yet folded (run before `fold_batchnorm`). Preserves: node names, value names
@@ -70,6 +83,7 @@ from qcompiler.numerics import importance
 from qcompiler.pipeline import PassResult
 
 CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization")
+COMPENSATIONS = ("constant", "mean")
 _WEIGHT_CRITERIA = {"l1": importance.l1_norms, "l2": importance.l2_norms,
                     "fpgm": importance.geometric_median_distances}
 
@@ -86,6 +100,7 @@ class remove_filters:  # lower case: with its options it reads like a function c
     masks: Mapping[str, Sequence[bool]] | None = None
     calibration_data: Sequence | None = None
     compensate_bias: bool = True
+    compensate_with: str = "constant"
     exact_borders: bool = False
 
     def __post_init__(self):
@@ -106,6 +121,12 @@ class remove_filters:  # lower case: with its options it reads like a function c
                              f"string {self.ignored_layers!r}")
         if self.criterion == "activation" and self.masks is None and not self.calibration_data:
             raise ValueError("remove_filters: criterion 'activation' needs calibration_data")
+        if self.compensate_with not in COMPENSATIONS:
+            raise ValueError(f"remove_filters: compensate_with must be one of "
+                             f"{', '.join(COMPENSATIONS)}, got {self.compensate_with!r}")
+        if self.compensate_bias and self.compensate_with == "mean" and not self.calibration_data:
+            raise ValueError("remove_filters: compensate_with='mean' needs calibration_data (the "
+                             "channel means are measured on it)")
 
     def __call__(self, graph: Graph) -> PassResult:
         groups = dependency_groups(graph)
@@ -121,7 +142,8 @@ class remove_filters:  # lower case: with its options it reads like a function c
         kept = surgery.kept_indices(graph, plan)
         # Everything above only reads the graph; from here on it changes.
         if self.compensate_bias:
-            notes += _compensate(graph, groups, removed, kept, self.exact_borders)
+            mean_data = self.calibration_data if self.compensate_with == "mean" else None
+            notes += _compensate(graph, groups, removed, kept, self.exact_borders, mean_data)
         surgery.shrink(graph, kept)
         by_name = {g.name: g for g in groups}
         notes += [f"removed {len(c)} of {by_name[n].num_channels} channels of group {n}"
@@ -156,9 +178,7 @@ class remove_filters:  # lower case: with its options it reads like a function c
                       and not any(ignored(m.node) or ignored(m.value) for m in g.members)]
         if self.ratio == 0 or not candidates:
             return {}
-        activations = _activation_means(graph, candidates, self.calibration_data) \
-            if self.criterion == "activation" else {}
-        scores = {g.name: self._scores(graph, g, activations) for g in candidates}
+        scores = channel_scores(graph, candidates, self.criterion, self.calibration_data)
         if self.scope == "local":
             keep = {g.name: importance.kept_count(g.num_channels, self.ratio, g.width(), self.round_to)
                     for g in candidates}
@@ -178,28 +198,45 @@ class remove_filters:  # lower case: with its options it reads like a function c
         return {g.name: importance.lowest(scores[g.name], g.num_channels - keep[g.name])
                 for g in candidates}
 
-    def _scores(self, graph: Graph, group: Group, activations: dict) -> np.ndarray:
-        def rows(member: Member) -> np.ndarray:
-            return _channel_rows(graph.values[member.value].data, member)
 
-        producers = group.members_with_role(*PRODUCER_ROLES)
-        readers = group.members_with_role(*READER_ROLES)
-        if self.criterion in _WEIGHT_CRITERIA:
-            score = _WEIGHT_CRITERIA[self.criterion]
-            return importance.aggregate([score(rows(m)) for m in producers + readers])
-        if self.criterion == "bn_scale":
-            gammas = group.members_with_role("bn_weight")
-            if not gammas:
-                raise PassError(f"remove_filters: criterion 'bn_scale' needs a batch_norm in group "
-                                f"{group.name}, which has none (run remove_filters before "
-                                "fold_batchnorm, or choose another criterion)")
-            return importance.aggregate([importance.batchnorm_scales(rows(m)).sum(axis=1)
-                                         for m in gammas])
-        if self.criterion == "quantization":
-            return importance.quantization_aware_scores([rows(m) for m in producers],
-                                                        [rows(m) for m in readers])
-        return importance.aggregate([[activations[(m.value, m.axes)][np.asarray(p)].mean()
-                                      for p in m.positions] for m in _read_values(graph, group)])
+def channel_scores(graph: Graph, groups: Sequence[Group], criterion: str = "l1",
+                   calibration_data: Sequence | None = None) -> dict[str, np.ndarray]:
+    """The importance of each channel of each group (group name -> one score per channel,
+    larger is more important), exactly as `remove_filters` ranks them: per member weight
+    the criterion's score, each divided by its maximum and summed over the group
+    (`importance.aggregate`). "activation" needs `calibration_data` (read once for all
+    groups); "bn_scale" needs a batch norm in each group."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion == "activation" and not calibration_data:
+        raise ValueError("criterion 'activation' needs calibration_data")
+    activations = _activation_means(graph, list(groups), calibration_data) \
+        if criterion == "activation" else {}
+    return {g.name: _group_scores(graph, g, criterion, activations) for g in groups}
+
+
+def _group_scores(graph: Graph, group: Group, criterion: str, activations: dict) -> np.ndarray:
+    def rows(member: Member) -> np.ndarray:
+        return _channel_rows(graph.values[member.value].data, member)
+
+    producers = group.members_with_role(*PRODUCER_ROLES)
+    readers = group.members_with_role(*READER_ROLES)
+    if criterion in _WEIGHT_CRITERIA:
+        score = _WEIGHT_CRITERIA[criterion]
+        return importance.aggregate([score(rows(m)) for m in producers + readers])
+    if criterion == "bn_scale":
+        gammas = group.members_with_role("bn_weight")
+        if not gammas:
+            raise PassError(f"remove_filters: criterion 'bn_scale' needs a batch_norm in group "
+                            f"{group.name}, which has none (run remove_filters before "
+                            "fold_batchnorm, or choose another criterion)")
+        return importance.aggregate([importance.batchnorm_scales(rows(m)).sum(axis=1)
+                                     for m in gammas])
+    if criterion == "quantization":
+        return importance.quantization_aware_scores([rows(m) for m in producers],
+                                                    [rows(m) for m in readers])
+    return importance.aggregate([[activations[(m.value, m.axes)][np.asarray(p)].mean()
+                                  for p in m.positions] for m in _read_values(graph, group)])
 
 
 def _suggest(name: str, known) -> str:
@@ -267,8 +304,9 @@ def _activation_means(graph: Graph, groups: list[Group], batches) -> dict:
 
 
 def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray],
-                kept: surgery.Kept, exact_borders: bool) -> list[str]:
-    """Fold the constants the removed channels still carry into the reader layers' biases."""
+                kept: surgery.Kept, exact_borders: bool, mean_data=None) -> list[str]:
+    """Fold a constant for each removed channel into the reader layers' biases: the value it
+    carries with its filters zeroed, or (`mean_data` given) its mean over those inputs."""
     zeroed = graph.copy()
     readers: dict[str, tuple[Member, list[np.ndarray]]] = {}
     for group in groups:
@@ -284,13 +322,36 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
         return []
     nodes = {node.name: node for node in graph if node.name in readers}
     read = {name: node.inputs[0].name for name, node in nodes.items()}  # before adds are inserted
+    notes: list[str] = []
+    if mean_data is not None:
+        # Measured on the graph as given: nothing has been changed yet.
+        means = surgery.channel_means(graph, {read[n]: reader_channel_axis(nodes[n]) for n in nodes},
+                                      mean_data)
+        for name, (member, positions) in readers.items():
+            positions = np.concatenate(positions)
+            notes += _fold_into_reader(graph, nodes[name], member, positions,
+                                       means[read[name]][positions], kept, exact_borders)
+        return notes
     inputs = [np.zeros(v.shape, DTYPES[v.dtype]) for v in graph.inputs]
     values = surgery.evaluate(zeroed, inputs, set(read.values()))
-    notes: list[str] = []
     for name, (member, positions) in readers.items():
-        notes += _fold_into_reader(graph, nodes[name], member, np.concatenate(positions),
-                                   values[read[name]], kept, exact_borders)
+        positions = np.concatenate(positions)
+        x = np.moveaxis(values[read[name]].astype(np.float64), reader_channel_axis(nodes[name]), 0)
+        per_channel = x[positions].reshape(len(positions), -1)
+        constants = per_channel.mean(axis=1)
+        spread = (per_channel.max(axis=1) - per_channel.min(axis=1)).max()
+        if spread > 1e-4 * (1 + np.abs(constants).max()):
+            notes.append(f"the removed input channels of %{name} are not constant (spread "
+                         f"{spread:.3g}, e.g. padded pooling on the way); compensated with their mean")
+        notes += _fold_into_reader(graph, nodes[name], member, positions, constants, kept,
+                                   exact_borders)
     return notes
+
+
+def reader_channel_axis(node: Node) -> int:
+    """The axis of a reader layer's input that holds the channels it reads (conv: 1,
+    linear and matmul: the last)."""
+    return 1 if node.op.startswith("conv") else len(node.inputs[0].shape) - 1
 
 
 def _positions(member: Member, channels: np.ndarray) -> np.ndarray:
@@ -308,23 +369,16 @@ def _zero_positions(data: np.ndarray, member: Member, positions: np.ndarray) -> 
 
 
 def _fold_into_reader(graph: Graph, node: Node, member: Member, positions: np.ndarray,
-                      x: np.ndarray, kept: surgery.Kept, exact_borders: bool) -> list[str]:
-    """Add to `node`'s bias what its removed input channels (constants in `x`) contributed."""
-    channel_axis = 1 if node.op.startswith("conv") else x.ndim - 1
-    per_channel = np.moveaxis(x.astype(np.float64), channel_axis, 0)[positions]
-    per_channel = per_channel.reshape(len(positions), -1)
-    constants = per_channel.mean(axis=1)
+                      constants: np.ndarray, kept: surgery.Kept, exact_borders: bool) -> list[str]:
+    """Add to `node`'s bias what its removed input channels (at `positions`, holding
+    `constants`) contributed."""
     if np.abs(constants).max() <= 1e-12:
         return []  # the removed channels carried zeros (e.g. ReLU of a negative bias)
-    notes = []
-    spread = (per_channel.max(axis=1) - per_channel.min(axis=1)).max()
-    if spread > 1e-4 * (1 + np.abs(constants).max()):
-        notes.append(f"the removed input channels of %{node.name} are not constant (spread "
-                     f"{spread:.3g}, e.g. padded pooling on the way); compensated with their mean")
+    notes: list[str] = []
     weight = node.inputs[1].data
     sliced = np.take(weight, positions, axis=member.axes[0])
     bias_delta, border = surgery.constant_channel_response(node.op, sliced, constants, node.attrs,
-                                                           x.shape)
+                                                           node.inputs[0].shape)
     out_axis = 1 if node.op.startswith("conv") else len(node.output.shape) - 1
     out_kept = kept.get(node.output.name, {}).get(out_axis)
     if node.op == "matmul":  # no bias input: add the constant after it
