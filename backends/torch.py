@@ -19,6 +19,7 @@ one-step differences (benchmarks/results/integer_fidelity.md measures both).
 
 from __future__ import annotations
 
+import keyword
 import operator
 
 import torch
@@ -45,8 +46,10 @@ def _learnable_inputs(op: str) -> tuple[int, ...]:
 
 
 def _attribute_name(name: str) -> str:
+    """A Python identifier for an IR name: fx emits it as `self.<name>` and as a local."""
     safe = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-    return safe if not safe[0].isdigit() else f"c_{safe}"
+    safe = safe if not safe[0].isdigit() else f"c_{safe}"
+    return f"{safe}_" if keyword.iskeyword(safe) else safe
 
 
 def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx.GraphModule:

@@ -45,10 +45,11 @@ import torch
 from qcompiler import channel_surgery as surgery
 from qcompiler import metrics
 from qcompiler.backends.torch import to_torch
+from qcompiler.channel_scores import channel_scores
 from qcompiler.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.ir import Graph, Node
 from qcompiler.numerics import low_rank
-from qcompiler.passes.remove_filters import COMPENSATIONS, channel_scores, reader_channel_axis
+from qcompiler.passes.remove_filters import COMPENSATIONS, reader_channel_axis
 
 METHODS = ("remove_filters", "decompose_low_rank")
 ERRORS = ("relative_l2", "kl")

@@ -207,7 +207,7 @@ def test_absent_optional_inputs():
 def test_qc_names_map_attributes_back_to_ir_names():
     graph = Graph("names")
     x = graph.add_input("x", (1, 2))
-    names = ["conv.weight", "0.bias", "training", "a.b", "a_b"]
+    names = ["conv.weight", "0.bias", "training", "a.b", "a_b", "as", "lambda"]  # keywords too
     constants = [graph.add_constant(n, np.full((1, 2), i, np.float32)) for i, n in enumerate(names)]
     v = x
     for constant in constants:
@@ -215,11 +215,15 @@ def test_qc_names_map_attributes_back_to_ir_names():
     graph.outputs = [v]
     module = to_torch(graph)
     assert module.qc_names == {"conv_weight": "conv.weight", "c_0_bias": "0.bias", "training_": "training",
-                               "a_b": "a.b", "a_b_": "a_b"}
+                               "a_b": "a.b", "a_b_": "a_b", "as_": "as", "lambda_": "lambda"}
     for attribute, name in module.qc_names.items():
         np.testing.assert_array_equal(getattr(module, attribute).numpy(), graph.values[name].data)
     assert module.training is True  # the nn.Module flag was not overwritten by the constant
-    torch.testing.assert_close(module(torch.zeros(1, 2)), torch.full((1, 2), 10.0), rtol=0, atol=0)
+    torch.testing.assert_close(module(torch.zeros(1, 2)), torch.full((1, 2), 21.0), rtol=0, atol=0)
+    keyword_node = Graph("keyword_node")
+    y = keyword_node.add_input("if", (1, 2))
+    keyword_node.outputs = [keyword_node.add_node("relu", [y], name="as").output]
+    torch.testing.assert_close(to_torch(keyword_node)(-torch.ones(1, 2)), torch.zeros(1, 2))
 
 
 @pytest.mark.parametrize("dtype", ["f16", "i32"])
