@@ -8,13 +8,15 @@ other constants become buffers. Attribute names are the IR value names with
 dots replaced by underscores; `module.qc_names` maps them back.
 
 `exact=True` runs the float arithmetic in float64 (float32 inputs and outputs stay
-float32 at the module boundary). A fake-quant graph then computes exactly what its
-integer lowering computes: each fake_quant rounds by the integer path's rule at that
-point, and float64 accumulation of int8 x int8 products sits far below one step
-(docs/integer-spec.md, section 12). The float32 default uses torch's fake-quant kernels,
-for speed and quantization-aware training; its float32 accumulation order can land a
-value on the other side of a rounding boundary, and a deep network amplifies such
-one-step differences (benchmarks/results/integer_fidelity.md measures both).
+float32 at the module boundary), except the ops the integer path itself evaluates in
+float32 (`FLOAT32_IN_EXACT`: lookup-table functions, float fall backs). A fake-quant
+graph then computes exactly what its integer lowering computes: each fake_quant rounds
+by the integer path's rule at that point, and float64 accumulation of int8 x int8
+products sits far below one step (docs/integer-spec.md, section 12). The float32
+default uses torch's fake-quant kernels, for speed and quantization-aware training;
+its float32 accumulation order can land a value on the other side of a rounding
+boundary, and a deep network amplifies such one-step differences
+(benchmarks/results/integer_fidelity.md measures both).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from qcompiler.ir import Graph
+from qcompiler.lowering_rules import LOOKUP_OPS
 from qcompiler.ops import OPS, attrs_with_defaults
 
 # Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
@@ -33,6 +36,12 @@ from qcompiler.ops import OPS, attrs_with_defaults
 # statistics (inputs 3, 4) are not learnable, and torch refuses gradients through them.
 _TRAINABLE_CATEGORIES = {"weighted", "norm"}
 
+
+# Ops an exact module still runs in float32: those the integer path evaluates in float32 (lookup
+# tables are built from float32 evaluations; float fall backs run in float32), so the float64
+# simulation feeds the next quantization point the interpreter's very numbers. Single-output ops.
+FLOAT32_IN_EXACT = frozenset(LOOKUP_OPS) | {"softmax", "layer_norm", "batch_norm",
+                                            "conv_transpose2d", "resize"}
 
 # Ops whose torch function returns a tuple even when the node has one output
 # (`split` into a single piece).
@@ -100,11 +109,16 @@ def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx
 
     for node in graph:
         spec = OPS[node.op]
-        args = [None if v is None else env[id(v)] for v in node.inputs]
+        in_float32 = exact and node.op in FLOAT32_IN_EXACT
+        args = [None if v is None else
+                fx_graph.call_method("to", (env[id(v)], torch.float32)) if in_float32 and v.dtype == "f32"
+                else env[id(v)] for v in node.inputs]
         while args and args[-1] is None and len(args) > spec.min_inputs:
             args.pop()
         call = fx_graph.call_function(spec.fn, tuple(args), attrs_with_defaults(node.op, node.attrs))
         call.name = _attribute_name(node.name)
+        if in_float32 and node.output.dtype == "f32":
+            call = fx_graph.call_method("to", (call, torch.float64))
         if len(node.outputs) == 1 and node.op not in _TUPLE_RESULT_OPS:
             env[id(node.outputs[0])] = call
         else:
