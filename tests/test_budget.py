@@ -168,11 +168,24 @@ def test_nothing_to_compress_raises():
     ({"target_ratio": 0.5, "method": "prune"}, "unknown method 'prune'"),
     ({"target_ratio": 0.5, "error": "l1"}, "unknown error 'l1'"),
     ({"target_ratio": 0.5, "fractions": (0.5, 1.0)}, r"each in \(0, 1\)"),
+    ({"target_ratio": 0.5, "round_to": 0}, r"round_to must be a positive integer .*got 0"),
 ])
 def test_bad_options_raise(digits, options, message):
     graph, batches = digits
     with pytest.raises(ValueError, match=message):
         search_budget(graph, batches, **options)
+
+
+def test_round_to_keeps_channel_counts_at_multiples_and_still_meets_the_target(digits):
+    graph, batches = digits
+    result = search_budget(graph, batches, 0.6, round_to=8)
+    kept = {c.name: c.kept for c in result.choices}
+    assert all(c.kept == c.size or c.kept % 8 == 0 for c in result.choices), kept
+    assert any(c.kept < c.size for c in result.choices)
+    assert result.after["macs"] <= 0.6 * result.before["macs"]
+    widths = {v.shape[1] for node in result.graph.verify() if node.op == "conv2d"
+              for v in node.outputs}
+    assert all(width % 8 == 0 for width in widths), widths
 
 
 def test_sensitivity_from_other_options_is_refused(digits):
