@@ -155,6 +155,19 @@ def int_inputs(lowering, node: Node, indices) -> list[Value] | str:
     return values
 
 
+def quantized_operands(lowering, node: Node, indices):
+    """(integer inputs at `indices`, (chain, fake_quant, output qparams)) of a node whose
+    operands and output are quantized per tensor, or the reason string of the first that is
+    not (`int_inputs`, then `quantized_output`)."""
+    inputs = int_inputs(lowering, node, indices)
+    if isinstance(inputs, str):
+        return inputs
+    found = quantized_output(lowering, node)
+    if isinstance(found, str):
+        return found
+    return inputs, found
+
+
 def scale_of(value: Value) -> float:
     return float(value.qparams.scale[0])
 
@@ -271,28 +284,14 @@ def _check_target(target: str, node: Node, x_q: QParams, w_q: QParams) -> None:
 
 
 def lower_matmul(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0, 1])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
-    if isinstance(found, str):
-        return found
-    (a, b), (chain, fake_quant, out_q) = inputs, found
-    m0, shift = multiplier(float(np.float64(scale_of(a)) * scale_of(b) / np.float64(out_q.scale[0])), node)
-    attrs = {"a_zero_point": zero_point_of(a), "b_zero_point": zero_point_of(b), "multiplier": m0,
-             "shift": shift, **output_attrs(out_q, chain, node.describe())}
-    result = lowering.emit("qmatmul", [a, b], attrs, node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    return _lower_product(lowering, node, "qmatmul")
 
 
 def lower_add(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0, 1])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_operands(lowering, node, [0, 1])
     if isinstance(found, str):
         return found
-    (a, b), (chain, fake_quant, out_q) = inputs, found
+    (a, b), (chain, fake_quant, out_q) = found
     try:
         ka, kb, shift = add_multipliers(scale_of(a), scale_of(b), float(out_q.scale[0]),
                                         subtract=node.op == "sub")
@@ -305,18 +304,21 @@ def lower_add(lowering, node: Node):
 
 
 def lower_mul(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0, 1])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    return _lower_product(lowering, node, "qmul")
+
+
+def _lower_product(lowering, node: Node, integer_op: str):
+    """matmul and elementwise mul: (a - za)(b - zb) accumulated, requantized by s_a s_b / s_out."""
+    found = quantized_operands(lowering, node, [0, 1])
     if isinstance(found, str):
         return found
-    (a, b), (chain, fake_quant, out_q) = inputs, found
+    (a, b), (chain, fake_quant, out_q) = found
     m0, shift = multiplier(float(np.float64(scale_of(a)) * scale_of(b) / np.float64(out_q.scale[0])), node)
     attrs = {"a_zero_point": zero_point_of(a), "b_zero_point": zero_point_of(b), "multiplier": m0,
              "shift": shift, **output_attrs(out_q, chain, node.describe())}
-    result = lowering.emit("qmul", [a, b], attrs, node.name, node.source).output
+    result = lowering.emit(integer_op, [a, b], attrs, node.name, node.source).output
     finish(lowering, node, chain, fake_quant, result)
+    return None
 
 
 def _constant_divisor(value: Value) -> float | None:
@@ -353,13 +355,10 @@ def lower_div(lowering, node: Node):
 
 def lower_activation(lowering, node: Node):
     """A relu/clamp that was not fused into a producer: requantize with its clamp."""
-    inputs = int_inputs(lowering, node, [0])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_operands(lowering, node, [0])
     if isinstance(found, str):
         return found
-    chain, fake_quant, out_q = found
+    inputs, (chain, fake_quant, out_q) = found
     result = emit_requantize(lowering, inputs[0], out_q, [node, *chain], node.name, node)
     finish(lowering, node, chain, fake_quant, result)
 

@@ -24,6 +24,7 @@ from qcompiler.lowering_rules import (
     integer_dtype,
     multiplier,
     output_attrs,
+    quantized_operands,
     quantized_output,
     scale_of,
     zero_point_of,
@@ -38,13 +39,10 @@ def _positive_dims(dims, rank: int) -> list[int]:
 
 
 def lower_avg_pool(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_operands(lowering, node, [0])
     if isinstance(found, str):
         return found
-    (x,), (chain, fake_quant, out_q) = inputs, found
+    (x,), (chain, fake_quant, out_q) = found
     attrs = deepcopy(node.attrs)
     _emit_avg_pool(lowering, node, x, f"q{node.op}", attrs, chain, fake_quant, out_q)
     return None
@@ -72,13 +70,10 @@ def _emit_mean(lowering, node, x, dims, keepdim, chain, fake_quant, out_q) -> No
 
 
 def lower_mean(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_operands(lowering, node, [0])
     if isinstance(found, str):
         return found
-    (x,), (chain, fake_quant, out_q) = inputs, found
+    (x,), (chain, fake_quant, out_q) = found
     dims = _positive_dims(node.attrs["dim"], len(x.shape))
     _emit_mean(lowering, node, x, dims, bool(node.attrs.get("keepdim", False)), chain, fake_quant,
                out_q)
@@ -88,13 +83,10 @@ def lower_mean(lowering, node: Node):
 def lower_adaptive_avg_pool(lowering, node: Node):
     """Output size 1: a global mean (qmean). Output sizes that divide the input: fixed windows
     (qavg_pool). Other sizes have windows of varying extent: no integer rule here."""
-    inputs = int_inputs(lowering, node, [0])
-    if isinstance(inputs, str):
-        return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_operands(lowering, node, [0])
     if isinstance(found, str):
         return found
-    (x,), (chain, fake_quant, out_q) = inputs, found
+    (x,), (chain, fake_quant, out_q) = found
     spatial = 2 if node.op == "adaptive_avg_pool2d" else 1
     sizes = node.attrs["output_size"]
     sizes = [sizes] * spatial if isinstance(sizes, int) else list(sizes)
