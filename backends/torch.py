@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from qcompiler.ir import Graph
 from qcompiler.lowering_rules import LOOKUP_OPS
-from qcompiler.ops import OPS, attrs_with_defaults
+from qcompiler.ops import FAKE_QUANT_OPS, OPS, attrs_with_defaults
 
 # Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
 # learnable weights rather than fixed numbers. Only those two: batch-norm running
@@ -89,7 +89,7 @@ def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx
             # (fake_quant_bias); the float constant behind it is what quantization-aware
             # training updates.
             if value is not None and value.producer is not None \
-                    and value.producer.op in ("fake_quant", "fake_quant_bias"):
+                    and value.producer.op in FAKE_QUANT_OPS:
                 value = value.producer.inputs[0]
             if value is not None and value.is_constant:
                 learnable.add(id(value))

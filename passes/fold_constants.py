@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ops import run_op
+from qcompiler.ops import FAKE_QUANT_OPS, run_op
 from qcompiler.pipeline import PassResult
 
 # Results up to this size fold even when they are larger than their inputs:
@@ -39,7 +39,7 @@ from qcompiler.pipeline import PassResult
 SMALL_RESULT_ELEMENTS = 1024
 
 # Quantization ops are kept as nodes: the integer lowering matches them.
-_QUANTIZATION_OPS = frozenset({"quantize", "dequantize", "fake_quant", "fake_quant_bias"})
+_QUANTIZATION_OPS = frozenset({"quantize", "dequantize"}) | FAKE_QUANT_OPS
 
 
 def fold_constants(graph: Graph) -> PassResult:

@@ -72,7 +72,7 @@ from qcompiler.numerics.adaround import (
     sample_rows,
 )
 from qcompiler.numerics.quant import dequantize, quant_range
-from qcompiler.ops import run_op
+from qcompiler.ops import FAKE_QUANT_OPS, run_op
 from qcompiler.passes.insert_fake_quant import layer_bias
 from qcompiler.pipeline import PassResult
 
@@ -216,7 +216,7 @@ class _Run:
         return found if isinstance(found, list) else [found] * self.count
 
     def run(self, node: Node) -> None:
-        if self.bypass_fake_quant and node.op in ("fake_quant", "fake_quant_bias"):
+        if self.bypass_fake_quant and node.op in FAKE_QUANT_OPS:
             self.env[id(node.output)] = self.get(node.inputs[0])
             return
         arguments = [self.get(v) for v in node.inputs]

@@ -38,7 +38,7 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
 from qcompiler.numerics.quant import choose_qparams
 from qcompiler.observers import make_observer
-from qcompiler.ops import TORCH_DTYPES, ir_dtype
+from qcompiler.ops import FAKE_QUANT_OPS, TORCH_DTYPES, ir_dtype
 from qcompiler.quant_config import QScheme, QuantConfig
 
 _WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
@@ -236,7 +236,7 @@ def float_observation_graph(graph: Graph, observed: list[Value]) -> tuple[Graph,
     are the `observed` values; returns it and the output names, deduplicated, in order."""
     probe = graph.copy()
     for node in list(probe):
-        if node.op in ("fake_quant", "fake_quant_bias"):
+        if node.op in FAKE_QUANT_OPS:
             probe.replace_all_uses(node.output, node.inputs[0])
             probe.remove_node(node)
     names = []

@@ -139,6 +139,9 @@ def _spec(name, fn, min_inputs, max_inputs=None, attrs=None, category="other"):
 
 
 FAKE_QUANT_ROUNDINGS = ("half_to_even", "half_up")
+# The simulated quantizers: each passes its input 0 through onto a grid. Bypassing them gives
+# the float graph (calibration, AdaRound's float run); their input 0 is what QAT trains.
+FAKE_QUANT_OPS = frozenset({"fake_quant", "fake_quant_bias"})
 _FLOAT_SCALES = (torch.float32, torch.float64)  # float64 once a module runs with .double()
 
 
