@@ -47,6 +47,12 @@ def test_quick_mode_writes_consistent_json(tmp_path, monkeypatch):
             quality = [key for key in row if key.startswith(("before_ft_", "after_ft_"))]
             assert quality and all(isinstance(row[key], float) for key in quality)
     digits = sections[models[0]]
+    # The digits CNN's batch norms are re-estimated between the search and the fine-tune.
+    assert all(isinstance(row["recalibrated_accuracy_pct"], float)
+               for row in digits[1:] if "error" not in row)
+    mobilenet = [row for row in sections[models[2]][1:] if "error" not in row]
+    assert all(row["latency_b1_224px_ms"] > 0 for row in mobilenet)  # also timed at its native size
+    assert any("b1 224px latency" in check["target"] for check in sections["Targets"])
     assert {row["criterion"] for row in digits[1:]} >= {"l1", "l2", "fpgm", "bn_scale", "activation",
                                                           "quantization", "-"}
     assert sections["Targets"] and all(isinstance(c["met"], bool) for c in sections["Targets"])
