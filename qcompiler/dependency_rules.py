@@ -286,9 +286,16 @@ def _weighted(a: Analysis, node: Node, attrs: dict) -> None:
     a.join(produced, (out_axis,), filters, (w_out,))
     if bias is not None:
         a.join(produced, (out_axis,), a.operand(bias, (0,), "bias", node), (0,))
+    # Position k of a spatial axis stays position k only through a pointwise convolution.
+    pointwise = linear or (all(k == 1 for k in weight.shape[2:])
+                           and all(v == 1 for v in attrs.get("stride", ()))
+                           and not any(attrs.get("padding", ()))
+                           and not any(attrs.get("output_padding", ())))
     contributions = []
     for slot in a.tracked(x):
-        if in_axis not in slot.axes:  # linear on [N, C, L]: other axes pass through
+        if in_axis not in slot.axes and not pointwise and any(ax >= 2 for ax in slot.axes):
+            a.block(slot, f"{node.op} %{node.name} convolves along the channel axis (a spatial axis)")
+        elif in_axis not in slot.axes:  # linear on [N, C, L]: other axes pass through
             contributions.append(a.moved(slot, out, {ax: ax for ax in slot.axes}))
         elif slot.axes != (in_axis,):
             a.block(slot, f"{node.op} %{node.name} reads channels spread over several axes")

@@ -197,6 +197,29 @@ def test_reshape_that_spreads_channels_over_two_axes_blocks_a_reader():
                                 "off as whole slices")
 
 
+@pytest.mark.parametrize("kernel, stride, padding, blocked", [
+    (1, 2, 0, True),   # output position j reads input position 2j
+    (3, 1, 1, True),   # each output position mixes three input positions
+    (1, 1, 0, False),  # pointwise: position k stays position k
+])
+def test_a_conv_over_linear_features_on_a_spatial_axis(kernel, stride, padding, blocked):
+    """A linear on the last axis of [N, C, H, W] makes W its feature axis; a conv that reads
+    W spatially keeps positions in place only when it is pointwise (a strided 1x1 conv once
+    let removal keep positions 0, 1, 2 of the conv's output for input positions 0, 1, 2)."""
+    g = Graph()
+    x = g.add_input("x", (1, 1, 1, 6))
+    features = linear(g, x, 5, "fc")
+    weight = g.add_constant("conv.weight", np.full((1, 1, kernel, kernel), 0.5))
+    attrs = {"stride": [stride] * 2, "padding": [padding] * 2, "dilation": [1, 1], "groups": 1}
+    mixed = g.add_node("conv2d", [features, weight], attrs, name="conv").output
+    g.outputs = [linear(g, g.add_node("flatten", [mixed], {"start_dim": 1}).output, 3, "reader")]
+    group = group_named(dependency_groups(g), "fc")
+    if blocked:
+        assert group.reasons == ("conv2d %conv convolves along the channel axis (a spatial axis)",)
+    else:
+        assert group.prunable and member(group, "reader.weight").role == "in"
+
+
 @pytest.mark.parametrize("op, attrs, reason", [
     ("mean", {"dim": [1], "keepdim": True}, "mean %reduce averages over the channel axis"),
     ("softmax", {"dim": 1}, "softmax %reduce normalises over the channel axis"),
