@@ -127,6 +127,30 @@ def test_kl_chooses_a_range_inside_minmax_for_heavy_tails_and_keeps_uniform_data
     assert uniform.range()[1] > 0.95
 
 
+@pytest.mark.parametrize("zeros", [0, 10_000, 100_000, 1_000_000])
+def test_kl_threshold_ignores_exact_zeros(zeros):
+    """A ReLU's spike at 0 is exact on every grid: however many zeros come, in whichever
+    batch, the threshold is the one the nonzero values give (before, a large spike pulled
+    it down to the smallest candidate, 1/8 of the range)."""
+    positive = np.abs(np.random.default_rng(8).laplace(size=100_000))
+    alone = KLObserver(bits=8, signed=False)
+    alone.update(positive)
+    observer = KLObserver(bits=8, signed=False)
+    if zeros:
+        observer.update(np.zeros(zeros))  # a batch of zeros first: the histogram starts later
+    observer.update(np.concatenate([positive[:50_000], np.zeros(zeros), positive[50_000:]]))
+    lo, hi = observer.range()
+    assert lo == (0.0 if zeros else positive.min())
+    assert hi == alone.range()[1]
+    assert positive.max() / 4 < hi < positive.max()
+
+
+def test_kl_of_only_zeros_is_the_zero_range():
+    observer = KLObserver(bits=8, signed=False)
+    observer.update(np.zeros(100))
+    assert observer.range() == (0.0, 0.0)
+
+
 def test_kl_keeps_the_full_range_when_bins_cannot_resolve_16_bit_levels():
     observer = KLObserver(bits=16, signed=True, symmetric=True)
     data = np.random.default_rng(6).laplace(size=10_000)
