@@ -15,6 +15,10 @@ it already replaced, so every statistic describes the input the rewritten graph 
 produces (what torch would give with each layer in turn put in training mode with
 `momentum=None`). Batches are streamed once per batch norm, never held together.
 
+The data must be drawn like the data the network was trained on: the statistics
+become those of the data given, so a few unrepresentative examples (or, for a network
+with untrained batch norms, any data) move the graph away from the original instead.
+
 Changes the function on purpose (the claim, tested, is the statistics above), so run it
 before `fold_batchnorm`; a graph without batch norms is returned unchanged, with a note.
 Preserves: structure, names of nodes, shapes, dtypes; the learned scale and shift stay.
