@@ -28,10 +28,14 @@ def test_quick_benchmark_reports_every_variant(tmp_path):
     payload = json.loads((tmp_path / "ptq_fidelity_quick.json").read_text())
     assert (tmp_path / "ptq_fidelity_quick.md").is_file()
     assert payload["settings"]["threads"] == 2 and payload["machine"]["torch_threads"] == 2
-    mobilenet, digits, targets = payload["results"].values()
+    mobilenet, observers, digits, targets = payload["results"].values()
     expected = ["FP32", *(variant.label for variant in ptq_fidelity.VARIANTS)]
     assert [row["variant"] for row in mobilenet] == expected
     assert [row["variant"] for row in digits] == expected
+    # The observer table: the preset's per-channel row, then one row per other observer.
+    assert [row["variant"] for row in observers] == [
+        "W8A8 per-channel", *(variant.label for variant in ptq_fidelity.OBSERVER_VARIANTS)]
+    assert all(row["status"] == "ok" and math.isfinite(row["mean_kl"]) for row in observers)
     for row in mobilenet:
         if row["status"].startswith("not run:"):  # only a missing AdaRound may be skipped
             assert row["key"].endswith("adaround")
