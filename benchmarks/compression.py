@@ -121,7 +121,7 @@ def digits_setup(quick: bool) -> Setup:
 
 def photo_setup(name: str, graph: qc.Graph, resolution: int, calibration: int, finetune: int,
                 evaluation: int, quick: bool, finetune_options: dict, methods, fractions,
-                latency_batches, targets=TARGETS, round_to: int = 1, recalibration: int = 0,
+                latency_batches, targets=TARGETS, round_to: int = 1,
                 latency_sizes: tuple[int, ...] = ()) -> Setup:
     from qcompiler.photos import calibration_pool, evaluation_pool, load_source_images
 
@@ -148,16 +148,8 @@ def photo_setup(name: str, graph: qc.Graph, resolution: int, calibration: int, f
     return Setup(name, graph, calibration_batches, lambda seed: finetune_batches, evaluate, latency_batches,
                  finetune_options, methods, fractions, targets, resolution,
                  round_to=round_to, latency_sizes=latency_sizes,
-                 # Batch norms re-estimated on the first `recalibration` fine-tuning crops.
-                 recalibration_data=((lambda: _first(finetune_batches, recalibration))
-                                     if recalibration else None),
                  details={"calibration_crops": calibration, "finetune_crops": finetune,
-                          "evaluation_crops": evaluation, "recalibration_crops": recalibration})
-
-
-def _first(batches: list[torch.Tensor], count: int) -> list[torch.Tensor]:
-    """The first `count` examples of a list of batches, as batches."""
-    return list(torch.cat(batches)[:count].split(batches[0].shape[0]))
+                          "evaluation_crops": evaluation})
 
 
 def mobilenet_setup(quick: bool) -> Setup:
