@@ -113,7 +113,7 @@ def _quantized_weight(graph: Graph, layer: Node, notes: list[str]) -> tuple[np.n
     fq = layer.inputs[1].producer
     if fq is None or fq.op != "fake_quant" or not fq.inputs[0].is_constant:
         return None
-    bias = _bias(layer)
+    bias = layer_bias(layer)
     if bias is not None and (not bias.is_constant or len(bias.users) != 1 or bias in graph.outputs):
         notes.append(f"%{layer.name} not corrected: its bias %{bias.name} is not a constant of "
                      "its own (shared or computed)")
@@ -126,17 +126,12 @@ def _quantized_weight(graph: Graph, layer: Node, notes: list[str]) -> tuple[np.n
     return weight, quantized
 
 
-def _bias(node: Node) -> Value | None:
-    """The layer's float bias, behind its fake_quant_bias when it has one."""
-    return layer_bias(node)
-
-
 def _output_channel_axis(layer: Node) -> int:
     return -1 if layer.op == "linear" else 1
 
 
 def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
-    old = _bias(layer)
+    old = layer_bias(layer)
     name = f"{old.name}.corrected" if old is not None else f"{layer.name}.bias.corrected"
     set_layer_bias(graph, layer, graph.add_constant(name, data))
 
@@ -178,7 +173,7 @@ def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[s
                 inputs = inputs if isinstance(inputs, list) else [inputs]
                 errors = [run_op(node.op, [x, error_weight], node.attrs)[0].numpy() for x in inputs]
                 output_error = mean_output_error(errors, _output_channel_axis(node))
-                bias = _bias(node)
+                bias = layer_bias(node)
                 if np.any(output_error != 0):
                     _set_bias(graph, node, corrected_bias(None if bias is None else bias.data,
                                                           output_error, np.float32))
@@ -292,7 +287,7 @@ def _correct_analytically(graph: Graph, statistics: Mapping, notes: list[str]) -
         groups = node.attrs.get("groups", 1) if node.op != "linear" else 1
         output_error = expected_output_error(quantized.astype(np.float64) - weight, input_mean, groups)
         if np.any(output_error != 0):
-            bias = _bias(node)
+            bias = layer_bias(node)
             _set_bias(graph, node, corrected_bias(None if bias is None else bias.data, output_error,
                                                   np.float32))
             corrected += 1
