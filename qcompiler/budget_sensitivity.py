@@ -49,6 +49,7 @@ from qcompiler.channel_scores import channel_scores
 from qcompiler.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.ir import Graph, Node
 from qcompiler.numerics import low_rank
+from qcompiler.passes.insert_fake_quant import set_layer_bias
 from qcompiler.passes.remove_filters import COMPENSATIONS, reader_channel_axis
 
 METHODS = ("remove_filters", "decompose_low_rank")
@@ -175,10 +176,7 @@ def with_reader_biases(graph: Graph, groups: Sequence[Group]) -> Graph:
                 user.replace_input(node.output, added.output)
             graph.outputs = [added.output if v is node.output else v for v in graph.outputs]
         elif len(node.inputs) < 3 or node.inputs[2] is None:
-            constant = graph.add_constant(f"{node.name}.simulated_bias", zeros)
-            node.inputs += [None] * (3 - len(node.inputs))
-            node.inputs[2] = constant
-            constant.users.append(node)
+            set_layer_bias(graph, node, graph.add_constant(f"{node.name}.simulated_bias", zeros))
     return graph.verify()
 
 
