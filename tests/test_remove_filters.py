@@ -331,6 +331,8 @@ def test_ratio_outside_zero_one_is_rejected(ratio):
     ({"round_to": 0}, "round_to must be a positive int"),
     ({"ignored_layers": "conv1"}, "ignored_layers must be a tuple of names"),
     ({"criterion": "activation"}, "criterion 'activation' needs calibration_data"),
+    ({"compensate_with": "mean"}, "compensate_with='mean' needs calibration_data"),
+    ({"compensate_with": "median"}, "compensate_with must be one of constant, mean, got 'median'"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
