@@ -34,9 +34,13 @@ How, in four steps (a sensitivity-guided greedy allocation):
    or `decompose_low_rank` per layer) and measured with `qc.cost` (or timed); if the
    estimate was optimistic the greedy runs again with the target lowered by the miss.
 
-`round_to=8` (or 16) keeps every pruned group's channel count a multiple of it, as
-`remove_filters(round_to=)` does: widths that SIMD kernels divide evenly, which turn
-MAC savings into more of a speed-up than odd widths can.
+`round_to=16` keeps every pruned group's channel count a multiple of it, as
+`remove_filters(round_to=)` does. Convolution kernels work on blocks of channels, and a
+partly filled block costs about as much as a full one: in torch eager on an AVX2 CPU
+(the compression benchmark's kernel table) a dense 3x3 conv with 40 output channels
+takes as long as one with 48, and a depthwise conv with 56 channels longer than one
+with 64. Round to the block of the kernels that will run the model (16 there), or MAC
+savings turn into less time than they promise.
 
 Errors (the input graph is never modified): `BudgetError` when the target cannot be
 met even with every unit at its deepest setting (the message gives the floor);
@@ -142,7 +146,13 @@ class BudgetResult:
 def eager_latency(graph: Graph, inputs: Sequence[torch.Tensor], repeats: int = 20, warmup: int = 3,
                   threads: int = 1) -> float:
     """Median seconds of one forward of `qc.to_torch(graph)` (torch eager, no grad) on
-    `inputs`, after `warmup` untimed calls, with torch limited to `threads` threads."""
+    `inputs`, after `warmup` untimed calls, with torch limited to `threads` threads.
+
+    With glibc's default malloc settings, activations of more than a few MB are returned
+    to the kernel when freed and page-faulted in again on every call; that cost follows
+    bytes, not MACs, and swings between runs. For steadier figures start the process with
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ raised (benchmarks/common.py,
+    STEADY_ALLOCATOR) or with a caching allocator (jemalloc, tcmalloc) preloaded."""
     module = to_torch(graph, trainable=False).eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -31,8 +31,11 @@ def test_quick_mode_writes_consistent_json(tmp_path, monkeypatch):
     assert payload["command"] == "python benchmarks/compression.py --quick"
     assert payload["machine"]["cpu"] and payload["machine"]["torch_threads"] == 1
     sections = payload["results"]
-    models = [name for name in sections if name != "Targets"]
+    models = [name for name in sections if name not in ("Targets", "Kernel time by channel count")]
     assert len(models) == 3
+    kernels = sections["Kernel time by channel count"]
+    assert len(kernels) == 4 and all(row["c=64"] == 1.0 and row["c=64 ms"] > 0 and row["c=8"] > 0
+                                     for row in kernels)
     for name in models:
         rows = sections[name]
         assert rows[0]["method"] == "original" and rows[0]["macs_ratio"] == 1.0
