@@ -419,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         "line), so that freed activations are reused instead of being returned to the kernel and "
         "page-faulted in again on every call, a cost that follows bytes allocated, not arithmetic.",
         "The digits CNN at batch 1 runs in about 0.2 ms, nearly all of it Python dispatch of ~20 "
-        "torch calls, so MAC cuts cannot show there; batch 256 shows the arithmetic.",
+        "torch calls, so MAC cuts cannot show there. Batch 256 shows the arithmetic, but the "
+        "digits groups are 16, 32 and 64 channels wide, one to four of the kernels' 16-channel "
+        "blocks, and a search that keeps any count mostly leaves partly filled blocks (kernel "
+        "table). Whole blocks only would allow no cut between 28% (64 -> 16 channels in the last "
+        "group) and 39% (32 -> 16 in the middle one).",
         "The ResNet-style model has random weights: its logits are mostly a constant and it "
         "predicts the same class for every crop, so top-1 agreement is trivially 1; "
         "error_vs_signal = |logits - original| / |original - its mean over the crops| measures "
