@@ -18,7 +18,8 @@ weight's scores divided by their maximum. `scope="local"` removes `ratio` of eve
 group; `scope="global"` ranks all channels of all groups together by those
 normalised scores and removes the lowest `ratio` of them (so a group whose
 channels all matter loses fewer). `round_to` keeps a multiple of that many
-elements along each shrunk axis (e.g. 8 for vector units). `ignored_layers`
+elements along each shrunk axis: the channel block of the kernels that will run
+the model (16 for torch's AVX2 convolutions; see `qc.search_budget`). `ignored_layers`
 names layers (node names, weight names or module prefixes such as "layers.0")
 whose channels must stay. `masks` (group name -> boolean keep mask over the
 group's channels) removes exactly the given channels and nothing else, ignoring

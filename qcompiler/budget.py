@@ -322,12 +322,15 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
         floor_model.set(index, options[-1])
     if metric != "latency" and floor_model.estimate(metric) > target_ratio * before[metric]:
         deepest = max(fractions)
+        rounded = round_to > 1 and method == "remove_filters"
         raise BudgetError(
             f"target {metric} <= {target_ratio:g} x {before[metric]:,} = "
             f"{target_ratio * before[metric]:,.0f} is out of reach for {method}: compressing every "
-            f"unit as far as allowed ({deepest:g} of its channels or rank removed) leaves about "
-            f"{floor_model.estimate(metric):,.0f} ({floor_model.estimate(metric) / before[metric]:.3f}"
-            f" of the original); raise target_ratio or allow more with fractions=")
+            f"unit as far as allowed ({deepest:g} of its channels or rank removed"
+            + (f", channel counts at multiples of round_to={round_to}" if rounded else "")
+            + f") leaves about {floor_model.estimate(metric):,.0f} "
+            f"({floor_model.estimate(metric) / before[metric]:.3f} of the original); raise "
+            f"target_ratio{', lower round_to' if rounded else ''} or allow more with fractions=")
 
     batches = input_batches(calibration_data)
     if sensitivity is None:

@@ -152,6 +152,11 @@ def test_impossible_target_raises_and_leaves_the_graph_untouched(digits):
         search_budget(graph, batches, 0.01)
     with pytest.raises(BudgetError, match="out of reach for decompose_low_rank"):
         search_budget(graph, batches, 0.05, method="decompose_low_rank")
+    # Widths of 16 and 32 channels cannot shrink at multiples of 32: the message names round_to.
+    with pytest.raises(BudgetError, match=r"removed, channel counts at multiples of round_to=32\) "
+                                          r"leaves about .*; raise target_ratio, lower round_to or "
+                                          r"allow more with fractions="):
+        search_budget(graph, batches, 0.6, round_to=32)
     assert str(graph) == text
 
 
