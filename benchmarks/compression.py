@@ -273,7 +273,7 @@ def run_setup(setup: Setup, repeats: int, min_seconds: float, log) -> list[dict]
                 result = qc.search_budget(setup.graph, setup.calibration, target, method=method,
                                           criterion=criterion, fractions=setup.fractions,
                                           sensitivity=sensitivity,
-                                          round_to=setup.round_to if method == "remove_filters" else 1)
+                                          round_to=setup.round_to)
                 row["search_s"] = time.perf_counter() - start
             except QCompilerError as error:
                 rows.append({**row, "error": str(error)})
@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         "Budget search: metric MACs, error relative L2 of the logits on the calibration batches; "
         "removed channels replaced by their calibration mean folded into the next layer's bias "
         "(compensation 'mean'); plans per row in the JSON ('plan': channels kept or rank per "
-        "group/layer). ResNet-style and MobileNetV2 keep channel counts at multiples of 16 "
-        "(search_budget round_to=16); the digits CNN, whose groups have 16 and 32 channels, keeps "
+        "group/layer). ResNet-style and MobileNetV2 keep channel counts and ranks at multiples "
+        "of 16 (search_budget round_to=16); the digits CNN, whose groups have 16 and 32 channels, keeps "
         "any count. Why 16, from the kernel table: torch's AVX2 convolutions work in blocks of 16 "
         f"channels, so a dense 3x3 conv with 40 output channels takes {dense['c=40']:.2f} of the "
         f"time of 64 and {dense['c=40'] / dense['c=48']:.2f} of 48, and a depthwise conv with 56 "

@@ -35,7 +35,8 @@ How, in four steps (a sensitivity-guided greedy allocation):
    estimate was optimistic the greedy runs again with the target lowered by the miss.
 
 `round_to=16` keeps every pruned group's channel count a multiple of it, as
-`remove_filters(round_to=)` does. Convolution kernels work on blocks of channels, and a
+`remove_filters(round_to=)` does, and every rank (the width of the tensor between a
+decomposed layer's factors). Convolution kernels work on blocks of channels, and a
 partly filled block costs about as much as a full one: in torch eager on an AVX2 CPU
 (the compression benchmark's kernel table) a dense 3x3 conv with 40 output channels
 takes as long as one with 48, and a depthwise conv with 56 channels longer than one
@@ -175,17 +176,19 @@ def eager_latency(graph: Graph, inputs: Sequence[torch.Tensor], repeats: int = 2
 
 def _settings(unit: Candidate, steps_per_unit: int, round_to: int = 1) -> list[int]:
     """Channels kept / ranks the greedy may choose, untouched (the full size) first. With
-    `round_to`, channel counts are multiples of it (as `remove_filters(round_to=)` keeps
-    them), never below the deepest measured setting: a group narrower than that stays whole."""
+    `round_to`, channel counts and ranks are multiples of it (as `remove_filters(round_to=)`
+    keeps channels), never below the deepest measured setting and never above the largest
+    rank that saves MACs: a unit with no such multiple stays whole."""
     step = max(1, -(-unit.size // steps_per_unit))
     deepest = min(unit.measured)
     first = unit.size - step if unit.kind == "channels" else max(unit.measured)
     settings = [unit.size] + list(range(first, deepest - 1, -step)) + \
         ([deepest] if (first - deepest) % step else [])
-    if unit.kind != "channels" or round_to == 1:
+    if round_to == 1:
         return settings
     rounded = {-(-kept // round_to) * round_to for kept in settings[1:]}
-    return [unit.size] + sorted((k for k in rounded if deepest <= k < unit.size), reverse=True)
+    highest = unit.size - 1 if unit.kind == "channels" else max(unit.measured)
+    return [unit.size] + sorted((k for k in rounded if deepest <= k <= highest), reverse=True)
 
 
 def convex_errors(sizes: Sequence[int], errors: Sequence[float]) -> list[float]:
@@ -308,8 +311,8 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
     if steps_per_unit < 1:
         raise ValueError(f"steps_per_unit must be at least 1, got {steps_per_unit}")
     if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer (channels kept are multiples of it), "
-                         f"got {round_to!r}")
+        raise ValueError(f"round_to must be a positive integer (channels kept and ranks are multiples "
+                         f"of it), got {round_to!r}")
     candidates = candidate_units(graph, method, fractions)
     if not candidates:
         raise BudgetError(f"{method} finds nothing to compress in graph {graph.name}")
@@ -322,15 +325,15 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
         floor_model.set(index, options[-1])
     if metric != "latency" and floor_model.estimate(metric) > target_ratio * before[metric]:
         deepest = max(fractions)
-        rounded = round_to > 1 and method == "remove_filters"
+        widths = "channel counts" if method == "remove_filters" else "ranks"
         raise BudgetError(
             f"target {metric} <= {target_ratio:g} x {before[metric]:,} = "
             f"{target_ratio * before[metric]:,.0f} is out of reach for {method}: compressing every "
             f"unit as far as allowed ({deepest:g} of its channels or rank removed"
-            + (f", channel counts at multiples of round_to={round_to}" if rounded else "")
+            + (f", {widths} at multiples of round_to={round_to}" if round_to > 1 else "")
             + f") leaves about {floor_model.estimate(metric):,.0f} "
             f"({floor_model.estimate(metric) / before[metric]:.3f} of the original); raise "
-            f"target_ratio{', lower round_to' if rounded else ''} or allow more with fractions=")
+            f"target_ratio{', lower round_to' if round_to > 1 else ''} or allow more with fractions=")
 
     batches = input_batches(calibration_data)
     if sensitivity is None:

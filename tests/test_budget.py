@@ -193,6 +193,21 @@ def test_round_to_keeps_channel_counts_at_multiples_and_still_meets_the_target(d
     assert all(width % 8 == 0 for width in widths), widths
 
 
+def test_round_to_keeps_ranks_at_multiples_as_well():
+    """A rank is the width of the tensor between the two factors, so it is rounded too."""
+    model, (example,) = models.resnet_style(batch=1)
+    graph = traced(model, example)
+    batches = calibration((4, 3, 32, 32))
+    result = search_budget(graph, batches, 0.7, method="decompose_low_rank", round_to=16)
+    decomposed = [c for c in result.choices if c.kept < c.size]
+    assert decomposed and all(c.kept % 16 == 0 for c in decomposed), decomposed
+    assert result.after["macs"] <= 0.7 * result.before["macs"]
+    # The first factor of each decomposed layer (the last keeps the layer's name) is r wide.
+    first = [node for node in result.graph.verify() if node.name.endswith(".factor1")]
+    assert len(first) == len(decomposed)
+    assert all(node.outputs[0].shape[1] % 16 == 0 for node in first)
+
+
 def test_sensitivity_from_other_options_is_refused(digits):
     graph, batches = digits
     sensitivity = measure_sensitivity(graph, batches, "remove_filters", "l1", fractions=(0.5,))
