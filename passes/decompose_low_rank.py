@@ -25,6 +25,12 @@ The rank comes from exactly one of:
   least relative energy lost per MAC saved; for tucker2 the energy lost is the
   HOSVD bound, the sum of both modes' dropped fractions).
 
+`round_to` keeps the ranks the pass chooses (from `energy`, `target_macs_ratio` or
+a fractional `rank`) at multiples of it, or at a layer's full rank: a rank is the
+width of the tensor between the factors, and kernels work on blocks of channels
+(16 for torch's AVX2 convolutions; see `qc.search_budget`). An energy rank is
+rounded up, so it keeps at least that energy. An int `rank` is taken as given.
+
 Carried onto the factors: the first factor of the channel and Tucker core takes
 the original stride, padding and dilation (the 1 x 1 factors take none); the
 spatial method splits them, the vertical factor taking (stride_h, 1), (pad_h, 0),
@@ -86,6 +92,7 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
     layers: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     require_fewer_macs: bool = True
+    round_to: int = 1
 
     def __post_init__(self):
         given = [n for n in ("rank", "energy", "target_macs_ratio") if getattr(self, n) is not None]
@@ -99,6 +106,9 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
         if self.target_macs_ratio is not None and not 0.0 < self.target_macs_ratio < 1.0:
             raise ValueError(f"target_macs_ratio must be in (0, 1), got {self.target_macs_ratio}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be a positive int (ranks are kept at multiples of it), "
+                             f"got {self.round_to!r}")
         if self.budget not in ("global", "per_layer"):
             raise ValueError(f"budget must be 'global' or 'per_layer', got {self.budget!r}")
         if self.method not in _METHOD_OPS:
@@ -115,7 +125,7 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
                                   f"method {self.method!r}"):
             reason = _why_not_decomposable(node)
             if reason is None:
-                layers.append(_Layer(node, self._method_for(node.op)))
+                layers.append(_Layer(node, self._method_for(node.op), self.round_to))
             else:
                 notes.append(f"{node.describe()} not decomposed: {reason}")
         choices = self._choose(layers, notes)  # may raise: nothing is touched before this
@@ -176,8 +186,8 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
 class _Layer:
     """A decomposable node with its weight's singular values and MAC arithmetic."""
 
-    def __init__(self, node: Node, method: str):
-        self.node, self.method = node, method
+    def __init__(self, node: Node, method: str, round_to: int = 1):
+        self.node, self.method, self.round_to = node, method, round_to
         self.weight = node.inputs[1].data
         shape = self.weight.shape
         # The SVDs are computed once: both choosing the rank and building the factors use them.
@@ -212,19 +222,29 @@ class _Layer:
                             f"decomposition (full rank {full}); give a smaller rank, a fraction "
                             "such as rank=0.5, or leave the layer out with ignore=") from None
 
+    def _rounded(self, ranks: list[int]) -> list[int]:
+        """Each rank up to a multiple of `round_to`, at most its mode's full rank."""
+        step = self.round_to
+        return [min(full, -(-rank // step) * step) for rank, full in zip(ranks, self.full_ranks, strict=True)]
+
     def spec_for_rank(self, rank: int | float):
-        return self._wrap(self._check_rank(rank))
+        ranks = self._check_rank(rank)
+        return self._wrap(self._rounded(ranks) if isinstance(rank, float) else ranks)
 
     def spec_for_energy(self, energy: float):
-        return self._wrap([low_rank.rank_for_energy(s, energy) for s in self.spectra])
+        return self._wrap(self._rounded([low_rank.rank_for_energy(s, energy) for s in self.spectra]))
 
     def candidates(self) -> list:
         if self.method != "tucker2":
-            return list(range(1, self.full_ranks[0] + 1))
-        # Both modes shrink together along a shared fraction of their full ranks.
-        steps = max(self.full_ranks)
-        specs = {tuple(math.ceil(k * full / steps) for full in self.full_ranks)
-                 for k in range(1, steps + 1)}
+            specs = set(range(1, self.full_ranks[0] + 1))
+        else:
+            # Both modes shrink together along a shared fraction of their full ranks.
+            steps = max(self.full_ranks)
+            specs = {tuple(math.ceil(k * full / steps) for full in self.full_ranks)
+                     for k in range(1, steps + 1)}
+        if self.round_to > 1:
+            specs = {self._wrap(self._rounded(list(spec) if isinstance(spec, tuple) else [spec]))
+                     for spec in specs}
         return sorted(specs)
 
     def loss(self, spec) -> float:

@@ -226,6 +226,36 @@ def test_per_layer_mac_target_holds_for_each_layer():
         assert after_macs[layer] <= 0.4 * macs, layer
 
 
+def first_factor_ranks(graph: Graph) -> dict[str, int]:
+    return {n.name.split(".")[0]: n.inputs[1].shape[0] for n in graph if n.name.endswith("factor1")}
+
+
+def test_round_to_keeps_chosen_ranks_at_multiples():
+    graph = mlp()
+    # Energy ranks are rounded up: at least the energy asked for, at a multiple of 8.
+    plain = first_factor_ranks(decomposed(graph, energy=0.6, require_fewer_macs=False)[0])
+    rounded = first_factor_ranks(decomposed(graph, energy=0.6, round_to=8, require_fewer_macs=False)[0])
+    assert rounded == {layer: -(-rank // 8) * 8 for layer, rank in plain.items()}
+    assert any(rank % 8 for rank in plain.values())  # the rounding did something
+    # A MAC target is met with ranks at multiples only.
+    after, _ = decomposed(graph, target_macs_ratio=0.5, round_to=8)
+    assert qc.cost(after).macs <= 0.5 * qc.cost(graph).macs
+    assert first_factor_ranks(after) and all(r % 8 == 0 for r in first_factor_ranks(after).values())
+    after, _ = decomposed(graph, target_macs_ratio=0.4, budget="per_layer", round_to=8)
+    assert first_factor_ranks(after) and all(r % 8 == 0 for r in first_factor_ranks(after).values())
+    # A fraction is rounded; an int rank is taken as given.
+    assert first_factor_ranks(decomposed(graph, rank=0.1, round_to=8)[0]) == {"fc0": 8, "fc1": 8, "fc2": 8}
+    assert first_factor_ranks(decomposed(graph, rank=3, round_to=8)[0]) == {"fc0": 3, "fc1": 3, "fc2": 3}
+
+
+def test_round_to_never_exceeds_a_modes_full_rank():
+    graph = single_layer("conv2d", weight((12, 6, 3, 3)), (1, 6, 8, 8), conv_attrs(1, 1))
+    after, _ = decomposed(graph, energy=0.5, method="tucker2", round_to=8, require_fewer_macs=False)
+    core = next(n for n in after if n.name.endswith("factor2"))
+    # Tucker-2 modes: 12 output and 6 input channels; 6 < 8 stays at its full rank.
+    assert core.inputs[1].shape[1] == 6 and core.inputs[1].shape[0] in (8, 12)
+
+
 def test_ranks_that_save_nothing_are_skipped_with_a_note():
     graph = single_layer("linear", weight((6, 8)), (1, 8))
     result = decompose_low_rank(rank=1.0)(graph.copy())
@@ -263,6 +293,9 @@ def test_decomposing_a_captured_model_lowers_its_macs():
     ({"rank": 2, "method": "cp"}, "unknown method 'cp'; choose one of auto, svd, channel"),
     ({"rank": 2, "budget": "total"}, "budget must be 'global' or 'per_layer'"),
     ({"rank": 2, "layers": "fc"}, "layers must be a tuple of names, got the string 'fc'"),
+    ({"rank": 2, "round_to": 0},
+     r"round_to must be a positive int \(ranks are kept at multiples of it\), got 0"),
+    ({"rank": 2, "round_to": 8.0}, "round_to must be a positive int .*got 8.0"),
 ])
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
