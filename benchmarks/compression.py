@@ -18,9 +18,11 @@ BN-unfolded graph (bn_scale needs the batch norms); on the digits CNN,
 `recalibrate_batchnorm` then re-estimates the batch-norm statistics on the training images,
 and the fine-tune starts from there. Quality is reported after each step. Latency is torch
 eager of `qc.to_torch(graph)` after `fold_batchnorm` (the deployable form), original and
-compressed timed back to back, same thread count, warm-up, median of repeats; MobileNetV2, searched
-at a reduced resolution, is timed at its native 224x224 as well. Our TVM FP32 build does
-not exist yet, so there is no TVM column.
+compressed timed back to back, same thread count, warm-up, median of repeats, in a process
+whose allocator keeps freed memory (`common.rerun_with_steady_allocator`); MobileNetV2,
+searched at a reduced resolution, is timed at its native 224x224 as well. A kernel table
+times single convolutions at each channel count, the evidence for rounding widths to 16.
+Our TVM FP32 build does not exist yet, so there is no TVM column.
 
     python benchmarks/compression.py            # full run, writes results/compression.{json,md}
     python benchmarks/compression.py --quick    # smoke run, writes results/compression_quick.*
@@ -432,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "removed channels replaced by their calibration mean folded into the next layer's bias "
         "(compensation 'mean'); plans per row in the JSON ('plan': channels kept or rank per "
         "group/layer). ResNet-style and MobileNetV2 keep channel counts and ranks at multiples "
-        "of 16 (search_budget round_to=16); the digits CNN, whose groups have 16 and 32 channels, keeps "
-        "any count. Why 16, from the kernel table: torch's AVX2 convolutions work in blocks of 16 "
-        f"channels, so a dense 3x3 conv with 40 output channels takes {dense['c=40']:.2f} of the "
+        "of 16 (search_budget round_to=16); the digits CNN keeps any count (see above). Why 16, "
+        "from the kernel table: torch's AVX2 convolutions work in blocks of 16 channels, so a "
+        f"dense 3x3 conv with 40 output channels takes {dense['c=40']:.2f} of the "
         f"time of 64 and {dense['c=40'] / dense['c=48']:.2f} of 48, and a depthwise conv with 56 "
         f"channels takes {depthwise['c=56'] / depthwise['c=64']:.2f} of the time of 64; only the "
         f"1x1 conv follows the count in steps of 8 (56: {pointwise['c=56']:.2f} of 64).",
