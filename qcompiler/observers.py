@@ -98,13 +98,12 @@ class MovingAverageMinMaxObserver(_ChannelObserver):
 class StreamingHistogram:
     """Counts over `bins` equal bins spanning the (growing) range of the data seen.
 
-    With `skip_zeros`, exact zeros are counted in `zeros` and kept out of the bins (the
-    data range still includes them); `lo` stays None while only zeros have come."""
+    With `skip_zeros`, exact zeros are kept out of the bins (the data range still
+    includes them); `lo` stays None while only zeros have come."""
 
     def __init__(self, bins: int, skip_zeros: bool = False):
         self.bins = bins
         self.skip_zeros = skip_zeros
-        self.zeros = 0
         self.lo = self.hi = None
         self.counts = np.zeros(bins)
         self.data_min = self.data_max = None
@@ -119,7 +118,6 @@ class StreamingHistogram:
         self.data_max = vmax if self.data_max is None else max(self.data_max, vmax)
         if self.skip_zeros:
             nonzero = values[values != 0]
-            self.zeros += values.size - nonzero.size
             if nonzero.size == 0:
                 return
             values, vmin, vmax = nonzero, float(nonzero.min()), float(nonzero.max())
