@@ -2,7 +2,7 @@
 
 Each kernel takes numpy arrays (the node's inputs, None for absent optional
 ones) and the node's attributes as keywords, exactly like the op's torch
-function in `qcompiler.ops`, and implements `docs/integer-spec.md` with integer
+function in `qcompiler.ir.ops`, and implements `docs/integer-spec.md` with integer
 arithmetic only: products and sums in int64, checked to fit int32 where the
 spec says the accumulator is int32, then the one rounding rule of
 `qcompiler.numerics.fixed_point`. Convolutions and pooling are vectorised with

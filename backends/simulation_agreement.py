@@ -119,7 +119,7 @@ class SimulationComparison:
 
     precision "float32" is the simulation as `qc.to_torch` makes it by default; "float64" is
     `qc.to_torch(graph, exact=True)`, which computes in float64: its fake_quant nodes round
-    exactly as the integer path does at each point (`qcompiler.ops`, docs/integer-spec.md
+    exactly as the integer path does at each point (`qcompiler.ir.ops`, docs/integer-spec.md
     section 12), and accumulation is exact to far below one step."""
 
     def __init__(self, fake_quant_graph: Graph, *, target: str = "generic", strict: bool = True,

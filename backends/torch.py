@@ -1,7 +1,7 @@
 """The torch backend: turn a Graph into a runnable, trainable `torch.fx.GraphModule`.
 
 Each IR node becomes one `call_function` of the op's torch function from
-`qcompiler.ops` (the same function that defines the op's semantics), so the
+`qcompiler.ir.ops` (the same function that defines the op's semantics), so the
 emitted module computes exactly what the IR says. Weights of weighted and
 normalisation layers become `nn.Parameter`s (gradients flow, for fine-tuning);
 other constants become buffers. Attribute names are the IR value names with
@@ -28,8 +28,8 @@ import torch
 from torch import fx, nn
 
 from qcompiler.ir import Graph
-from qcompiler.lowering_rules import LOOKUP_OPS
-from qcompiler.ops import FAKE_QUANT_OPS, OPS, attrs_with_defaults
+from qcompiler.ir.ops import FAKE_QUANT_OPS, OPS, attrs_with_defaults
+from qcompiler.quantization.lowering_rules import LOOKUP_OPS
 
 # Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
 # learnable weights rather than fixed numbers. Only those two: batch-norm running
@@ -68,7 +68,7 @@ def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx
     equals the integer interpreter. A fake-quant graph must be calibrated first (the error
     names the first node that is not).
     """
-    from qcompiler.calibrate import require_calibrated  # calibrate imports this module
+    from qcompiler.quantization.calibrate import require_calibrated  # calibrate imports this module
 
     require_calibrated(graph, "qc.to_torch")
     root = nn.Module()

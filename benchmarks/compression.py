@@ -2,14 +2,14 @@
 fewer MACs, before and after a short fine-tune, for each pruning criterion and low rank.
 
 Models (every seed fixed):
-- digits CNN (`qcompiler.datasets.train_digits_cnn`, 30 epochs, seed 0): labelled test
+- digits CNN (`qcompiler.examples.datasets.train_digits_cnn`, 30 epochs, seed 0): labelled test
   accuracy; fine-tuned with labels plus distillation from the original.
 - pretrained MobileNetV2 (ImageNet checkpoint), at a reduced resolution so the run fits
   its time budget: fidelity to the uncompressed model on photo-pool evaluation crops
   (top-1 agreement, top-5 containment, mean KL, confident top-1 agreement); fine-tuned by
   distillation on unlabelled calibration crops (left halves of the photos, disjoint from
   the evaluation crops).
-- ResNet-style CNN (`qcompiler.models.resnet_style`, random weights, 32x32): fidelity to
+- ResNet-style CNN (`qcompiler.examples.models.resnet_style`, random weights, 32x32): fidelity to
   the uncompressed model on photo crops; fine-tuned by distillation like MobileNetV2.
 
 For each method (remove_filters with each criterion; decompose_low_rank), the budget search
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, rerun_with_steady_allocator, set_threads, write_results  # noqa: E402
 
 import qcompiler as qc  # noqa: E402
-from qcompiler import metrics  # noqa: E402
-from qcompiler.budget_sensitivity import measure_sensitivity  # noqa: E402
+from qcompiler.analysis import metrics  # noqa: E402
+from qcompiler.compression.budget_sensitivity import measure_sensitivity  # noqa: E402
 from qcompiler.errors import QCompilerError  # noqa: E402
 from qcompiler.passes import fold_batchnorm, recalibrate_batchnorm  # noqa: E402
 
@@ -92,7 +92,7 @@ def methods_for(quick: bool, model: str) -> list[tuple[str, str | None]]:
 
 
 def digits_setup(quick: bool) -> Setup:
-    from qcompiler.datasets import train_digits_cnn
+    from qcompiler.examples.datasets import train_digits_cnn
 
     model, split = train_digits_cnn(epochs=30, seed=0)
     graph = qc.trace(model, (split.train_images[:1],))
@@ -125,7 +125,7 @@ def photo_setup(name: str, graph: qc.Graph, resolution: int, calibration: int, f
                 evaluation: int, quick: bool, finetune_options: dict, methods, fractions,
                 latency_batches, targets=TARGETS, round_to: int = 1,
                 latency_sizes: tuple[int, ...] = ()) -> Setup:
-    from qcompiler.photos import calibration_pool, evaluation_pool, load_source_images
+    from qcompiler.examples.photos import calibration_pool, evaluation_pool, load_source_images
 
     images = load_source_images()[0]
     calibration_batches = list(calibration_pool(calibration, seed=0, batch_size=calibration,
@@ -155,7 +155,7 @@ def photo_setup(name: str, graph: qc.Graph, resolution: int, calibration: int, f
 
 
 def mobilenet_setup(quick: bool) -> Setup:
-    from qcompiler.models import pretrained_mobilenet_v2
+    from qcompiler.examples.models import pretrained_mobilenet_v2
 
     resolution = 64 if quick else 112
     model, (example,) = pretrained_mobilenet_v2(batch=1, resolution=resolution)
@@ -174,7 +174,7 @@ def mobilenet_setup(quick: bool) -> Setup:
 
 
 def resnet_setup(quick: bool) -> Setup:
-    from qcompiler.models import resnet_style
+    from qcompiler.examples.models import resnet_style
 
     model, (example,) = resnet_style(batch=1)
     return photo_setup("ResNet-style (random weights)", qc.trace(model, (example[:1],)), 32,

@@ -23,7 +23,7 @@ per-tensor activations; cross-layer equalization on) and lowered with
 Models: the digits CNN trained on scikit-learn's digits (`train_digits_cnn`), a
 ResNet-style CNN and a BERT-style encoder with random weights on random inputs (the
 encoder with float layer_norm/softmax islands, strict=False), and the ImageNet-pretrained
-MobileNetV2 on photographs (`qcompiler.photos`; calibration and evaluation crops are
+MobileNetV2 on photographs (`qcompiler.examples.photos`; calibration and evaluation crops are
 disjoint). Bias correction is off: it does not change how the two executors agree.
 """
 
@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, set_threads, write_results  # noqa: E402
 
 import qcompiler as qc  # noqa: E402
-from qcompiler import models  # noqa: E402
 from qcompiler.backends.interpreter import Interpreter  # noqa: E402
 from qcompiler.backends.simulation_agreement import (  # noqa: E402
     SimulationComparison,
     local_agreement_by_op,
     perturbation_spread,
 )
+from qcompiler.examples import models  # noqa: E402
 
 SIZES = {  # digits: training epochs; others: (calibration examples, evaluation examples)
     "quick": {"digits": 8, "resnet": (64, 64), "bert": (64, 64), "mobilenet": (16, 16)},
@@ -143,7 +143,7 @@ def add_gain(fields: dict, tallies: dict[str, Tally], batch, trials: int, strict
 
 
 def digits(epochs: int, trials: int) -> tuple[dict, dict]:
-    from qcompiler.datasets import train_digits_cnn
+    from qcompiler.examples.datasets import train_digits_cnn
 
     model, split = train_digits_cnn(epochs=epochs, seed=0)
     images = torch.cat([split.train_images, split.test_images])  # 1,797 = 3 x 599
@@ -188,7 +188,7 @@ def bert(calibration: int, evaluation: int, trials: int) -> dict:
 
 def mobilenet(calibration: int, evaluation: int, trials: int, repeats: int
               ) -> tuple[dict | None, dict | None]:
-    from qcompiler.photos import calibration_pool, evaluation_pool
+    from qcompiler.examples.photos import calibration_pool, evaluation_pool
 
     if models.pretrained_weights_path() is None:
         return None, None

@@ -159,10 +159,11 @@ class ResNet50(nn.Module):
 
 def export_and_convert(model: nn.Module, inputs: tuple):
     """qc.trace split in two so the parts can be timed apart: torch's part (torch.export) and
-    qcompiler's part (conversion to the IR, then verification), as `qcompiler.capture.trace`
+    qcompiler's part (conversion to the IR, then verification), as
+    `qcompiler.frontends.torch_export.capture.trace`
     runs them. (trace also applies torch's decompositions when a graph holds composite ops;
     ResNet-50 has none.)"""
-    from qcompiler.capture_convert import Converter
+    from qcompiler.frontends.torch_export.convert import Converter
 
     def export():
         return torch.export.export(model, inputs)

@@ -1,13 +1,13 @@
 """Post-training quantization fidelity: how closely quantized models follow FP32.
 
 Part 1, ImageNet MobileNetV2 (torchvision's pretrained checkpoint) on real photographs
-(`qcompiler.photos`): no ImageNet labels ship offline, so each variant is compared with
-the FP32 model on the same evaluation crops (`qcompiler.metrics`: top-1 agreement,
+(`qcompiler.examples.photos`): no ImageNet labels ship offline, so each variant is compared with
+the FP32 model on the same evaluation crops (`qcompiler.analysis.metrics`: top-1 agreement,
 top-5 containment, mean KL(FP32 || quantized), top-1 agreement where FP32 is confident).
 Calibration crops come from the left half of every photograph, evaluation crops from the
 right half, so no calibration pixel is evaluated.
 
-Part 2, the digits CNN (`qcompiler.datasets.train_digits_cnn`, fixed seed): labelled test
+Part 2, the digits CNN (`qcompiler.examples.datasets.train_digits_cnn`, fixed seed): labelled test
 accuracy of FP32 and of each variant, calibrated on training images.
 
 Every variant is `qc.quantize(...)` then `qc.to_torch(...)` (fake-quant simulation):
@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import set_threads, write_results  # noqa: E402
 
 import qcompiler as qc  # noqa: E402
-from qcompiler import metrics  # noqa: E402
-from qcompiler.pipeline import Pipeline  # noqa: E402
+from qcompiler.analysis import metrics  # noqa: E402
+from qcompiler.ir.pipeline import Pipeline  # noqa: E402
 
 # Full run: aimed at about 10 minutes on 2 idle cores (the results record wall and CPU
 # seconds: on a shared machine CPU seconds / 2 is the better estimate); quick: a CI smoke run.
@@ -168,8 +168,8 @@ def _percent(value: float) -> float:
 
 
 def mobilenet_rows(sizes: dict, adaround_options: dict) -> tuple[list[dict], dict]:
-    from qcompiler.models import pretrained_mobilenet_v2
-    from qcompiler.photos import calibration_pool, evaluation_pool, load_source_images
+    from qcompiler.examples.models import pretrained_mobilenet_v2
+    from qcompiler.examples.photos import calibration_pool, evaluation_pool, load_source_images
 
     images, skipped = load_source_images()
     model, _ = pretrained_mobilenet_v2()
@@ -237,7 +237,7 @@ def depthwise_range_spread(graph: qc.Graph) -> dict:
 
 
 def digits_rows(sizes: dict, adaround_options: dict) -> list[dict]:
-    from qcompiler.datasets import train_digits_cnn
+    from qcompiler.examples.datasets import train_digits_cnn
 
     start = time.perf_counter()
     model, split = train_digits_cnn(epochs=sizes["digits_epochs"], seed=SEED)
@@ -353,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "int8 grid. This is why naive per-tensor quantization degrades (top-1 agreement, KL) but "
         "does not collapse on this checkpoint, unlike the model of Nagel et al. 2019.",
         "Activation observers: the preset's is the 99.99th percentile (the 'W8A8 per-channel' "
-        "row); the kl observer leaves exact zeros out of its histogram (see qcompiler.observers).",
+        "row); the kl observer leaves exact zeros out of its histogram "
+        "(see qcompiler.quantization.observers).",
         f"Total wall time {total_seconds:.0f} s, CPU time {cpu_seconds:.0f} s (all threads).",
     ]
     name = "ptq_fidelity_quick" if args.quick else "ptq_fidelity"

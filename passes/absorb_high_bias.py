@@ -54,9 +54,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.equalization import absorbed_biases, high_bias_shift
 from qcompiler.passes.equalize_cross_layer import is_relu6, is_relu_like
-from qcompiler.pipeline import PassResult
 
 _CONSUMERS = {"conv2d", "conv1d", "linear"}
 _FLOAT_DTYPES = {"f32", "f16", "f64"}

@@ -13,7 +13,7 @@ shift that a per-tensor or low-bit quantizer makes large. Removing it changes
 the function on purpose: the claim, tested, is a lower mean output error.
 
 Two ways to know E[x], the mean input of each layer:
-- empirical (`calibration_data=`, batches as `qcompiler.calibrate.calibrate`
+- empirical (`calibration_data=`, batches as `qcompiler.quantization.calibrate.calibrate`
   takes them): the graph is run node by node over all batches together, with
   fake quantization on, and each quantized layer is corrected as soon as its
   input is known, before its output is computed. Later layers therefore see the
@@ -21,7 +21,7 @@ Two ways to know E[x], the mean input of each layer:
   padded convs included) on the inputs the quantized network really produces.
   Memory: the live activations of all batches at once;
 - analytical, data-free (`statistics=`): per-channel (mean, std) of pre-activation
-  values, as `qcompiler.data_free.batchnorm_statistics` reads them from batch
+  values, as `qcompiler.quantization.data_free.batchnorm_statistics` reads them from batch
   norms, keyed by value name. E[x] for a layer whose input is such a value
   through clipping activations (relu, clamp) and fake_quant nodes is the
   clipped-normal mean; residual adds sum means, and global average pooling and
@@ -48,9 +48,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qcompiler.calibrate import graph_runs, require_calibrated
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.ops import run_op
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.bias_correction import (
     clipped_normal_mean,
     corrected_bias,
@@ -58,9 +59,8 @@ from qcompiler.numerics.bias_correction import (
     mean_output_error,
 )
 from qcompiler.numerics.quant import fake_quantize, quant_range
-from qcompiler.ops import run_op
 from qcompiler.passes.insert_fake_quant import layer_bias, set_layer_bias
-from qcompiler.pipeline import PassResult
+from qcompiler.quantization.calibrate import graph_runs, require_calibrated
 
 _WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
 
@@ -81,7 +81,7 @@ class CorrectBias:
             raise QuantizationError(
                 "correct_bias needs exactly one source of input means: calibration_data= "
                 "(empirical) or statistics= (data-free, from "
-                "qcompiler.data_free.batchnorm_statistics of the unfolded graph)")
+                "qcompiler.quantization.data_free.batchnorm_statistics of the unfolded graph)")
 
     def __call__(self, graph: Graph) -> PassResult:
         require_calibrated(graph, "correct_bias")

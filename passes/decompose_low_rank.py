@@ -72,9 +72,9 @@ import numpy as np
 
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.ops import attrs_with_defaults
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics import low_rank
-from qcompiler.ops import attrs_with_defaults
-from qcompiler.pipeline import PassResult
 
 _METHOD_OPS = {"auto": ("linear", "conv1d", "conv2d"), "svd": ("linear",),
                "channel": ("conv1d", "conv2d"), "spatial": ("conv2d",),

@@ -16,7 +16,7 @@ outputs is live.
 from __future__ import annotations
 
 from qcompiler.ir import Graph
-from qcompiler.pipeline import PassResult
+from qcompiler.ir.pipeline import PassResult
 
 
 def eliminate_dead_code(graph: Graph) -> PassResult:

@@ -54,8 +54,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.equalization import ChainLayer, equalize_chain
-from qcompiler.pipeline import PassResult
 
 # Layer op -> the kind of channel axis its data input and output use.
 _LAYER_KINDS = {"conv2d": "conv", "conv1d": "conv", "linear": "linear"}

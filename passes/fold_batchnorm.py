@@ -37,9 +37,9 @@ op is not folded.
 from __future__ import annotations
 
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.ops import attrs_with_defaults
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.batchnorm import batchnorm_scale_shift, fold_batchnorm_into_weights
-from qcompiler.ops import attrs_with_defaults
-from qcompiler.pipeline import PassResult
 
 # The layers a BN folds into, with how many trailing axes of their output are
 # spatial (the output channel axis is the one just before them).

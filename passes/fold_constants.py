@@ -1,7 +1,7 @@
 """Replace nodes whose inputs are all constants by constants holding their result.
 
 The classic compile-time evaluation (Aho et al., *Compilers*, 2nd ed., sec. 9.4).
-Each such node is run once with `qcompiler.ops.run_op`, the same torch function
+Each such node is run once with `qcompiler.ir.ops.run_op`, the same torch function
 the torch backend calls, so the folded value is exactly what the graph would
 have computed. Nodes are visited in topological order, so a chain of constant
 nodes (a weight transposed, then reshaped, then scaled) folds in one run.
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ops import FAKE_QUANT_OPS, run_op
-from qcompiler.pipeline import PassResult
+from qcompiler.ir.ops import FAKE_QUANT_OPS, run_op
+from qcompiler.ir.pipeline import PassResult
 
 # Results up to this size fold even when they are larger than their inputs:
 # 1024 float32 elements is 4 KiB, below any weight worth worrying about.

@@ -11,10 +11,10 @@ symmetric, rounding}`: scale is an f32[C] constant and zero_point an i32[C] cons
 the integer range of (bits, signed, narrow_range). `symmetric` says how calibration
 chooses the scale (zero_point = 0). `rounding` is the integer path's rule at that point:
 "half_up" after ops whose integer form requantizes an accumulator
-(`qcompiler.lowering_rules.REQUANTIZING_OPS`), "half_to_even" (the graph-boundary rule)
-elsewhere; a float64 simulation applies it exactly (`qcompiler.ops`). Until
+(`qcompiler.quantization.lowering_rules.REQUANTIZING_OPS`), "half_to_even" (the graph-boundary rule)
+elsewhere; a float64 simulation applies it exactly (`qcompiler.ir.ops`). Until
 calibrated, the scale is NaN and the output value's `qparams` is None; calibration
-(`qcompiler.calibrate`) fills the constants and sets the output's `qparams` to the
+(`qcompiler.quantization.calibrate`) fills the constants and sets the output's `qparams` to the
 same numbers, which is what integer lowering reads. Several fake_quant nodes may share
 one scale constant: they then share their qparams (see concat below).
 
@@ -68,9 +68,9 @@ import numpy as np
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.lowering_rules import REQUANTIZING_OPS
-from qcompiler.pipeline import PassResult
-from qcompiler.quant_config import QScheme, QuantConfig
+from qcompiler.ir.pipeline import PassResult
+from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.lowering_rules import REQUANTIZING_OPS
 
 WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
 # Weighted ops that integer lowering runs with an int32 bias (conv_transpose2d falls back to float).

@@ -8,8 +8,8 @@
 
 The result is a new graph (the input is never modified): `quantize` at float
 graph inputs, integer ops inside, `dequantize` at float graph outputs. Each rule
-(`RULES` below; the rules are in `qcompiler.lowering_rules` and
-`qcompiler.lowering_rules_layout`) replaces one compute op together with the
+(`RULES` below; the rules are in `qcompiler.quantization.lowering_rules` and
+`qcompiler.quantization.lowering_rules_layout`) replaces one compute op together with the
 relu/clamp chain and the fake_quant that follow it; the weight arithmetic
 (multipliers, int32 biases, lookup tables, overflow bounds) is in
 `qcompiler.numerics.integer_params`. Value-moving
@@ -47,17 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler import lowering_rules as compute
-from qcompiler import lowering_rules_layout as layout
-from qcompiler.calibrate import require_calibrated
 from qcompiler.errors import IntegerOnlyError, QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
-from qcompiler.lowering_rules import (
-    check_rounding,
-    emit_requantize,
-    fake_quant_qparams,
-    integer_dtype,
-)
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.integer_params import (
     fake_quantize_bias,
     largest_offset,
@@ -65,7 +57,15 @@ from qcompiler.numerics.integer_params import (
 )
 from qcompiler.numerics.quant import fake_quantize, quantize
 from qcompiler.passes.insert_fake_quant import moves_values_only
-from qcompiler.pipeline import PassResult
+from qcompiler.quantization import lowering_rules as compute
+from qcompiler.quantization import lowering_rules_layout as layout
+from qcompiler.quantization.calibrate import require_calibrated
+from qcompiler.quantization.lowering_rules import (
+    check_rounding,
+    emit_requantize,
+    fake_quant_qparams,
+    integer_dtype,
+)
 
 TARGETS = ("generic", "x86", "aarch64")
 _FLOAT_DTYPES = {"f32", "f16", "f64"}

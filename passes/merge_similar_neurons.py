@@ -50,10 +50,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.ops import infer_types
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.similarity import cluster_neurons, merge_neurons, neuron_rows
-from qcompiler.ops import infer_types
 from qcompiler.passes.decompose_low_rank import select_layers  # names select layers alike
-from qcompiler.pipeline import PassResult
 
 _LAYER_OPS = ("linear", "conv1d", "conv2d")
 _POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "max_pool1d", "avg_pool1d",

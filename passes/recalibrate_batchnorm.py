@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qcompiler.calibrate import float_observation_graph, graph_runs
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph, Node
-from qcompiler.pipeline import PassResult
+from qcompiler.ir.pipeline import PassResult
+from qcompiler.quantization.calibrate import float_observation_graph, graph_runs
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the data may hold tensors
@@ -75,7 +75,7 @@ class RecalibrateBatchnorm:
 def recalibrate_batchnorm(graph: Graph | None = None, /, *, calibration_data: Iterable,
                           progress: bool | None = None):
     """`recalibrate_batchnorm(calibration_data=batches)` returns the configured pass; with a
-    graph first, it runs it (-> PassResult). Batches are as `qcompiler.calibrate.calibrate`
+    graph first, it runs it (-> PassResult). Batches are as `qcompiler.quantization.calibrate.calibrate`
     takes them: a tensor, or a tuple with one tensor per graph input."""
     configured = RecalibrateBatchnorm(calibration_data, progress)
     return configured if graph is None else configured(graph)

@@ -4,7 +4,7 @@
     %r = relu(%y)                      ->     %r = relu(%y)
     %z = conv2d(%r, %w2, %b2)                 %z = conv2d(%r, %w2[:, keep], %b2 + compensation)
 
-Channels are removed by dependency group (`qcompiler.dependency`, after DepGraph,
+Channels are removed by dependency group (`qcompiler.compression.dependency`, after DepGraph,
 Fang et al. 2023): a group is every slice that must shrink together (the conv's
 filters, its batch norm, the next layers' input channels, the other branches of
 a residual add, the offsets of a concat, the H*W features a flatten makes, the
@@ -76,13 +76,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler import channel_surgery as surgery
-from qcompiler.channel_scores import CRITERIA, channel_scores
-from qcompiler.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
+from qcompiler.compression import channel_surgery as surgery
+from qcompiler.compression.channel_scores import CRITERIA, channel_scores
+from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.errors import PassError
 from qcompiler.ir import DTYPES, Graph, Node
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics import importance
-from qcompiler.pipeline import PassResult
 
 COMPENSATIONS = ("constant", "mean")
 

@@ -61,9 +61,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qcompiler.calibrate import batch_to_tensors, fake_quant_nodes, require_calibrated
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.ops import FAKE_QUANT_OPS, run_op
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.adaround import (
     AdaRoundSettings,
     nearest_integers,
@@ -72,9 +73,8 @@ from qcompiler.numerics.adaround import (
     sample_rows,
 )
 from qcompiler.numerics.quant import dequantize, quant_range
-from qcompiler.ops import FAKE_QUANT_OPS, run_op
 from qcompiler.passes.insert_fake_quant import layer_bias
-from qcompiler.pipeline import PassResult
+from qcompiler.quantization.calibrate import batch_to_tensors, fake_quant_nodes, require_calibrated
 
 _ROW_OPS = {"conv2d", "conv1d", "linear"}
 

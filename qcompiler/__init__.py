@@ -1,10 +1,9 @@
 """qcompiler: capture a model into a small IR, compress it with passes, run it on backends."""
 
 from qcompiler import backends, passes
+from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
 from qcompiler.budget import BudgetError, BudgetResult, search_budget
-from qcompiler.capture import trace
-from qcompiler.cost import cost
 from qcompiler.errors import (
     CaptureError,
     ParseError,
@@ -14,14 +13,15 @@ from qcompiler.errors import (
     VerificationError,
 )
 from qcompiler.finetune import FinetuneResult, finetune
+from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.ir.pipeline import PassResult, Pipeline
+from qcompiler.ir.text import parse
 from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
-from qcompiler.pipeline import PassResult, Pipeline
-from qcompiler.quant_config import QOverride, QScheme, QuantConfig
+from qcompiler.quantization.config import QOverride, QScheme, QuantConfig
+from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
 from qcompiler.quantize import quantize
 from qcompiler.report import write_report
-from qcompiler.sensitivity import SensitivityReport, sensitivity_analysis
-from qcompiler.text import parse
 
 __all__ = [
     "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",

@@ -12,7 +12,7 @@ repeats at a fixed thread count, `eager_latency`).
 
 How, in four steps (a sensitivity-guided greedy allocation):
 
-1. Sensitivity (`qcompiler.budget_sensitivity`): each unit (a prunable channel group
+1. Sensitivity (`qcompiler.compression.budget_sensitivity`): each unit (a prunable channel group
    for `method="remove_filters"`, a decomposable layer for `"decompose_low_rank"`) is
    compressed alone to a few settings and the output error on the calibration data is
    measured (Li et al. 2017, section 4.1). Between measured settings the error is
@@ -64,9 +64,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
-from qcompiler.budget_cost import PlanCost
-from qcompiler.budget_sensitivity import (
+from qcompiler.compression.budget_cost import PlanCost
+from qcompiler.compression.budget_sensitivity import (
     DEFAULT_FRACTIONS,
     ERRORS,
     Candidate,
@@ -77,8 +78,7 @@ from qcompiler.budget_sensitivity import (
     output_error,
     run_batches,
 )
-from qcompiler.cost import cost
-from qcompiler.dependency import PRODUCER_ROLES, READER_ROLES
+from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES
 from qcompiler.errors import BudgetError  # noqa: F401  (re-exported: qcompiler.budget.BudgetError)
 from qcompiler.ir import Graph
 from qcompiler.passes.decompose_low_rank import decompose_low_rank

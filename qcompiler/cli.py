@@ -34,10 +34,10 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from qcompiler.cost import CostReport, cost, format_bytes, format_count, format_energy
+from qcompiler.analysis.cost import CostReport, cost, format_bytes, format_count, format_energy
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph
-from qcompiler.quant_config import PRESETS
+from qcompiler.quantization.config import PRESETS
 
 
 class UsageError(Exception):
@@ -45,7 +45,7 @@ class UsageError(Exception):
 
 
 def builtin_models() -> dict:
-    from qcompiler import models
+    from qcompiler.examples import models
 
     return {**models.BUILTIN_MODELS, "pretrained_mobilenet_v2": models.pretrained_mobilenet_v2}
 
@@ -215,7 +215,7 @@ def _run_graph(graph: Graph, inputs: tuple):
 
 
 def default_demo_model() -> str:
-    from qcompiler.models import pretrained_weights_path
+    from qcompiler.examples.models import pretrained_weights_path
 
     return "pretrained_mobilenet_v2" if pretrained_weights_path() is not None else "mobilenet_v2"
 
@@ -263,7 +263,7 @@ def demo_data(spec: str, loaded: LoadedModel, count: int) -> tuple[list, list, s
     seeded random tensors shaped like the example inputs."""
     batch = loaded.example_inputs[0].shape[0]
     if spec in ("pretrained_mobilenet_v2", "mobilenet_v2"):
-        from qcompiler.photos import calibration_pool, evaluation_pool
+        from qcompiler.examples.photos import calibration_pool, evaluation_pool
 
         resolution = loaded.example_inputs[0].shape[-1]
         calibration = list(calibration_pool(count, seed=0, batch_size=batch, size=resolution))
@@ -285,8 +285,8 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
                        out: TextIO) -> None:
     """Quantize (int8: per-channel weights, u8 activations), lower to integers, run the
     integer interpreter, and compare FP32, fake-quant simulation and integers."""
+    from qcompiler.analysis.metrics import fidelity
     from qcompiler.backends import interpreter
-    from qcompiler.metrics import fidelity
     from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
     from qcompiler.quantize import quantize
 

@@ -3,10 +3,10 @@ constraint written beside the step that needs it."""
 
 from __future__ import annotations
 
+from qcompiler.ir.pipeline import Pipeline
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code
 from qcompiler.passes.fold_batchnorm import fold_batchnorm
 from qcompiler.passes.fold_constants import fold_constants
-from qcompiler.pipeline import Pipeline
 
 
 def canonical_float_pipeline(verify_each: bool = True) -> Pipeline:

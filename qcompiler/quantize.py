@@ -17,7 +17,7 @@ The steps and why they come in this order:
 6. `insert_fake_quant`: after every weight rewrite, since calibration reads the weights;
 7. `calibrate`: weight ranges from the final weights, activation ranges from the
    float graph on the calibration data (or the statistics of step 2, carried
-   through step 5 by `qcompiler.data_free.transport_statistics`);
+   through step 5 by `qcompiler.quantization.data_free.transport_statistics`);
 8. `correct_bias` (if bias_correction): it measures the error the *quantized* weights
    cause, so it needs calibrated fake-quants; it changes biases only, which weight
    qparams do not depend on (activation ranges are not re-measured).
@@ -32,12 +32,12 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from qcompiler.calibrate import calibrate
-from qcompiler.data_free import batchnorm_statistics, transport_statistics
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
-from qcompiler.pipeline import Pipeline
-from qcompiler.quant_config import QuantConfig
+from qcompiler.ir.pipeline import Pipeline
+from qcompiler.quantization.calibrate import calibrate
+from qcompiler.quantization.config import QuantConfig
+from qcompiler.quantization.data_free import batchnorm_statistics, transport_statistics
 
 
 def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | None = None,
@@ -117,6 +117,6 @@ def _as_graph(model_or_graph, example_inputs) -> Graph:
     if example_inputs is None:
         raise QuantizationError("qc.quantize needs example_inputs to trace a module when "
                                 "calibration_data is None (data-free)")
-    from qcompiler.capture import trace
+    from qcompiler.frontends.torch_export.capture import trace
 
     return trace(model_or_graph, example_inputs)

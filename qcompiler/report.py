@@ -16,7 +16,7 @@ Sections:
   scale * ([qmin, qmax] - zero_point), and the [min, max] of the values reaching it on
   the calibration data (the graph run with its quantizers bypassed), with the share of
   values outside the representable range (clipped).
-- Per-layer sensitivity: `qcompiler.sensitivity`, given, or computed on the first
+- Per-layer sensitivity: `qcompiler.quantization.sensitivity`, given, or computed on the first
   `sensitivity_batches` batches against `float_graph` (mode "one_float"); pass
   `sensitivity=False` to leave it out.
 - Fidelity: the table given as `fidelity`, if any: a mapping of metric -> value, of
@@ -25,7 +25,7 @@ Sections:
 HTML (`.html`, `.htm`) is self-contained: figures are inlined as base64 PNG. Markdown
 (`.md`) writes its PNGs into a folder `<name>_files` beside it. Everything is computed
 before anything is written, and files are written atomically, so a failure leaves no
-partial report (`qcompiler.report_render`).
+partial report (`qcompiler.analysis.report_render`).
 """
 
 from __future__ import annotations
@@ -37,17 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qcompiler.calibrate import (
-    batch_to_tensors,
-    fake_quant_nodes,
-    float_observation_graph,
-    observed_name,
-    require_calibrated,
-)
-from qcompiler.errors import QuantizationError
-from qcompiler.ir import Graph
-from qcompiler.numerics.equalization import output_channel_ranges
-from qcompiler.report_render import (
+from qcompiler.analysis.report_render import (
     Block,
     Heading,
     Image,
@@ -59,7 +49,17 @@ from qcompiler.report_render import (
     render_markdown,
     write_atomically,
 )
-from qcompiler.sensitivity import SensitivityReport, sensitivity_analysis
+from qcompiler.errors import QuantizationError
+from qcompiler.ir import Graph
+from qcompiler.numerics.equalization import output_channel_ranges
+from qcompiler.quantization.calibrate import (
+    batch_to_tensors,
+    fake_quant_nodes,
+    float_observation_graph,
+    observed_name,
+    require_calibrated,
+)
+from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
 
 _WEIGHTED_OPS = ("conv2d", "conv1d", "linear")
 
@@ -141,9 +141,9 @@ def _summary(graph: Graph, batches) -> list[Block]:
 
 
 def _equalization(float_graph: Graph, cle_layers: int, equalization) -> list[Block]:
+    from qcompiler.ir.pipeline import Pipeline
     from qcompiler.passes.equalize_cross_layer import equalize_cross_layer
     from qcompiler.passes.fold_batchnorm import fold_batchnorm
-    from qcompiler.pipeline import Pipeline
 
     folded = Pipeline([fold_batchnorm]).run(float_graph)
     equalized, records = Pipeline([equalization or equalize_cross_layer]).run_with_report(folded)
@@ -319,14 +319,14 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
     `qcompiler report MODEL --out report.html`).
 
     config: a `QuantConfig` preset name. photos: calibrate on that many crops of the offline
-    photo pool (`qcompiler.photos`; for image models taking one [N, 3, S, S] input) in batches of
+    photo pool (`qcompiler.examples.photos`; for image models taking one [N, 3, S, S] input) in batches of
     `batch_size`, and measure fidelity to FP32 on as many held-out crops; without it, the
     example inputs are the only calibration batch (a smoke test: ranges then describe those
     inputs alone)."""
-    from qcompiler import metrics
+    from qcompiler.analysis import metrics
     from qcompiler.backends.torch import to_torch
-    from qcompiler.capture import trace
-    from qcompiler.quant_config import QuantConfig
+    from qcompiler.frontends.torch_export.capture import trace
+    from qcompiler.quantization.config import QuantConfig
     from qcompiler.quantize import quantize
 
     if photos is not None:
@@ -354,7 +354,7 @@ def _as_tuple(batch) -> tuple:
 
 
 def _photo_pools(example_inputs: tuple, count: int, batch_size: int):
-    from qcompiler.photos import calibration_pool, evaluation_pool
+    from qcompiler.examples.photos import calibration_pool, evaluation_pool
 
     shape = tuple(example_inputs[0].shape) if len(example_inputs) == 1 else ()
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 
 from qcompiler.errors import VerificationError
 from qcompiler.ir import Graph, QParams, Value
-from qcompiler.ops import TORCH_DTYPES
+from qcompiler.ir.ops import TORCH_DTYPES
 
-# Names as the text form allows them (see `qcompiler.text._NAME`), dots and slashes included.
+# Names as the text form allows them (see `qcompiler.ir.text._NAME`), dots and slashes included.
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.:/\-]{0,12}", fullmatch=True)
 # Floats that must survive printing exactly: tiny, huge, negative zero, infinities.
 attr_floats = st.one_of(
@@ -36,7 +36,7 @@ attr_floats = st.one_of(
 float32s = st.floats(width=32, allow_nan=True, allow_infinity=True)
 # For graphs that will be run: torch refuses a clamp bound a float32 cannot hold.
 runnable_floats = st.one_of(st.sampled_from([1e-5, 0.0, -0.0, 6.0]), st.floats(-1e6, 1e6))
-SMALL = 16  # qcompiler.text.INLINE_LIMIT: constants up to this size print inline
+SMALL = 16  # qcompiler.ir.text.INLINE_LIMIT: constants up to this size print inline
 
 
 def _maybe_name(draw) -> str | None:

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 
 import qcompiler as qc
-from qcompiler import models
 from qcompiler.budget import BudgetError, convex_errors, search_budget
-from qcompiler.budget_cost import PlanCost
-from qcompiler.budget_sensitivity import (
+from qcompiler.compression.budget_cost import PlanCost
+from qcompiler.compression.budget_sensitivity import (
     candidate_units,
     input_batches,
     measure_sensitivity,
     output_error,
     run_batches,
 )
+from qcompiler.examples import models
 from qcompiler.passes import decompose_low_rank, remove_filters
 
 

@@ -106,20 +106,20 @@ def test_missing_command_is_a_usage_error():
 
 
 def test_demo_falls_back_to_random_mobilenet_without_the_weights(monkeypatch):
-    import qcompiler.models
+    import qcompiler.examples.models
 
-    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: None)
+    monkeypatch.setattr(qcompiler.examples.models, "pretrained_weights_path", lambda: None)
     assert cli.default_demo_model() == "mobilenet_v2"
-    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: Path("weights.pth"))
+    monkeypatch.setattr(qcompiler.examples.models, "pretrained_weights_path", lambda: Path("weights.pth"))
     assert cli.default_demo_model() == "pretrained_mobilenet_v2"
 
 
 def test_demo_says_when_it_uses_random_weights(monkeypatch):
-    import qcompiler.models
+    import qcompiler.examples.models
 
-    monkeypatch.setattr(qcompiler.models, "pretrained_weights_path", lambda: None)
+    monkeypatch.setattr(qcompiler.examples.models, "pretrained_weights_path", lambda: None)
     # A small stand-in for MobileNetV2 keeps the test fast; the message is what is checked.
-    monkeypatch.setattr(cli, "builtin_models", lambda: {"mobilenet_v2": qcompiler.models.digits_cnn})
+    monkeypatch.setattr(cli, "builtin_models", lambda: {"mobilenet_v2": qcompiler.examples.models.digits_cnn})
     code, out = run(["demo", "--lines", "1", "--float-only"])
     assert code == 0
     assert "== int8" not in out

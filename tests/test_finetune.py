@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import qcompiler as qc
-from qcompiler.datasets import accuracy, train_digits_cnn
+from qcompiler.examples.datasets import accuracy, train_digits_cnn
 from qcompiler.finetune import distillation_loss, finetune
 from qcompiler.passes import remove_filters
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import qcompiler as qc
-from qcompiler import models
-from qcompiler.calibrate import find_uncalibrated
 from qcompiler.errors import QuantizationError
+from qcompiler.examples import models
 from qcompiler.ir import structurally_equal
+from qcompiler.ir.text import parse
 from qcompiler.numerics.quant import sqnr_db
-from qcompiler.text import parse
+from qcompiler.quantization.calibrate import find_uncalibrated
 
 
 def digit_batches(count: int, batch: int, offset: int = 0):

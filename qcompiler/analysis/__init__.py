@@ -1,0 +1,1 @@
+"""Analyses of a graph: the static cost model, fidelity metrics, report rendering."""

@@ -1,0 +1,1 @@
+"""Demo and benchmark material: built-in models, the digits data set, photo crops."""

@@ -1,0 +1,1 @@
+"""Frontends: how a model becomes an IR graph (torch.export today)."""

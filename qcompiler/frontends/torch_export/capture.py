@@ -1,0 +1,184 @@
+"""The PyTorch frontend: `trace(model, example_inputs)` captures a model into an IR `Graph`.
+
+Steps:
+
+1. Check the call: an `nn.Module` in eval mode and a tuple of tensors that binds to
+   `forward`'s arguments.
+2. `torch.export.export` gives the "training IR": high-level aten ops (conv2d,
+   batch_norm, linear, layer_norm...) with static shapes. When it fails we run the model
+   eagerly to tell wrong example inputs (eager fails too) from untraceable code.
+3. If the graph holds a composite op listed in `capture_ops.DECOMPOSED_OPS`
+   (scaled_dot_product_attention, einsum, pixel_shuffle...), or an in-place op whose
+   effect reaches other tensors through a view, `run_decompositions` rewrites it with
+   torch's own decomposition table (and functionalizes it). This re-traces the whole
+   program (about 2 s for MobileNetV2), so it only runs when needed. Other in-place ops
+   (`ReLU(inplace=True)`) simply become their functional IR op: torch's tracer already
+   points later readers of the mutated tensor at the in-place node.
+4. Convert node by node (`capture_convert.Converter` with `capture_ops.HANDLERS`).
+   Parameters and buffers become constants named by their module path
+   (`features.0.0.weight`); a node whose inputs are all constants (arange, slicing a
+   position embedding, a causal mask) is evaluated once here and becomes a constant.
+   Each result is checked against the shape and dtype torch recorded for the node.
+5. `graph.verify()`.
+
+Nodes are named after the module that made them (`%features.0.0` for that conv,
+`%layers.0.add` for a functional add inside `layers.0`) and carry the user's
+`file:line` as `node.source`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+import traceback
+
+import torch
+from torch import fx, nn
+
+from qcompiler.errors import CaptureError
+from qcompiler.frontends.torch_export.convert import TORCH_PATHS, USER_FRAME, Converter, aten_name, short_path
+from qcompiler.frontends.torch_export.ops import DECOMPOSED_OPS
+from qcompiler.ir import Graph
+from qcompiler.ir.ops import TORCH_DTYPES, ir_dtype
+
+
+def trace(model: nn.Module, example_inputs: tuple) -> Graph:
+    """Capture `model` (in eval mode) into an IR Graph, specialised to the example inputs' shapes."""
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"qc.trace needs a torch.nn.Module, got {type(model).__name__}")
+    inputs = _checked_inputs(model, example_inputs)
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        shown = ", ".join(training[:3]) + (", ..." if len(training) > 3 else "")
+        raise CaptureError(f"{type(model).__name__} is in training mode (modules {shown}); call "
+                           "model.eval() before qc.trace: dropout and batch_norm compute something "
+                           "else in training mode")
+    program = _decomposed(_export(model, inputs))
+    return Converter(program, model).run().verify()
+
+
+# ---- checking the call and exporting ---------------------------------------------------------
+
+
+def _type_str(tensor: torch.Tensor) -> str:
+    dtype = ir_dtype(tensor.dtype) if tensor.dtype in TORCH_DTYPES.values() else str(tensor.dtype)
+    return f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
+
+
+def _argument_names(model: nn.Module, count: int) -> list[str]:
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return [f"input {i}" for i in range(count)]
+    names = []
+    for i in range(count):
+        if i < len(parameters) and parameters[i].kind in (parameters[i].POSITIONAL_ONLY,
+                                                          parameters[i].POSITIONAL_OR_KEYWORD):
+            names.append(parameters[i].name)
+        else:
+            names.append(f"input {i}")
+    return names
+
+
+def _checked_inputs(model: nn.Module, example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        raise CaptureError("example_inputs must be a tuple of tensors; wrap a single input as (x,)")
+    if not isinstance(example_inputs, (tuple, list)):
+        raise CaptureError(f"example_inputs must be a tuple of tensors, got "
+                           f"{type(example_inputs).__name__}")
+    names = _argument_names(model, len(example_inputs))
+    for name, x in zip(names, example_inputs, strict=True):
+        if not isinstance(x, torch.Tensor):
+            raise CaptureError(f"example input '{name}' is not a tensor but {type(x).__name__}; "
+                               "qc.trace takes tensors only (bake other settings into the model)")
+        if x.dtype not in TORCH_DTYPES.values():
+            raise CaptureError(f"example input '{name}' has dtype {x.dtype}, which the IR lacks; "
+                               f"IR dtypes: {', '.join(TORCH_DTYPES)}")
+    try:
+        inspect.signature(model.forward).bind(*example_inputs)
+    except TypeError as error:
+        raise CaptureError(f"{type(model).__name__}.forward cannot take {len(example_inputs)} "
+                           f"example input(s): {error}") from None
+    except ValueError:  # no introspectable signature (a C-implemented forward): let torch judge
+        pass
+    # torch.export treats inputs that share memory as one tensor, which would fuse two graph
+    # inputs; give each its own copy.
+    seen, distinct = set(), []
+    for x in example_inputs:
+        storage = x.untyped_storage().data_ptr()
+        distinct.append(x.clone() if storage in seen else x)
+        seen.add(storage)
+    return tuple(distinct)
+
+
+def _user_frame(error: BaseException) -> str:
+    """' at file:line: `code`' for the innermost frame of `error` in the user's code, or ''."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(TORCH_PATHS) and f.filename != __file__]
+    if not frames:  # torch.export names the user's call in its message
+        match = USER_FRAME.search(str(error).split("The following call raised this error:")[-1])
+        return f" at {short_path(match[1])}:{match[2]}" if match else ""
+    frame = frames[-1]
+    code = f": `{frame.line.strip()}`" if frame.line else ""
+    return f" at {short_path(frame.filename)}:{frame.lineno}{code}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _export(model: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.export(model, inputs)
+    except Exception as export_error:
+        try:
+            with torch.no_grad():
+                model(*inputs)
+        except Exception as eager_error:
+            described = ", ".join(f"{name}: {_type_str(x)}" for name, x in
+                                  zip(_argument_names(model, len(inputs)), inputs, strict=True))
+            raise CaptureError(
+                f"{type(model).__name__} cannot run on the example inputs ({described}): "
+                f"{_first_line(eager_error)}{_user_frame(eager_error)}. Check their shapes and "
+                "dtypes against what forward expects") from eager_error
+        raise CaptureError(
+            f"torch.export could not trace {type(model).__name__}: {_first_line(export_error)}"
+            f"{_user_frame(export_error)}. This usually means data-dependent control flow (a "
+            "Python `if` on tensor values), which a static graph cannot hold: remove the "
+            "data-dependent branch (decide it from shapes or constructor arguments). torch.cond "
+            "would make the model exportable, but the IR has no control flow, so qc.trace would "
+            "still refuse it") from export_error
+
+
+def _is_view(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        return isinstance(node.args[0], fx.Node) and _is_view(node.args[0])
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    return any(r.alias_info is not None and not r.alias_info.is_write
+               for r in node.target._schema.returns)
+
+
+def _mutates_through_view(graph: fx.Graph) -> bool:
+    """True if an in-place op writes a view, or a tensor that also has views (aliasing we cannot
+    follow by rebinding names)."""
+    for node in graph.nodes:
+        if (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+                and node.target._schema.is_mutable and node.args and isinstance(node.args[0], fx.Node)):
+            base = node.args[0]
+            if _is_view(base) or any(_is_view(user) for user in base.users if user is not node):
+                return True
+    return False
+
+
+def _decomposed(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    present = {aten_name(n.target) for n in program.graph.nodes
+               if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)}
+    if not present & set(DECOMPOSED_OPS) and not _mutates_through_view(program.graph):
+        return program
+    defaults = torch.export.default_decompositions()
+    table = {op: defaults[op] for op in defaults if aten_name(op) in DECOMPOSED_OPS}
+    return program.run_decompositions(table)

@@ -1,0 +1,354 @@
+"""Calibration: set the scale and zero point of every fake_quant node in a graph.
+
+    qg = calibrate(graph_with_fake_quants, calibration_data, config)
+
+Quantization points are the fake_quant nodes, grouped by their scale constant
+(nodes that share it share their qparams, e.g. the inputs of a concat).
+- A point whose inputs are all constants (weights, constant operands) is set from
+  the data: the config's weight observer for weights of conv/linear layers (per
+  channel when the node has an axis), min/max for other constants.
+- An activation point is set by the config's activation observer, fed with the
+  float values at its input(s) for every calibration batch. The float graph (fake
+  quants bypassed) runs through the torch backend with those values as extra
+  outputs, so what is observed is exactly what the graph computes.
+- With `calibration_data=None`, activation ranges come from batch-norm statistics
+  instead (`qcompiler.quantization.data_free`): mean +- sigmas * std per channel, passed through
+  the fused ReLU/clamp, where a point sits on a layer that had a batch norm; other
+  points are observed on synthetic activations.
+
+Then `choose_qparams` (qcompiler.numerics.quant) turns each range into a scale and
+zero point, which fill the point's constants and the `qparams` of every member's
+output value. `fake_quant_bias` nodes read those scale constants when they run, so
+biases land on their int32 grid with nothing more to do here. The input graph is
+never modified: work happens on a copy, so an error (empty data, a batch of the
+wrong shape or dtype, NaN/Inf in a weight or an activation) leaves nothing
+half-calibrated.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from qcompiler.errors import QuantizationError
+from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.ir.ops import FAKE_QUANT_OPS, TORCH_DTYPES, ir_dtype
+from qcompiler.numerics.quant import choose_qparams
+from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.observers import make_observer
+
+_WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
+
+
+def fake_quant_nodes(graph: Graph) -> list[Node]:
+    return [node for node in graph if node.op == "fake_quant"]
+
+
+def find_uncalibrated(graph: Graph) -> list[Node]:
+    """fake_quant nodes whose scale is still NaN (as insert_fake_quant leaves them)."""
+    return [node for node in fake_quant_nodes(graph)
+            if node.inputs[1].data is None or np.isnan(node.inputs[1].data).any()]
+
+
+def require_calibrated(graph: Graph, purpose: str = "this step") -> None:
+    """Raise QuantizationError naming the first uncalibrated fake_quant, if any."""
+    missing = find_uncalibrated(graph)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise QuantizationError(
+            f"{purpose} needs a calibrated graph, but {missing[0].describe()}{more} has no scale "
+            "yet: run qcompiler.quantization.calibrate.calibrate(graph, calibration_data) "
+            "or qc.quantize first")
+
+
+def fake_quant_problems(graph: Graph) -> list[str]:
+    """Inconsistencies between fake_quant nodes and the qparams on their outputs, in words:
+    a calibrated node's output qparams must mirror its constants and attributes; an
+    uncalibrated one (NaN scale) must have none. (Graph.verify checks qparams against
+    shapes only; this is the quantization-specific part.)"""
+    problems = []
+    for node in fake_quant_nodes(graph):
+        scale, zero_point, q = node.inputs[1].data, node.inputs[2].data, node.output.qparams
+        uncalibrated = scale is None or np.isnan(scale).any()
+        if uncalibrated:
+            if q is not None:
+                problems.append(f"{node.describe()} has qparams on its output but a NaN scale")
+            continue
+        attrs = node.attrs
+        expected = (attrs.get("bits", 8), attrs.get("signed", True), attrs.get("axis"),
+                    attrs.get("narrow_range", False))
+        if q is None:
+            problems.append(f"{node.describe()} is calibrated but its output has no qparams")
+        elif (q.bits, q.signed, q.axis, q.narrow_range) != expected \
+                or not np.array_equal(q.scale, scale) or not np.array_equal(q.zero_point, zero_point):
+            problems.append(f"{node.describe()}: output qparams do not match its scale/zero_point "
+                            "constants and attributes")
+    return problems + _fake_quant_bias_problems(graph)
+
+
+def _fake_quant_bias_problems(graph: Graph) -> list[str]:
+    """A fake_quant_bias must read the scale constants of its layer's input and weight
+    fake_quants (then lowering and simulation round the bias to the same grid)."""
+    from qcompiler.passes.insert_fake_quant import bias_scale_sources  # passes import calibrate
+
+    problems = []
+    for node in graph:
+        if node.op != "fake_quant_bias":
+            continue
+        layers = node.output.users
+        if len(layers) != 1 or len(layers[0].inputs) < 3 or layers[0].inputs[2] is not node.output:
+            problems.append(f"{node.describe()} must be the bias of exactly one layer")
+            continue
+        expected = bias_scale_sources(layers[0])
+        if expected is None or expected[0] is not node.inputs[1] or expected[1] is not node.inputs[2]:
+            problems.append(f"{node.describe()} does not read the scales of the fake_quants of "
+                            f"{layers[0].describe()}'s input and weight; re-run insert_fake_quant")
+    return problems
+
+
+def scheme_of(node: Node) -> QScheme:
+    """The integer format a fake_quant node's attributes describe."""
+    attrs = node.attrs
+    return QScheme(attrs.get("bits", 8), symmetric=attrs.get("symmetric", False),
+                   per_channel=attrs.get("axis") is not None,
+                   narrow_range=attrs.get("narrow_range", False), signed=attrs.get("signed", True))
+
+
+@dataclass
+class QuantPoint:
+    """The fake_quant nodes that share one scale/zero-point pair, and how to range them."""
+
+    scale: Value
+    zero_point: Value
+    nodes: list[Node]
+    scheme: QScheme
+    axis: int | None
+    observer: object = None
+    fixed_range: tuple | None = None  # set by the data-free path instead of an observer
+    activation_inputs: list[Value] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.nodes[0].name
+
+
+def quant_points(graph: Graph, config: QuantConfig) -> list[QuantPoint]:
+    points: dict[int, QuantPoint] = {}
+    for node in fake_quant_nodes(graph):
+        scale, zero_point = node.inputs[1], node.inputs[2]
+        if not (scale.is_constant and zero_point.is_constant):
+            raise QuantizationError(f"{node.describe()}: scale and zero_point must be constants")
+        point = points.get(id(scale))
+        if point is None:
+            point = points[id(scale)] = QuantPoint(scale, zero_point, [], scheme_of(node),
+                                                   node.attrs.get("axis"))
+        elif zero_point is not point.zero_point or scheme_of(node) != point.scheme \
+                or node.attrs.get("axis") != point.axis:
+            raise QuantizationError(f"{node.describe()} shares the scale %{scale.name} with "
+                                    f"{point.nodes[0].describe()} but not its zero point or format")
+        point.nodes.append(node)
+    for point in points.values():
+        point.activation_inputs = [n.inputs[0] for n in point.nodes if not n.inputs[0].is_constant]
+        is_weight = all(n.inputs[0].is_constant for n in point.nodes) and any(
+            user.op in _WEIGHTED_OPS and user.inputs[1] is n.output
+            for n in point.nodes for user in n.output.users)
+        if point.activation_inputs and point.axis is not None:
+            raise QuantizationError(f"{point.nodes[0].describe()} quantizes an activation per "
+                                    "channel; activations are quantized per tensor")
+        if is_weight:
+            point.observer = make_observer(config.weight_observer, point.scheme, point.axis,
+                                           **config.weight_observer_options)
+        elif not point.activation_inputs:
+            point.observer = make_observer("minmax", point.scheme, point.axis)
+        else:
+            point.observer = make_observer(config.activation_observer, point.scheme, None,
+                                           **config.activation_observer_options)
+    return list(points.values())
+
+
+def calibrate(graph: Graph, calibration_data: Iterable | None, config: QuantConfig | None = None,
+              *, progress: bool | None = None, statistics: dict | None = None,
+              sigmas: float = 3.0) -> Graph:
+    """A copy of `graph` with every fake_quant calibrated (see the module docstring).
+
+    calibration_data: any iterable of batches; a batch is one tensor (or numpy array) for a
+        single-input graph, or a tuple/list with one per graph input, shaped as the graph
+        inputs. None selects the data-free path.
+    progress: show a tqdm bar; None shows one only when stderr is a terminal.
+    statistics, sigmas: the data-free path's batch-norm statistics (value name ->
+        (mean, std) per channel; `qcompiler.quantization.data_free.batchnorm_statistics`) and width.
+    """
+    config = config if config is not None else QuantConfig()
+    work = graph.copy()
+    points = quant_points(work, config)
+    if not points:
+        raise QuantizationError(f"graph {graph.name} has no fake_quant nodes to calibrate; "
+                                "run qcompiler.passes.insert_fake_quant first")
+    _check_constants_finite(work)
+    for point in points:
+        for node in point.nodes:
+            if node.inputs[0].is_constant:
+                point.observer.update(node.inputs[0].data)
+    activation_points = [p for p in points if p.activation_inputs]
+    if activation_points:
+        if calibration_data is None:
+            from qcompiler.quantization.data_free import range_activations_data_free
+
+            range_activations_data_free(work, activation_points, statistics, sigmas)
+        else:
+            _observe(work, activation_points, calibration_data, progress)
+    for point in points:
+        lo, hi = point.fixed_range if point.fixed_range is not None else point.observer.range()
+        scale, zero_point = choose_qparams(lo, hi, bits=point.scheme.bits,
+                                           symmetric=point.scheme.symmetric,
+                                           signed=point.scheme.signed,
+                                           narrow_range=point.scheme.narrow_range)
+        point.scale.data, point.zero_point.data = scale, zero_point
+        qparams = QParams(scale, zero_point, point.scheme.bits, point.scheme.signed, point.axis,
+                          point.scheme.narrow_range)
+        for node in point.nodes:
+            node.output.qparams = qparams
+    return work
+
+
+def _check_constants_finite(graph: Graph) -> None:
+    quantization_params = {id(node.inputs[i]) for node in fake_quant_nodes(graph) for i in (1, 2)}
+    for value in graph.constants:
+        if id(value) in quantization_params:  # NaN until calibrated; about to be replaced
+            continue
+        data = value.data
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            # Name the layers that read the weight, looking through its fake_quant.
+            readers = [reader for user in value.users for reader in
+                       (user.output.users if user.op == "fake_quant" else [user])]
+            users = ", ".join(f"%{reader.name}" for reader in readers) or "no node"
+            bad = int((~np.isfinite(data)).sum())
+            raise QuantizationError(
+                f"weight %{value.name} (used by {users}) contains NaN or Inf in {bad} of "
+                f"{data.size} values; fix the model's parameters before quantizing")
+
+
+def float_observation_graph(graph: Graph, observed: list[Value]) -> tuple[Graph, list[str]]:
+    """A float copy of `graph` (fake_quant and fake_quant_bias nodes bypassed) whose outputs
+    are the `observed` values; returns it and the output names, deduplicated, in order."""
+    probe = graph.copy()
+    for node in list(probe):
+        if node.op in FAKE_QUANT_OPS:
+            probe.replace_all_uses(node.output, node.inputs[0])
+            probe.remove_node(node)
+    names = []
+    for value in observed:
+        if observed_name(value) not in names:
+            names.append(observed_name(value))
+    probe.outputs = [probe.values[name] for name in names]
+    probe.remove_unused_constants()
+    return probe, names
+
+
+def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) -> None:
+    from tqdm.auto import tqdm
+
+    from qcompiler.backends.torch import to_torch
+
+    observed = [v for p in points for v in p.activation_inputs]
+    probe, names = float_observation_graph(work, observed)
+    module = to_torch(probe, trainable=False)
+    listeners: dict[str, list[QuantPoint]] = {}
+    for point in points:
+        for value in point.activation_inputs:
+            listeners.setdefault(observed_name(value), []).append(point)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
+    count = 0
+    for index, batch in enumerate(tqdm(calibration_data, desc="calibrating", total=total,
+                                       disable=not progress)):
+        for inputs in graph_runs(batch, work, index):
+            with torch.no_grad():
+                results = module(*inputs)
+            results = results if isinstance(results, tuple) else (results,)
+            for name, tensor in zip(names, results, strict=True):
+                array = tensor.numpy()
+                if not np.isfinite(array).all():
+                    value = work.values[name]
+                    where = (value.producer.describe() if value.producer is not None
+                             else f"input %{name}")
+                    raise QuantizationError(f"calibration batch {index}: {where} produced NaN or "
+                                            "Inf; check the model and the data for overflow")
+                for point in listeners[name]:
+                    point.observer.update(array)
+        count += 1
+    if count == 0:
+        raise QuantizationError("calibration_data is empty: give at least one batch (a tensor, "
+                                "or a tuple with one tensor per graph input), or None for "
+                                "data-free calibration from batch-norm statistics")
+
+
+def observed_name(value: Value) -> str:
+    """The name of the float value that `value` is (fake_quant chains bypassed)."""
+    while value.producer is not None and value.producer.op == "fake_quant":
+        value = value.producer.inputs[0]
+    return value.name
+
+
+def graph_runs(batch, graph: Graph, index: int) -> list[list[torch.Tensor]]:
+    """One calibration batch as the input lists of the graph runs it takes.
+
+    The IR has static shapes, so a graph traced with batch size b runs b examples at a
+    time; a batch whose inputs all carry k * b examples along dimension 0 is cut into k
+    runs (e.g. 32-image calibration batches for a graph traced with one image).
+    """
+    tensors = batch_to_tensors(batch, graph, index, any_multiple=True)
+    if not tensors or tensors[0].dim() == 0 or not graph.inputs[0].shape:
+        return [tensors]
+    runs = tensors[0].shape[0] // graph.inputs[0].shape[0]
+    pieces = [torch.chunk(t, runs) for t in tensors]
+    return [[piece[run] for piece in pieces] for run in range(runs)]
+
+
+def batch_to_tensors(batch, graph: Graph, index: int, any_multiple: bool = False
+                     ) -> list[torch.Tensor]:
+    """Check one calibration batch against the graph inputs and convert it to tensors.
+
+    With `any_multiple`, dimension 0 of every input may be the same multiple of the
+    graph's (see `graph_batches`)."""
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        batch = (batch,)
+    signature = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs)
+    if not isinstance(batch, (tuple, list)):
+        raise QuantizationError(f"calibration batch {index} is a {type(batch).__name__}; expected "
+                                f"a tensor or a tuple of tensors for the graph inputs ({signature})")
+    if len(batch) != len(graph.inputs):
+        raise QuantizationError(f"calibration batch {index} has {len(batch)} tensor(s) but graph "
+                                f"{graph.name} takes {len(graph.inputs)} input(s) ({signature})")
+    tensors, multiples = [], set()
+    for value, item in zip(graph.inputs, batch, strict=True):
+        tensor = torch.from_numpy(item) if isinstance(item, np.ndarray) else item
+        if not isinstance(tensor, torch.Tensor):
+            raise QuantizationError(f"calibration batch {index}: input %{value.name} is a "
+                                    f"{type(item).__name__}, expected a tensor of {value.type_str}")
+        dtype = ir_dtype(tensor.dtype) if tensor.dtype in TORCH_DTYPES.values() else str(tensor.dtype)
+        got = f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
+        if any_multiple and _is_batch_multiple(tensor, value, dtype):
+            multiples.add(tensor.shape[0] // value.shape[0])
+        elif got != value.type_str:
+            raise QuantizationError(f"calibration batch {index}: input %{value.name} expects "
+                                    f"{value.type_str}, got {got}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise QuantizationError(f"calibration batch {index}: input %{value.name} contains NaN "
+                                    "or Inf")
+        tensors.append(tensor)
+    if len(multiples) > 1:
+        raise QuantizationError(f"calibration batch {index}: the inputs carry different numbers of "
+                                f"examples ({signature}); give every input the same batch size")
+    return tensors
+
+
+def _is_batch_multiple(tensor: torch.Tensor, value: Value, dtype: str) -> bool:
+    return (dtype == value.dtype and tensor.dim() == len(value.shape) > 0
+            and tuple(tensor.shape[1:]) == value.shape[1:] and value.shape[0] > 0
+            and tensor.shape[0] > 0 and tensor.shape[0] % value.shape[0] == 0)
