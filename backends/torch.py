@@ -28,8 +28,8 @@ import torch
 from torch import fx, nn
 
 from qcompiler.ir import Graph
-from qcompiler.ir.ops import FAKE_QUANT_OPS, OPS, attrs_with_defaults
-from qcompiler.quantization.lowering_rules import LOOKUP_OPS
+from qcompiler.ir.ops import FAKE_QUANT_OPS, LOOKUP_OPS, OPS, attrs_with_defaults
+from qcompiler.quantization.quantizers import require_calibrated
 
 # Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
 # learnable weights rather than fixed numbers. Only those two: batch-norm running
@@ -40,7 +40,7 @@ _TRAINABLE_CATEGORIES = {"weighted", "norm"}
 # Ops an exact module still runs in float32: those the integer path evaluates in float32 (lookup
 # tables are built from float32 evaluations; float fall backs run in float32), so the float64
 # simulation feeds the next quantization point the interpreter's very numbers. Single-output ops.
-FLOAT32_IN_EXACT = frozenset(LOOKUP_OPS) | {"softmax", "layer_norm", "batch_norm",
+FLOAT32_IN_EXACT = LOOKUP_OPS | {"softmax", "layer_norm", "batch_norm",
                                             "conv_transpose2d", "resize"}
 
 # Ops whose torch function returns a tuple even when the node has one output
@@ -68,8 +68,6 @@ def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx
     equals the integer interpreter. A fake-quant graph must be calibrated first (the error
     names the first node that is not).
     """
-    from qcompiler.quantization.calibrate import require_calibrated  # calibrate imports this module
-
     require_calibrated(graph, "qc.to_torch")
     root = nn.Module()
     fx_graph = fx.Graph()

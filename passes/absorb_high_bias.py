@@ -54,12 +54,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.edit import (
+    is_relu6,
+    is_relu_like,
+    optional_input,
+    replace_constant,
+    why_not_float_constant,
+    why_not_private,
+)
+from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.equalization import absorbed_biases, high_bias_shift
-from qcompiler.passes.equalize_cross_layer import is_relu6, is_relu_like
-
-_CONSUMERS = {"conv2d", "conv1d", "linear"}
-_FLOAT_DTYPES = {"f32", "f16", "f64"}
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,12 @@ class AbsorbHighBias:
             if not (shift > 0).any():
                 continue
             groups = consumer.attrs.get("groups", 1) if consumer.op != "linear" else 1
-            bias = _bias(consumer)
+            bias = optional_input(consumer, 2)
             new_beta, new_bias = absorbed_biases(beta.data, consumer.inputs[1].data,
                                                  None if bias is None else bias.data, shift, groups)
-            _replace_constant(graph, bn, 2, new_beta, f"{beta.name}.absorbed")
-            _replace_constant(graph, consumer, 2, new_bias,
-                              f"{bias.name}.absorbed" if bias else f"{consumer.name}.bias.absorbed")
+            replace_constant(graph, bn, 2, new_beta, f"{beta.name}.absorbed")
+            replace_constant(graph, consumer, 2, new_bias,
+                             f"{bias.name}.absorbed" if bias else f"{consumer.name}.bias.absorbed")
             if is_relu6(activation):
                 activation.op, activation.attrs = "relu", {}
                 notes.append(f"replaced ReLU6 %{activation.name} by ReLU to absorb %{bn.name}")
@@ -128,7 +133,7 @@ class AbsorbHighBias:
         if len(hidden.users) != 1 or hidden in graph.outputs:
             return f"the ReLU output %{hidden.name} has {len(hidden.users)} users or is a graph output"
         consumer = hidden.users[0]
-        if consumer.op not in _CONSUMERS or consumer.inputs[0] is not hidden:
+        if consumer.op not in OUT_IN_WEIGHTED_OPS or consumer.inputs[0] is not hidden:
             return f"the ReLU output feeds {consumer.op} %{consumer.name}, not a conv or linear layer"
         if consumer.op == "linear" and len(hidden.shape) != 2:
             return (f"linear %{consumer.name} reads the last axis of a {len(hidden.shape)}-D "
@@ -144,7 +149,7 @@ class AbsorbHighBias:
         # layer's own; the scale and the consumer's weight are only read.
         for owner, role, parameter, rewritten in ((bn, "shift", beta, True), (bn, "scale", gamma, False),
                                                   (consumer, "weight", consumer.inputs[1], False),
-                                                  (consumer, "bias", _bias(consumer), True)):
+                                                  (consumer, "bias", optional_input(consumer, 2), True)):
             reason = _why_not_usable(graph, owner, role, parameter, rewritten)
             if reason is not None:
                 return reason
@@ -163,33 +168,11 @@ def _is_relu(node: Node, allow_relu6: bool) -> bool:
     return is_relu_like(node) or (allow_relu6 and is_relu6(node))
 
 
-def _bias(node: Node) -> Value | None:
-    return node.inputs[2] if len(node.inputs) > 2 else None
-
-
 def _why_not_usable(graph: Graph, owner: Node, role: str, value: Value | None, rewritten: bool
                     ) -> str | None:
+    """None if the parameter may be read (and, if `rewritten`, replaced); else why not."""
     if value is None:
         return None
-    if not value.is_constant:
-        return f"the {role} %{value.name} of %{owner.name} is not a constant"
-    if value.dtype not in _FLOAT_DTYPES or value.qparams is not None:
-        return f"the {role} %{value.name} of %{owner.name} is quantized; absorb before quantizing"
-    if rewritten and (len(value.users) != 1 or value in graph.outputs):
-        others = ", ".join(f"%{u.name}" for u in value.users if u is not owner) or "a graph output"
-        return f"the {role} %{value.name} of %{owner.name} is shared with {others}"
-    return None
-
-
-def _replace_constant(graph: Graph, node: Node, index: int, data: np.ndarray, name: str) -> None:
-    new = graph.add_constant(name, data)
-    old = node.inputs[index] if len(node.inputs) > index else None
-    if old is not None:
-        node.replace_input(old, new)
-        if not old.users and old not in graph.outputs:
-            graph.remove_value(old)
-        return
-    while len(node.inputs) <= index:
-        node.inputs.append(None)
-    node.inputs[index] = new
-    new.users.append(node)
+    problem = (why_not_private(graph, value, owner, "absorb") if rewritten
+               else why_not_float_constant(value, "absorb"))
+    return None if problem is None else f"the {role} %{value.name} of %{owner.name} {problem}"

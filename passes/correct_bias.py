@@ -50,7 +50,8 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.ops import run_op
+from qcompiler.ir.edit import layer_bias, set_layer_bias
+from qcompiler.ir.ops import OPS, WEIGHTED_OPS, run_op
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.bias_correction import (
     clipped_normal_mean,
@@ -59,10 +60,8 @@ from qcompiler.numerics.bias_correction import (
     mean_output_error,
 )
 from qcompiler.numerics.quant import fake_quantize, quant_range
-from qcompiler.passes.insert_fake_quant import layer_bias, set_layer_bias
-from qcompiler.quantization.calibrate import graph_runs, require_calibrated
-
-_WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
+from qcompiler.quantization.calibrate import graph_runs
+from qcompiler.quantization.quantizers import quantize_layer_bias, require_calibrated
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: fields hold tensors, which do not compare
@@ -108,7 +107,7 @@ def correct_bias(graph: Graph | None = None, /, *, calibration_data: Iterable | 
 def _quantized_weight(graph: Graph, layer: Node, notes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """(W, W_q) of a layer whose weight is a fake_quant of a constant and whose bias may be
     rewritten; None (with a note when it matters) otherwise."""
-    if layer.op not in _WEIGHTED_OPS:
+    if layer.op not in WEIGHTED_OPS:
         return None
     fq = layer.inputs[1].producer
     if fq is None or fq.op != "fake_quant" or not fq.inputs[0].is_constant:
@@ -134,6 +133,7 @@ def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
     old = layer_bias(layer)
     name = f"{old.name}.corrected" if old is not None else f"{layer.name}.bias.corrected"
     set_layer_bias(graph, layer, graph.add_constant(name, data))
+    quantize_layer_bias(graph, layer)  # a layer that gains a bias may need its int32 grid
 
 
 # ---- empirical ---------------------------------------------------------------------------
@@ -252,13 +252,13 @@ def _describe(value: Value, statistics: Mapping):
 def _keeps_channel_means(node: Node) -> bool:
     """Averaging over positions (global pooling, the flatten after it) keeps each channel's
     mean (zero padding aside)."""
-    if node.op in ("avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool1d"):
-        return True
     source = node.inputs[0]
     if node.op == "mean":
         dims = node.attrs["dim"]
         dims = [dims] if isinstance(dims, int) else list(dims)
         return all(d % len(source.shape) not in (0, 1) for d in dims) and len(source.shape) > 2
+    if OPS[node.op].averages:  # pooling by averaging: over positions only
+        return True
     if node.op in ("flatten", "reshape"):
         # [N, C, 1, 1] -> [N, C]: channel c stays at axis 1.
         return (len(source.shape) >= 2 and len(node.output.shape) == 2

@@ -61,25 +61,29 @@ network output.
 
 from __future__ import annotations
 
-import difflib
 import math
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 import numpy as np
 
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.edit import (
+    optional_input,
+    remove_if_unused,
+    rename_value,
+    select_layers,
+    why_not_float_constant,
+)
 from qcompiler.ir.ops import attrs_with_defaults
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics import low_rank
 
+# The layers each method decomposes (their weights are [C_out, C_in, *kernel]).
 _METHOD_OPS = {"auto": ("linear", "conv1d", "conv2d"), "svd": ("linear",),
                "channel": ("conv1d", "conv2d"), "spatial": ("conv2d",),
                "tucker2": ("conv1d", "conv2d")}
-_WEIGHTED_OPS = ("linear", "conv1d", "conv2d", "conv_transpose2d")
 
 
 @dataclass(frozen=True)
@@ -266,61 +270,13 @@ class _Layer:
 
 def _why_not_decomposable(node: Node) -> str | None:
     weight = node.inputs[1]
-    if not weight.is_constant:
-        return f"its weight %{weight.name} is not a constant"
-    if weight.qparams is not None:
-        return f"its weight %{weight.name} is quantized; decompose before quantizing"
-    if weight.dtype not in ("f32", "f64", "f16"):
-        return f"its weight %{weight.name} is {weight.dtype}, not floating point"
+    problem = why_not_float_constant(weight, "decompose")
+    if problem is not None:
+        return f"its weight %{weight.name} {problem}"
     if node.op != "linear" and node.attrs.get("groups", 1) != 1:
         return (f"it has groups={node.attrs['groups']}; grouped and depthwise convolutions "
                 "are not decomposed")
     return None
-
-
-# ---- layer selection (shared with merge_similar_neurons) ------------------------------------
-
-
-def layer_names(node: Node) -> list[str]:
-    """The names a layer answers to: its node name, its weight's name, and that name
-    without a trailing `.weight` (the torch module path)."""
-    names = [node.name]
-    weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if weight is not None:
-        names.append(weight.name)
-        if weight.name.endswith(".weight"):
-            names.append(weight.name[: -len(".weight")])
-    return names
-
-
-def select_layers(graph: Graph, ops: Sequence[str], layers: Sequence[str] | None,
-                  ignore: Sequence[str], scope: str) -> list[Node]:
-    """The nodes with an op in `ops` that match `layers` (all if None) and not `ignore`.
-
-    Names are exact or fnmatch patterns (`layers.*.conv1`). A name that matches no
-    weighted layer raises PassError with close names suggested; a name in `layers`
-    that matches only layers outside `ops` raises PassError naming their op.
-    """
-    weighted = [node for node in graph if node.op in _WEIGHTED_OPS]
-    known = sorted({name for node in weighted for name in layer_names(node)})
-
-    def matches(node: Node, pattern: str) -> bool:
-        return any(fnmatchcase(name, pattern) for name in layer_names(node))
-
-    for pattern in (*(layers or ()), *ignore):
-        if not any(matches(node, pattern) for node in weighted):
-            close = difflib.get_close_matches(pattern, known, n=3, cutoff=0.6)
-            hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
-                    else f"the layers are named like {', '.join(known[:5]) or '(none)'}")
-            raise PassError(f"no layer is named {pattern!r}; {hint}")
-    for pattern in layers or ():
-        if not any(matches(node, pattern) for node in weighted if node.op in ops):
-            found = sorted({node.op for node in weighted if matches(node, pattern)})
-            raise PassError(f"layer {pattern!r} is {', '.join(found)}; {scope} applies to "
-                            f"{', '.join(ops)} layers")
-    return [node for node in weighted if node.op in ops
-            and (layers is None or any(matches(node, p) for p in layers))
-            and not any(matches(node, p) for p in ignore)]
 
 
 # ---- rewriting --------------------------------------------------------------------------------
@@ -362,7 +318,7 @@ def _factor_weights(layer: _Layer, spec) -> tuple[np.ndarray, ...]:
 def _rewrite(graph: Graph, layer: _Layer, spec) -> None:
     node = layer.node
     weight, old_output = node.inputs[1], node.output
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = optional_input(node, 2)
     base = weight.name[: -len(".weight")] if weight.name.endswith(".weight") else node.name
     weights = _factor_weights(layer, spec)
     all_attrs = _factor_attrs(node, layer.method)
@@ -377,10 +333,7 @@ def _rewrite(graph: Graph, layer: _Layer, spec) -> None:
     graph.replace_all_uses(old_output, current)
     name = old_output.name
     graph.remove_node(node)
-    if not weight.users and weight not in graph.outputs:
-        graph.remove_value(weight)
+    remove_if_unused(graph, weight)
     # The last factor takes over the layer's output name, so what came after it (and the
     # graph outputs) keep their names.
-    del graph.values[current.name]
-    current.name = name
-    graph.values[name] = current
+    rename_value(graph, current, name)

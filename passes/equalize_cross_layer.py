@@ -53,32 +53,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir import Graph, Node
+from qcompiler.ir.edit import is_relu6, is_relu_like, optional_input, replace_constant, why_not_private
+from qcompiler.ir.ops import OPS, OUT_IN_WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.equalization import ChainLayer, equalize_chain
-
-# Layer op -> the kind of channel axis its data input and output use.
-_LAYER_KINDS = {"conv2d": "conv", "conv1d": "conv", "linear": "linear"}
-_BATCHED_CONV_RANK = {"conv2d": 4, "conv1d": 3}
-# Per-channel ops with f(x / s) = f(x) / s for every s > 0.
-_HOMOGENEOUS_OPS = {"relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "max_pool1d",
-                    "avg_pool1d", "adaptive_avg_pool1d"}
-_FLOAT_DTYPES = {"f32", "f16", "f64"}
-
-
-def is_relu6(node: Node) -> bool:
-    return node.op == "clamp" and _number_equals(node.attrs.get("min"), 0) \
-        and _number_equals(node.attrs.get("max"), 6)
-
-
-def is_relu_like(node: Node) -> bool:
-    """relu, or clamp(min=0) without an upper bound."""
-    return node.op == "relu" or (node.op == "clamp" and _number_equals(node.attrs.get("min"), 0)
-                                 and node.attrs.get("max") is None)
-
-
-def _number_equals(value, number: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
 
 @dataclass(frozen=True)
@@ -102,7 +81,7 @@ class EqualizeCrossLayer:
         notes: list[str] = []
         successors: dict[int, tuple[Node, list[Node]]] = {}
         for node in graph:
-            if node.op not in _LAYER_KINDS:
+            if node.op not in OUT_IN_WEIGHTED_OPS:
                 continue
             found = _find_successor(graph, node, self.replace_relu6)
             if isinstance(found, str):
@@ -126,7 +105,7 @@ class EqualizeCrossLayer:
         return PassResult(graph, equalized_chains > 0, notes)
 
     def _equalize(self, graph: Graph, chain: list[Node], paths: list[Node], notes: list[str]) -> bool:
-        layers = [ChainLayer(n.inputs[1].data, None if _bias(n) is None else _bias(n).data,
+        layers = [ChainLayer(n.inputs[1].data, None if optional_input(n, 2) is None else n.inputs[2].data,
                              n.attrs.get("groups", 1) if n.op != "linear" else 1) for n in chain]
         result = equalize_chain(layers, self.iterations, self.tolerance)
         names = " -> ".join(f"%{n.name}" for n in chain)
@@ -134,9 +113,9 @@ class EqualizeCrossLayer:
             notes.append(f"{names}: already equalized (every scale within {self.tolerance} of 1)")
             return False
         for node, layer in zip(chain, result.layers, strict=True):
-            _replace_constant(graph, node, 1, layer.weight)
+            _equalized(graph, node, 1, layer.weight)
             if layer.bias is not None:
-                _replace_constant(graph, node, 2, layer.bias)
+                _equalized(graph, node, 2, layer.bias)
         replaced = [node for node in paths if is_relu6(node)]  # only with replace_relu6=True
         for node in replaced:
             node.op, node.attrs = "relu", {}
@@ -156,10 +135,6 @@ def equalize_cross_layer(graph: Graph | None = None, /, *, iterations: int = 100
     return configured if graph is None else configured(graph)
 
 
-def _bias(node: Node) -> Value | None:
-    return node.inputs[2] if len(node.inputs) > 2 else None
-
-
 def _find_successor(graph: Graph, layer: Node, replace_relu6: bool
                     ) -> tuple[Node, list[Node]] | str | None:
     """(next layer, ops in between) if `layer` pairs with the layer after it; a reason
@@ -175,13 +150,13 @@ def _find_successor(graph: Graph, layer: Node, replace_relu6: bool
             return (f"%{value.name} has {len(value.users)} users ({users}); a branch, residual add "
                     "or concat would see the rescaled channels too")
         user = value.users[0]
-        if user.op in _LAYER_KINDS and user.inputs[0] is value:
-            if _LAYER_KINDS[user.op] != _LAYER_KINDS[layer.op]:
+        if user.op in OUT_IN_WEIGHTED_OPS and user.inputs[0] is value:
+            if (user.op == "linear") != (layer.op == "linear"):  # conv channels are on axis 1
                 return (f"{layer.op} %{layer.name} feeds {user.op} %{user.name}, whose "
                         "input channels are on another axis")
             reason = _why_not_rescalable(graph, layer) or _why_not_rescalable(graph, user)
             return (user, path) if reason is None else reason
-        if user.op in _HOMOGENEOUS_OPS or is_relu_like(user):
+        if OPS[user.op].homogeneous or is_relu_like(user):
             pass
         elif is_relu6(user):
             if not replace_relu6:
@@ -197,28 +172,18 @@ def _find_successor(graph: Graph, layer: Node, replace_relu6: bool
 
 def _why_not_rescalable(graph: Graph, layer: Node) -> str | None:
     """None if the layer's weight and bias may be rewritten, else the reason."""
-    if layer.op in _BATCHED_CONV_RANK and len(layer.output.shape) != _BATCHED_CONV_RANK[layer.op]:
+    if layer.op != "linear" and len(layer.output.shape) != len(layer.inputs[1].shape):
         return f"{layer.op} %{layer.name} is unbatched (channels not on axis 1)"
-    for role, value in (("weight", layer.inputs[1]), ("bias", _bias(layer))):
-        if value is None:
-            continue
-        if not value.is_constant:
-            return f"the {role} %{value.name} of %{layer.name} is not a constant"
-        if value.dtype not in _FLOAT_DTYPES:
-            return f"the {role} %{value.name} of %{layer.name} is {value.dtype}, not a float"
-        if value.qparams is not None:
-            return (f"the {role} %{value.name} of %{layer.name} carries quantization parameters; "
-                    "equalize before quantizing")
-        if len(value.users) != 1 or value in graph.outputs:
-            others = ", ".join(f"%{u.name}" for u in value.users if u is not layer) or "a graph output"
-            return f"the {role} %{value.name} of %{layer.name} is shared with {others}"
+    for role, value in (("weight", layer.inputs[1]), ("bias", optional_input(layer, 2))):
+        problem = None if value is None else why_not_private(graph, value, layer, "equalize")
+        if problem is not None:
+            return f"the {role} %{value.name} of %{layer.name} {problem}"
     return None
 
 
-def _replace_constant(graph: Graph, node: Node, index: int, data) -> None:
+def _equalized(graph: Graph, node: Node, index: int, data) -> None:
+    """Replace input `index` of `node` by the constant `data`, named `<old>.equalized` (a
+    constant equalized again keeps that name, numbered)."""
     old = node.inputs[index]
-    name = old.name if old.name.endswith(".equalized") else f"{old.name}.equalized"
-    new = graph.add_constant(name, data)
-    node.replace_input(old, new)
-    if not old.users and old not in graph.outputs:
-        graph.remove_value(old)
+    replace_constant(graph, node, index, data,
+                     old.name if old.name.endswith(".equalized") else f"{old.name}.equalized")

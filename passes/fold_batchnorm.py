@@ -36,15 +36,17 @@ op is not folded.
 
 from __future__ import annotations
 
-from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.ops import attrs_with_defaults
+from qcompiler.ir import Graph, Node
+from qcompiler.ir.edit import (
+    optional_input,
+    remove_if_unused,
+    replace_constant,
+    why_not_float_constant,
+    why_not_private,
+)
+from qcompiler.ir.ops import WEIGHTED_OPS, attrs_with_defaults
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.batchnorm import batchnorm_scale_shift, fold_batchnorm_into_weights
-
-# The layers a BN folds into, with how many trailing axes of their output are
-# spatial (the output channel axis is the one just before them).
-_SPATIAL_DIMS = {"conv2d": 2, "conv1d": 1, "conv_transpose2d": 2, "linear": 0}
-_FLOAT_DTYPES = {"f32", "f16", "f64"}
 
 
 def fold_batchnorm(graph: Graph) -> PassResult:
@@ -69,35 +71,31 @@ def _why_not_foldable(graph: Graph, bn: Node) -> str | None:
     if layer is None:
         kind = "a constant" if source.is_constant else "a graph input"
         return f"its input %{source.name} is {kind}, not the output of a conv or linear layer"
-    if layer.op not in _SPATIAL_DIMS:
+    if layer.op not in WEIGHTED_OPS:
         return (f"its input %{source.name} comes from {layer.op}, not from "
-                f"{', '.join(sorted(_SPATIAL_DIMS))}")
+                f"{', '.join(sorted(WEIGHTED_OPS))}")
     others = [user for user in source.users if user is not bn]
     if others:
         names = ", ".join(f"%{user.name}" for user in others)
         return f"the output %{source.name} of {layer.op} is also used by {names}"
     if source in graph.outputs:
         return f"the output %{source.name} of {layer.op} is also a graph output"
-    channel_axis = len(source.shape) - 1 - _SPATIAL_DIMS[layer.op]
+    # The weight's axes after [C_out, C_in] (or [C_in, C_out]) are the spatial axes of the
+    # output, and the output channels are the axis just before them.
+    channel_axis = len(source.shape) - (len(layer.inputs[1].shape) - 1)
     if channel_axis != 1:
         return (f"batch_norm normalises axis 1 but the output channels of {layer.op} "
                 f"%{layer.name} are on axis {channel_axis} (shape {list(source.shape)})")
 
-    weight = layer.inputs[1]
-    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+    weight, bias = layer.inputs[1], optional_input(layer, 2)
     for role, value in (("weight", weight), ("bias", bias)):
-        if value is not None and not value.is_constant:
-            return f"the {role} %{value.name} of {layer.op} %{layer.name} is not a constant"
-    if weight.dtype not in _FLOAT_DTYPES:
-        return f"the weight %{weight.name} of %{layer.name} is {weight.dtype}, not a float"
-    if weight.qparams is not None or (bias is not None and bias.qparams is not None):
-        return (f"the weight or bias of %{layer.name} carries quantization parameters; "
-                "fold batch norms before quantizing")
-    sharers = [user for user in weight.users if user is not layer]
-    if sharers or weight in graph.outputs:
-        names = ", ".join(f"%{user.name}" for user in sharers) or "a graph output"
-        return (f"the weight %{weight.name} of %{layer.name} is shared with {names}; "
-                "folding would untie the shared weight")
+        problem = None if value is None else why_not_float_constant(value, "fold batch norms")
+        if problem is not None:
+            return f"the {role} %{value.name} of {layer.op} %{layer.name} {problem}"
+    # A new bias is made for this layer, so only the weight must be its own.
+    shared = why_not_private(graph, weight, layer, "fold batch norms")
+    if shared is not None:
+        return f"the weight %{weight.name} of %{layer.name} {shared}; folding would untie the shared weight"
 
     gamma, beta, mean, var = bn.inputs[1:5]
     for role, value in (("weight", gamma), ("bias", beta), ("running_mean", mean),
@@ -114,8 +112,7 @@ def _why_not_foldable(graph: Graph, bn: Node) -> str | None:
 def _fold(graph: Graph, bn: Node) -> None:
     source = bn.inputs[0]
     layer = source.producer
-    weight = layer.inputs[1]
-    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
+    weight, bias = layer.inputs[1], optional_input(layer, 2)
     gamma, beta, mean, var = bn.inputs[1:5]
 
     scale, shift = batchnorm_scale_shift(
@@ -125,31 +122,19 @@ def _fold(graph: Graph, bn: Node) -> None:
         weight.data, None if bias is None else bias.data, scale, shift,
         transposed=layer.op == "conv_transpose2d", groups=layer.attrs.get("groups", 1))
 
-    new_weight = graph.add_constant(f"{weight.name}.folded", new_weight_data)
-    bias_name = f"{bias.name}.folded" if bias is not None else f"{layer.name}.bias.folded"
-    new_bias = graph.add_constant(bias_name, new_bias_data)
-    layer.replace_input(weight, new_weight)
-    if bias is not None:
-        layer.replace_input(bias, new_bias)
-    else:
-        _set_optional_input(layer, 2, new_bias)
+    replace_constant(graph, layer, 1, new_weight_data, f"{weight.name}.folded")
+    replace_constant(graph, layer, 2, new_bias_data,
+                     f"{bias.name}.folded" if bias is not None else f"{layer.name}.bias.folded")
 
     if source.qparams is None:
         source.qparams = bn.outputs[0].qparams
     graph.replace_all_uses(bn.outputs[0], source)
     graph.remove_node(bn)
-    for old in (weight, bias, gamma, beta, mean, var):
-        if old is not None and not old.users and old not in graph.outputs:
-            graph.remove_value(old)
+    for old in (gamma, beta, mean, var):
+        if old is not None:
+            remove_if_unused(graph, old)
 
 
 def _eps(bn: Node) -> float:
     return attrs_with_defaults("batch_norm", bn.attrs)["eps"]
 
-
-def _set_optional_input(node: Node, index: int, value: Value) -> None:
-    """Fill an absent optional input (missing or `None`) of `node`."""
-    while len(node.inputs) <= index:
-        node.inputs.append(None)
-    node.inputs[index] = value
-    value.users.append(node)

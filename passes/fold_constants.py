@@ -31,15 +31,17 @@ import numpy as np
 import torch
 
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.ops import FAKE_QUANT_OPS, run_op
+from qcompiler.ir.edit import remove_if_unused, rename_value
+from qcompiler.ir.ops import ops_where, run_op
 from qcompiler.ir.pipeline import PassResult
 
 # Results up to this size fold even when they are larger than their inputs:
 # 1024 float32 elements is 4 KiB, below any weight worth worrying about.
 SMALL_RESULT_ELEMENTS = 1024
 
-# Quantization ops are kept as nodes: the integer lowering matches them.
-_QUANTIZATION_OPS = frozenset({"quantize", "dequantize"}) | FAKE_QUANT_OPS
+# Quantization ops (quantize, dequantize, fake_quant...) are kept as nodes: the integer
+# lowering matches them.
+_QUANTIZATION_OPS = ops_where(category="quant")
 
 
 def fold_constants(graph: Graph) -> PassResult:
@@ -91,9 +93,6 @@ def _fold(graph: Graph, node: Node) -> None:
     # The folded constant takes over the name of the value it replaces, so the
     # rest of the graph reads the same in text form.
     for name, constant in replacements:
-        del graph.values[constant.name]
-        constant.name = name
-        graph.values[name] = constant
+        rename_value(graph, constant, name)
     for value in inputs:
-        if not value.users and value not in graph.outputs and graph.values.get(value.name) is value:
-            graph.remove_value(value)
+        remove_if_unused(graph, value)

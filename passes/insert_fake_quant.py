@@ -11,7 +11,7 @@ symmetric, rounding}`: scale is an f32[C] constant and zero_point an i32[C] cons
 the integer range of (bits, signed, narrow_range). `symmetric` says how calibration
 chooses the scale (zero_point = 0). `rounding` is the integer path's rule at that point:
 "half_up" after ops whose integer form requantizes an accumulator
-(`qcompiler.quantization.lowering_rules.REQUANTIZING_OPS`), "half_to_even" (the graph-boundary rule)
+(the op table's `requantizing` ops, `qcompiler.ir.ops`), "half_to_even" (the graph-boundary rule)
 elsewhere; a float64 simulation applies it exactly (`qcompiler.ir.ops`). Until
 calibrated, the scale is NaN and the output value's `qparams` is None; calibration
 (`qcompiler.quantization.calibrate`) fills the constants and sets the output's `qparams` to the
@@ -29,7 +29,8 @@ onnxruntime QDQ; Jacob et al. 2018, sec. 2-3; Krishnamoorthi 2018, sec. 3):
   %w.fq.scale)` rounds it to the int32 grid of step s_in * s_w[c] that the integer kernel
   adds (docs/integer-spec.md, section 1), reading the two scale constants when it runs, so
   the grid follows calibration, bias correction and training with nothing to keep in
-  sync. `layer_bias` and `set_layer_bias` read and replace the float bias behind it;
+  sync (`qcompiler.quantization.quantizers.quantize_layer_bias`). `layer_bias` and
+  `set_layer_bias` (`qcompiler.ir.edit`) read and replace the float bias behind it;
 - the output of every op that computes new values (conv, linear, matmul, add,
   mul, pooling by averaging, softmax, layer_norm, gelu, ...). A relu or clamp
   (ReLU6) that is the only user of such an output is fused into it, as integer
@@ -68,32 +69,11 @@ import numpy as np
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.edit import moves_values_only, remove_if_unused, single_user_chain
+from qcompiler.ir.ops import OPS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.config import QScheme, QuantConfig
-from qcompiler.quantization.lowering_rules import REQUANTIZING_OPS
-
-WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
-# Weighted ops that integer lowering runs with an int32 bias (conv_transpose2d falls back to float).
-INTEGER_BIAS_OPS = {"conv2d", "conv1d", "linear"}
-FUSED_ACTIVATIONS = {"relu", "clamp"}
-# Ops whose outputs only hold values of their input (moved, selected, or zero), so an
-# integer runtime runs them on the integers and the input's qparams carry over exactly.
-_VALUE_MOVING_OPS = {"reshape", "flatten", "permute", "transpose", "slice", "split",
-                     "max_pool2d", "max_pool1d"}
-# The activation (data) inputs of ops that also take weights, biases or statistics.
-_DATA_INPUTS = {"conv2d": (0,), "conv1d": (0,), "conv_transpose2d": (0,), "linear": (0,),
-                "batch_norm": (0,), "layer_norm": (0,), "embedding": ()}
-
-
-def moves_values_only(node: Node) -> bool:
-    """True if `node` keeps the quantization of its input (see _VALUE_MOVING_OPS)."""
-    if node.op in _VALUE_MOVING_OPS:
-        return True
-    if node.op == "pad":
-        return node.attrs.get("mode", "constant") != "constant" or node.attrs.get("value", 0.0) == 0
-    if node.op == "resize":
-        return node.attrs.get("mode", "nearest") == "nearest"
-    return False
+from qcompiler.quantization.quantizers import INTEGER_BIAS_OPS, quantize_layer_bias, source_fake_quants
 
 
 @dataclass(frozen=True)
@@ -130,7 +110,7 @@ def _rounding(producer: Node | None) -> str:
     """How the fake_quant after `producer` rounds in a float64 simulation: half up where the
     integer op requantizes an accumulator, else the graph-boundary rule (see the module
     docstring)."""
-    return "half_up" if producer is not None and producer.op in REQUANTIZING_OPS else "half_to_even"
+    return "half_up" if producer is not None and OPS[producer.op].requantizing else "half_to_even"
 
 
 class _Placement:
@@ -162,7 +142,9 @@ class _Placement:
                     id(v) in self.quantized for v in node.inputs if _is_float(v))):
                 indices = ()
             else:
-                indices = _DATA_INPUTS.get(node.op, range(len(node.inputs)))
+                indices = OPS[node.op].data_inputs
+                if indices is None:
+                    indices = range(len(node.inputs))
             for index in indices:
                 value = node.inputs[index] if index < len(node.inputs) else None
                 if _is_float(value) and id(value) not in self.quantized:
@@ -215,12 +197,12 @@ class _Placement:
         scheme = self.config.weight_scheme(node)
         axis = None
         if scheme.per_channel:
-            axis = 0
-            if node.op == "conv_transpose2d":
-                axis = 1 if node.attrs.get("groups", 1) == 1 else None
-                if axis is None:
-                    self.notes.append(f"{node.describe()}: grouped conv_transpose2d weights have "
-                                      "no single output-channel axis; quantized per tensor")
+            axis = OPS[node.op].weight_out_axis
+            if axis != 0 and node.attrs.get("groups", 1) != 1:
+                # A grouped transposed weight [C_in, C_out / groups, ...] repeats its axis 1.
+                axis = None
+                self.notes.append(f"{node.describe()}: grouped {node.op} weights have "
+                                  "no single output-channel axis; quantized per tensor")
         fq = self._fake_quant(weight, scheme, axis, node, role="weight")
         self.weights[id(weight)] = fq.output
         node.replace_input(weight, fq.output)
@@ -236,13 +218,10 @@ class _Placement:
 
     def _quantize_output(self, node: Node) -> None:
         """Quantize the output of `node`, after the relu/clamp chain fused into it."""
-        owners, value = [node], node.output
-        while (len(value.users) == 1 and value not in self.graph.outputs
-               and value.users[0].op in FUSED_ACTIVATIONS and value.users[0].inputs[0] is value
-               and not self.config.is_excluded(value.users[0])):
-            owners.append(value.users[0])
-            self.fused.add(id(value.users[0]))
-            value = value.users[0].output
+        chain, value = single_user_chain(self.graph, node.output, lambda user: OPS[user.op].fusable
+                                         and not self.config.is_excluded(user))
+        owners = [node, *chain]
+        self.fused.update(id(user) for user in chain)
         fq = self._fake_quant(value, self.config.activation_scheme(owners), None,
                               self.following[id(owners[-1])], rounding=_rounding(node))
         self.graph.replace_all_uses(value, fq.output)
@@ -264,8 +243,7 @@ class _Placement:
             for old, new in ((fq.inputs[1], shared_scale), (fq.inputs[2], shared_zero_point)):
                 if old is not new:
                     fq.replace_input(old, new)
-                    if not old.users:
-                        self.graph.remove_value(old)
+                    remove_if_unused(self.graph, old)
         names = ", ".join(f"%{fq.name}" for fq in sources)
         self.notes.append(f"concat %{node.name}: {names} share one scale and zero point")
 
@@ -282,79 +260,3 @@ class _Placement:
             fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None,
                                   rounding=_rounding(producer))
             self.graph.outputs = [fq.output if v is value else v for v in self.graph.outputs]
-
-
-# ---- sources of quantized values, and biases ------------------------------------------------
-
-
-def source_fake_quants(value: Value) -> list[Node]:
-    """The fake_quant nodes whose numbers `value` holds (through value-moving ops and concat)."""
-    producer = value.producer
-    if producer is None:
-        return []
-    if producer.op == "fake_quant":
-        return [producer]
-    if producer.op == "concat":
-        return [fq for v in producer.inputs for fq in source_fake_quants(v)]
-    if moves_values_only(producer):
-        return source_fake_quants(producer.inputs[0])
-    return []
-
-
-def bias_scale_sources(layer: Node) -> tuple[Value, Value] | None:
-    """The scale constants (input, weight) whose product is the step of `layer`'s int32 bias,
-    or None when integer lowering would not give it one: the weight is not fake-quantized
-    symmetrically along the output channels, or the input does not hold one per-tensor
-    quantization."""
-    if layer.op not in INTEGER_BIAS_OPS or len(layer.inputs) < 2:
-        return None
-    weight_fq = layer.inputs[1].producer
-    if (weight_fq is None or weight_fq.op != "fake_quant" or not weight_fq.inputs[0].is_constant
-            or not weight_fq.attrs.get("symmetric", False) or weight_fq.attrs.get("axis") not in (None, 0)):
-        return None
-    sources = source_fake_quants(layer.inputs[0])
-    if not sources or sources[0].attrs.get("axis") is not None \
-            or any(fq.inputs[1] is not sources[0].inputs[1] for fq in sources):
-        return None
-    return sources[0].inputs[1], weight_fq.inputs[1]
-
-
-def layer_bias(layer: Node) -> Value | None:
-    """The float bias of a weighted layer (its input 2), looking through a fake_quant_bias."""
-    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
-    if bias is not None and bias.producer is not None and bias.producer.op == "fake_quant_bias":
-        return bias.producer.inputs[0]
-    return bias
-
-
-def quantize_layer_bias(graph: Graph, layer: Node) -> Node | None:
-    """Put a fake_quant_bias between `layer` and its float constant bias, if lowering gives the
-    layer an int32 bias (see `bias_scale_sources`) and it has none yet; the new node or None."""
-    bias = layer.inputs[2] if len(layer.inputs) > 2 else None
-    scales = bias_scale_sources(layer)
-    if bias is None or scales is None or not _is_float(bias) or not bias.is_constant:
-        return None
-    node = graph.add_node("fake_quant_bias", [bias, *scales], {},
-                          name=graph.unique_name(f"{layer.name}.bias.fq"), before=layer,
-                          source=layer.source)
-    layer.replace_input(bias, node.output)
-    return node
-
-
-def set_layer_bias(graph: Graph, layer: Node, bias: Value) -> None:
-    """Make the float constant `bias` the bias of `layer`, behind the layer's fake_quant_bias
-    when it has one; a layer that had no bias gets a fake_quant_bias too if its quantization
-    calls for one (e.g. bias correction adding a bias). The old float bias is removed if
-    nothing else reads it."""
-    old = layer_bias(layer)
-    holder = layer.inputs[2].producer if old is not None and layer.inputs[2] is not old else layer
-    if old is not None:
-        holder.replace_input(old, bias)
-        if not old.users and old not in graph.outputs and old.is_constant:
-            graph.remove_value(old)
-        return
-    while len(layer.inputs) < 3:
-        layer.inputs.append(None)
-    layer.inputs[2] = bias
-    bias.users.append(layer)
-    quantize_layer_bias(graph, layer)

@@ -48,7 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcompiler.errors import IntegerOnlyError, QuantizationError
-from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.ir import FLOAT_DTYPES, Graph, Node, QParams, Value
+from qcompiler.ir.edit import moves_values_only
+from qcompiler.ir.ops import LOOKUP_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.integer_params import (
     fake_quantize_bias,
@@ -56,19 +58,17 @@ from qcompiler.numerics.integer_params import (
     worst_case_accumulator,
 )
 from qcompiler.numerics.quant import fake_quantize, quantize
-from qcompiler.passes.insert_fake_quant import moves_values_only
 from qcompiler.quantization import lowering_rules as compute
 from qcompiler.quantization import lowering_rules_layout as layout
-from qcompiler.quantization.calibrate import require_calibrated
 from qcompiler.quantization.lowering_rules import (
     check_rounding,
     emit_requantize,
     fake_quant_qparams,
     integer_dtype,
 )
+from qcompiler.quantization.quantizers import require_calibrated
 
 TARGETS = ("generic", "x86", "aarch64")
-_FLOAT_DTYPES = {"f32", "f16", "f64"}
 
 # The rewrite rules, as data: float op -> rule(lowering, node) -> None (lowered) or why not.
 # Ops absent here (softmax, layer_norm, conv_transpose2d, resize, ...) fall back to float.
@@ -77,7 +77,7 @@ RULES = {
     "linear": compute.lower_weighted, "matmul": compute.lower_matmul,
     "add": compute.lower_add, "sub": compute.lower_add, "mul": compute.lower_mul,
     "div": compute.lower_div, "relu": compute.lower_activation, "clamp": compute.lower_activation,
-    **{op: compute.lower_lookup for op in compute.LOOKUP_OPS},
+    **{op: compute.lower_lookup for op in LOOKUP_OPS},
     "avg_pool2d": layout.lower_avg_pool, "avg_pool1d": layout.lower_avg_pool,
     "adaptive_avg_pool2d": layout.lower_adaptive_avg_pool,
     "adaptive_avg_pool1d": layout.lower_adaptive_avg_pool, "mean": layout.lower_mean,
@@ -186,7 +186,7 @@ class _Lowering:
         return PassResult(self.new, True, self.notes)
 
     def _output(self, value: Value) -> Value:
-        if id(value) in self.float_of or value.dtype not in _FLOAT_DTYPES:
+        if id(value) in self.float_of or value.dtype not in FLOAT_DTYPES:
             return self.as_float(value)
         integer = self.as_int(value)
         if integer is None:
@@ -291,7 +291,7 @@ class _Lowering:
     # ---- fall back ------------------------------------------------------------------------------
 
     def _fall_back(self, node: Node, reason: str) -> None:
-        is_float = any(v is not None and v.dtype in _FLOAT_DTYPES for v in [*node.inputs, *node.outputs])
+        is_float = any(v is not None and v.dtype in FLOAT_DTYPES for v in [*node.inputs, *node.outputs])
         if is_float and self.strict:
             raise IntegerOnlyError(
                 f"{node.describe()} cannot be lowered to integer ops: {reason}. Lower with "

@@ -49,16 +49,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.ops import infer_types
+from qcompiler.ir import Graph, Node
+from qcompiler.ir.edit import (
+    input_channel_axis,
+    is_relu_like,
+    optional_input,
+    output_channel_axis,
+    replace_constant,
+    select_layers,
+    why_not_float_constant,
+)
+from qcompiler.ir.ops import OPS, OUT_IN_WEIGHTED_OPS, infer_types
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.similarity import cluster_neurons, merge_neurons, neuron_rows
-from qcompiler.passes.decompose_low_rank import select_layers  # names select layers alike
 
-_LAYER_OPS = ("linear", "conv1d", "conv2d")
-_POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "max_pool1d", "avg_pool1d",
-             "adaptive_avg_pool1d"}
-_FLOAT_DTYPES = {"f32", "f16", "f64"}
 _DEFAULT_THRESHOLD = 1e-6
 
 
@@ -83,7 +87,7 @@ class merge_similar_neurons:  # lower case: with its options it reads like a fun
 
     def __call__(self, graph: Graph) -> PassResult:
         notes: list[str] = []
-        producers = select_layers(graph, _LAYER_OPS, self.layers, self.ignore,
+        producers = select_layers(graph, OUT_IN_WEIGHTED_OPS, self.layers, self.ignore,
                                   "merge_similar_neurons")
         # Matching reads the graph only; a failing match leaves nothing half done.
         total = 0
@@ -101,7 +105,7 @@ class merge_similar_neurons:  # lower case: with its options it reads like a fun
 
     def _merge(self, graph: Graph, producer: Node, path: list[Node], consumer: Node,
                notes: list[str]) -> int:
-        weight, bias = producer.inputs[1], _bias(producer)
+        weight, bias = producer.inputs[1], optional_input(producer, 2)
         rows = neuron_rows(weight.data, None if bias is None else bias.data)
         count = rows.shape[0]
         live = int((np.linalg.norm(rows, axis=1) > 0).sum())
@@ -122,14 +126,14 @@ class merge_similar_neurons:  # lower case: with its options it reads like a fun
         removed = count - len(clusters)
         if removed == 0:
             return 0
-        _replace_constant(graph, producer, 1, new_weight)
+        replace_constant(graph, producer, 1, new_weight, f"{weight.name}.merged")
         if bias is not None:
-            _replace_constant(graph, producer, 2, new_bias)
+            replace_constant(graph, producer, 2, new_bias, f"{bias.name}.merged")
         for node in (producer, *path):  # fewer channels from here to the consumer
             for value, (shape, _) in zip(node.outputs, infer_types(node.op, node.inputs, node.attrs),
                                          strict=True):
                 value.shape = shape
-        _replace_constant(graph, consumer, 1, new_next)
+        replace_constant(graph, consumer, 1, new_next, f"{consumer.inputs[1].name}.merged")
         merged = sum(len(c) - 1 for c in clusters)
         notes.append(f"{producer.describe()}: {count} -> {len(clusters)} neurons "
                      f"({merged} merged into similar ones, {count - live} all-zero dropped); "
@@ -137,27 +141,10 @@ class merge_similar_neurons:  # lower case: with its options it reads like a fun
         return removed
 
 
-def _bias(node: Node) -> Value | None:
-    return node.inputs[2] if len(node.inputs) > 2 else None
-
-
-def _channel_axis(layer: Node, ndim: int) -> int:
-    """The channel axis of a layer's output (or of its data input) of rank `ndim`."""
-    return ndim - 1 if layer.op == "linear" else ndim - (len(layer.inputs[1].shape) - 1)
-
-
-def _is_relu_like(node: Node) -> bool:
-    if node.op == "relu":
-        return True
-    low = node.attrs.get("min")
-    return (node.op == "clamp" and node.attrs.get("max") is None
-            and isinstance(low, (int, float)) and not isinstance(low, bool) and low == 0)
-
-
 def _next_channel_axis(node: Node, axis: int) -> int | None:
     """The channel axis after a positively homogeneous, channel-preserving op; None if
     `node` is not one."""
-    if _is_relu_like(node) or node.op in _POOL_OPS:
+    if is_relu_like(node) or OPS[node.op].homogeneous:
         return axis
     ndim = len(node.inputs[0].shape)
     if node.op == "mean":
@@ -188,7 +175,7 @@ def _find_consumer(graph: Graph, producer: Node) -> tuple[Node, list[Node]] | st
     if reason is not None:
         return reason
     value, path = producer.output, []
-    axis = _channel_axis(producer, len(value.shape))
+    axis = output_channel_axis(producer)
     while True:
         if value in graph.outputs:
             return f"%{value.name} is a graph output"
@@ -199,10 +186,10 @@ def _find_consumer(graph: Graph, producer: Node) -> tuple[Node, list[Node]] | st
             return (f"%{value.name} has {len(value.users)} users ({users}); a branch, residual "
                     "add or concat would see the merged channels too")
         user = value.users[0]
-        if user.op in _LAYER_OPS:
+        if user.op in OUT_IN_WEIGHTED_OPS:
             if user.inputs[0] is not value or any(v is value for v in user.inputs[1:]):
                 return f"%{value.name} is a weight or bias of {user.describe()}, not its data input"
-            if _channel_axis(user, len(value.shape)) != axis:
+            if input_channel_axis(user) != axis:
                 return (f"{user.describe()} reads its input channels on another axis than the "
                         f"one %{producer.name}'s neurons are on")
             reason = _why_not_rewritable(user)
@@ -221,21 +208,9 @@ def _find_consumer(graph: Graph, producer: Node) -> tuple[Node, list[Node]] | st
 def _why_not_rewritable(layer: Node) -> str | None:
     if layer.op != "linear" and layer.attrs.get("groups", 1) != 1:
         return f"{layer.describe()} has groups={layer.attrs['groups']} (grouped or depthwise)"
-    for role, value in (("weight", layer.inputs[1]), ("bias", _bias(layer))):
-        if value is None:
-            continue
-        if not value.is_constant:
-            return f"the {role} %{value.name} of {layer.describe()} is not a constant"
-        if value.qparams is not None:
-            return f"the {role} %{value.name} of {layer.describe()} is quantized; merge before quantizing"
-        if value.dtype not in _FLOAT_DTYPES:
-            return f"the {role} %{value.name} of {layer.describe()} is {value.dtype}, not float"
+    # New constants replace the old ones for these two layers only: sharing is no obstacle.
+    for role, value in (("weight", layer.inputs[1]), ("bias", optional_input(layer, 2))):
+        problem = None if value is None else why_not_float_constant(value, "merge")
+        if problem is not None:
+            return f"the {role} %{value.name} of {layer.describe()} {problem}"
     return None
-
-
-def _replace_constant(graph: Graph, node: Node, index: int, data: np.ndarray) -> None:
-    old = node.inputs[index]
-    new = graph.add_constant(f"{old.name}.merged", data)
-    node.replace_input(old, new)
-    if not old.users and old not in graph.outputs:
-        graph.remove_value(old)

@@ -36,8 +36,10 @@ from tqdm.auto import tqdm
 
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph, Node
+from qcompiler.ir.edit import replace_constant
 from qcompiler.ir.pipeline import PassResult
-from qcompiler.quantization.calibrate import float_observation_graph, graph_runs
+from qcompiler.quantization.calibrate import graph_runs
+from qcompiler.quantization.quantizers import float_observation_graph
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the data may hold tensors
@@ -84,9 +86,7 @@ def recalibrate_batchnorm(graph: Graph | None = None, /, *, calibration_data: It
 def _set_statistics(graph: Graph, node: Node, mean: np.ndarray, variance: np.ndarray) -> None:
     for position, data in ((3, mean), (4, variance)):
         old = node.inputs[position]
-        node.replace_input(old, graph.add_constant(f"{old.name}.recalibrated", data.astype(old.data.dtype)))
-        if not old.users and old not in graph.outputs:
-            graph.remove_value(old)
+        replace_constant(graph, node, position, data.astype(old.data.dtype), f"{old.name}.recalibrated")
 
 
 def _input_statistics(graph: Graph, node: Node, calibration_data: Iterable

@@ -81,10 +81,9 @@ from qcompiler.compression.channel_scores import CRITERIA, channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.errors import PassError
 from qcompiler.ir import DTYPES, Graph, Node
+from qcompiler.ir.edit import input_channel_axis, optional_input, set_optional_input
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics import importance
-
-COMPENSATIONS = ("constant", "mean")
 
 
 @dataclass(frozen=True)
@@ -120,9 +119,9 @@ class remove_filters:  # lower case: with its options it reads like a function c
                              f"string {self.ignored_layers!r}")
         if self.criterion == "activation" and self.masks is None and not self.calibration_data:
             raise ValueError("remove_filters: criterion 'activation' needs calibration_data")
-        if self.compensate_with not in COMPENSATIONS:
+        if self.compensate_with not in surgery.COMPENSATIONS:
             raise ValueError(f"remove_filters: compensate_with must be one of "
-                             f"{', '.join(COMPENSATIONS)}, got {self.compensate_with!r}")
+                             f"{', '.join(surgery.COMPENSATIONS)}, got {self.compensate_with!r}")
         if self.compensate_bias and self.compensate_with == "mean" and not self.calibration_data:
             raise ValueError("remove_filters: compensate_with='mean' needs calibration_data (the "
                              "channel means are measured on it)")
@@ -240,9 +239,9 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
             continue
         for member in group.members_with_role(*PRODUCER_ROLES):
             value = zeroed.values[member.value]
-            value.data = _zero_positions(value.data, member, _positions(member, channels))
+            value.data = member.zeroed(value.data, member.positions_of(channels))
         for member in group.members_with_role(*READER_ROLES):
-            readers.setdefault(member.node, (member, []))[1].append(_positions(member, channels))
+            readers.setdefault(member.node, (member, []))[1].append(member.positions_of(channels))
     if not readers:
         return []
     nodes = {node.name: node for node in graph if node.name in readers}
@@ -250,7 +249,7 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
     notes: list[str] = []
     if mean_data is not None:
         # Measured on the graph as given: nothing has been changed yet.
-        means = surgery.channel_means(graph, {read[n]: reader_channel_axis(nodes[n]) for n in nodes},
+        means = surgery.channel_means(graph, {read[n]: input_channel_axis(nodes[n]) for n in nodes},
                                       mean_data)
         for name, (member, positions) in readers.items():
             positions = np.concatenate(positions)
@@ -261,7 +260,7 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
     values = surgery.evaluate(zeroed, inputs, set(read.values()))
     for name, (member, positions) in readers.items():
         positions = np.concatenate(positions)
-        x = np.moveaxis(values[read[name]].astype(np.float64), reader_channel_axis(nodes[name]), 0)
+        x = np.moveaxis(values[read[name]].astype(np.float64), input_channel_axis(nodes[name]), 0)
         per_channel = x[positions].reshape(len(positions), -1)
         constants = per_channel.mean(axis=1)
         spread = (per_channel.max(axis=1) - per_channel.min(axis=1)).max()
@@ -271,26 +270,6 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
         notes += _fold_into_reader(graph, nodes[name], member, positions, constants, kept,
                                    exact_borders)
     return notes
-
-
-def reader_channel_axis(node: Node) -> int:
-    """The axis of a reader layer's input that holds the channels it reads (conv: 1,
-    linear and matmul: the last)."""
-    return 1 if node.op.startswith("conv") else len(node.inputs[0].shape) - 1
-
-
-def _positions(member: Member, channels: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(member.positions[c]) for c in channels])
-
-
-def _zero_positions(data: np.ndarray, member: Member, positions: np.ndarray) -> np.ndarray:
-    """A copy of `data` with the slices at `positions` (flattened over member.axes) zeroed."""
-    rest = [a for a in range(data.ndim) if a not in member.axes]
-    moved = np.transpose(data, (*member.axes, *rest))
-    flat = moved.reshape(int(np.prod(member.sizes)), -1).copy()
-    flat[positions] = 0
-    return np.ascontiguousarray(np.transpose(flat.reshape(moved.shape), np.argsort((*member.axes,
-                                                                                    *rest))))
 
 
 def _fold_into_reader(graph: Graph, node: Node, member: Member, positions: np.ndarray,
@@ -309,7 +288,7 @@ def _fold_into_reader(graph: Graph, node: Node, member: Member, positions: np.nd
     if node.op == "matmul":  # no bias input: add the constant after it
         _add_after(graph, node, bias_delta.astype(weight.dtype), "bias", kept, out_kept, 0)
         return notes
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = optional_input(node, 2)
     new_bias = (np.zeros(len(bias_delta)) if bias is None else bias.data) + bias_delta
     new_bias = new_bias.astype(weight.dtype)
     if bias is not None and bias.users == [node] and bias not in graph.outputs:
@@ -318,9 +297,7 @@ def _fold_into_reader(graph: Graph, node: Node, member: Member, positions: np.nd
         created = graph.add_constant(f"{node.name}.bias" if bias is None else f"{bias.name}.compensated",
                                      new_bias)
         if bias is None:
-            node.inputs += [None] * (3 - len(node.inputs))
-            node.inputs[2] = created
-            created.users.append(node)
+            set_optional_input(node, 2, created)
         else:
             node.replace_input(bias, created)
         if out_kept is not None:

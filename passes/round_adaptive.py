@@ -63,7 +63,8 @@ import torch.nn.functional as F
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.ops import FAKE_QUANT_OPS, run_op
+from qcompiler.ir.edit import layer_bias, remove_if_unused
+from qcompiler.ir.ops import FAKE_QUANT_OPS, FUSABLE_ACTIVATIONS, WEIGHTED_OPS, run_op
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.adaround import (
     AdaRoundSettings,
@@ -73,10 +74,8 @@ from qcompiler.numerics.adaround import (
     sample_rows,
 )
 from qcompiler.numerics.quant import dequantize, quant_range
-from qcompiler.passes.insert_fake_quant import layer_bias
-from qcompiler.quantization.calibrate import batch_to_tensors, fake_quant_nodes, require_calibrated
-
-_ROW_OPS = {"conv2d", "conv1d", "linear"}
+from qcompiler.quantization.calibrate import batch_to_tensors
+from qcompiler.quantization.quantizers import fake_quant_nodes, require_calibrated
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: calibration_data holds tensors
@@ -160,7 +159,7 @@ def round_adaptive(graph: Graph | None = None, /, **options):
 
 
 def _adaroundable(graph: Graph, layer: Node, notes: list[str]) -> bool:
-    if layer.op not in _ROW_OPS | {"conv_transpose2d"} or len(layer.inputs) < 2:
+    if layer.op not in WEIGHTED_OPS or len(layer.inputs) < 2:
         return False
     fq = layer.inputs[1].producer
     if fq is None or fq.op != "fake_quant" or not fq.inputs[0].is_constant:
@@ -182,9 +181,10 @@ def _adaroundable(graph: Graph, layer: Node, notes: list[str]) -> bool:
 
 
 def _activation(layer: Node):
-    """The ReLU / clamp that is the only user of the layer's output, as a torch function."""
+    """The ReLU / clamp that is the only user of the layer's output (the activation fused into
+    the layer's quantization), as a torch function."""
     users = layer.output.users
-    if len(users) != 1 or users[0].op not in ("relu", "clamp"):
+    if len(users) != 1 or users[0].op not in FUSABLE_ACTIVATIONS:
         return None
     if users[0].op == "relu":
         return F.relu
@@ -301,6 +301,5 @@ def _round_layer(graph: Graph, layer: Node, float_run: _Run, quantized_run: _Run
         return 0
     new = graph.add_constant(f"{weight.name}.adarounded", rounded)
     fq.replace_input(weight, new)
-    if not weight.users:
-        graph.remove_value(weight)
+    remove_if_unused(graph, weight)
     return 1

@@ -51,17 +51,16 @@ from qcompiler.analysis.report_render import (
 )
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
+from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.numerics.equalization import output_channel_ranges
-from qcompiler.quantization.calibrate import (
-    batch_to_tensors,
+from qcompiler.quantization.calibrate import batch_to_tensors
+from qcompiler.quantization.quantizers import (
     fake_quant_nodes,
     float_observation_graph,
     observed_name,
     require_calibrated,
 )
 from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
-
-_WEIGHTED_OPS = ("conv2d", "conv1d", "linear")
 
 
 def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_data: Iterable,
@@ -150,7 +149,7 @@ def _equalization(float_graph: Graph, cle_layers: int, equalization) -> list[Blo
     notes = [note for record in records for note in record.notes]
     layers = []
     for node in folded:
-        if node.op not in _WEIGHTED_OPS or not node.inputs[1].is_constant:
+        if node.op not in OUT_IN_WEIGHTED_OPS or not node.inputs[1].is_constant:
             continue
         after = equalized.values.get(node.name)
         after = after.producer if after is not None else None

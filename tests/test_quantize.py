@@ -11,7 +11,7 @@ from qcompiler.examples import models
 from qcompiler.ir import structurally_equal
 from qcompiler.ir.text import parse
 from qcompiler.numerics.quant import sqnr_db
-from qcompiler.quantization.calibrate import find_uncalibrated
+from qcompiler.quantization.quantizers import find_uncalibrated
 
 
 def digit_batches(count: int, batch: int, offset: int = 0):

@@ -26,6 +26,7 @@ import numpy as np
 from qcompiler.analysis.cost import cost
 from qcompiler.compression.budget_sensitivity import Candidate, channel_rank_macs, layer_macs
 from qcompiler.ir import Graph
+from qcompiler.ir.ops import WEIGHTED_OPS
 
 
 class PlanCost:
@@ -56,7 +57,7 @@ class PlanCost:
                     continue
                 if value.numel > 1 and not (node.op == "batch_norm" and index >= 3):
                     self.is_param.add(value.name)
-                if index == 1 and node.op in ("conv1d", "conv2d", "conv_transpose2d", "linear"):
+                if index == 1 and node.op in WEIGHTED_OPS:
                     self.macs_per_element[value.name] = (self.macs_per_element.get(value.name, 0.0)
                                                          + node_macs[node.name] / value.numel)
         self.numel = {v.name: v.numel for v in graph.constants}

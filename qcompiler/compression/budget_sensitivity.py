@@ -46,16 +46,15 @@ from qcompiler.analysis import metrics
 from qcompiler.backends.torch import to_torch
 from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import channel_scores
-from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
+from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, dependency_groups
 from qcompiler.ir import Graph, Node
+from qcompiler.ir.edit import input_channel_axis, optional_input, output_channel_axis, set_layer_bias
+from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.numerics import low_rank
-from qcompiler.passes.insert_fake_quant import set_layer_bias
-from qcompiler.passes.remove_filters import COMPENSATIONS, reader_channel_axis
 
 METHODS = ("remove_filters", "decompose_low_rank")
 ERRORS = ("relative_l2", "kl")
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5, 0.75)
-LOW_RANK_OPS = ("linear", "conv1d", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ def with_reader_biases(graph: Graph, groups: Sequence[Group]) -> Graph:
     graph = graph.copy()
     readers = {m.node for g in groups for m in g.members_with_role(*READER_ROLES)}
     for node in [n for n in graph if n.name in readers]:
-        channels = node.output.shape[1 if node.op.startswith("conv") else -1]
+        channels = node.output.shape[output_channel_axis(node)]
         zeros = np.zeros(channels, graph.values[node.inputs[1].name].data.dtype)
         if node.op == "matmul":
             constant = graph.add_constant(f"{node.name}.simulated_bias", zeros)
@@ -175,7 +174,7 @@ def with_reader_biases(graph: Graph, groups: Sequence[Group]) -> Graph:
             for user in users:
                 user.replace_input(node.output, added.output)
             graph.outputs = [added.output if v is node.output else v for v in graph.outputs]
-        elif len(node.inputs) < 3 or node.inputs[2] is None:
+        elif optional_input(node, 2) is None:
             set_layer_bias(graph, node, graph.add_constant(f"{node.name}.simulated_bias", zeros))
     return graph.verify()
 
@@ -190,7 +189,7 @@ def decomposable_layers(graph: Graph) -> list[Node]:
     """Layers `decompose_low_rank(method="auto")` can decompose (see its docstring)."""
     layers = []
     for node in graph:
-        weight = node.inputs[1] if node.op in LOW_RANK_OPS else None
+        weight = node.inputs[1] if node.op in OUT_IN_WEIGHTED_OPS else None
         if (weight is not None and weight.is_constant and weight.qparams is None
                 and weight.dtype in ("f32", "f64") and node.attrs.get("groups", 1) == 1):
             layers.append(node)
@@ -215,15 +214,6 @@ def fewer_macs_rank(node: Node) -> int:
     per_rank = channel_rank_macs(node, 1)
     full = low_rank.channel_full_rank(node.inputs[1].shape)
     return min(full, (layer_macs(node) - 1) // per_rank)
-
-
-def zero_slices(array: np.ndarray, member: Member, channels: np.ndarray) -> np.ndarray:
-    """A copy of `array` with the slices of `channels` (along `member.axes`) set to zero."""
-    positions = np.concatenate([np.asarray(member.positions[c]) for c in channels])
-    rest = [a for a in range(array.ndim) if a not in member.axes]
-    moved = np.transpose(array, (*member.axes, *rest)).copy()
-    moved.reshape(int(np.prod(member.sizes)), -1)[positions] = 0
-    return np.ascontiguousarray(np.transpose(moved, np.argsort((*member.axes, *rest))))
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -274,9 +264,9 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
     `remove_filters` whose result is simulated."""
     if error not in ERRORS:
         raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
-    if compensation not in COMPENSATIONS:
+    if compensation not in surgery.COMPENSATIONS:
         raise ValueError(f"unknown compensation {compensation!r}; choose one of "
-                         f"{', '.join(COMPENSATIONS)}")
+                         f"{', '.join(surgery.COMPENSATIONS)}")
     candidates = candidate_units(graph, method, fractions)
     batches = input_batches(calibration_data)
     by_mean = method == "remove_filters" and compensation == "mean"
@@ -300,21 +290,21 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
     means = {}
     if by_mean:
         nodes = {n.name: n for n in graph}
-        reads = {nodes[m.node].inputs[0].name: reader_channel_axis(nodes[m.node])
+        reads = {nodes[m.node].inputs[0].name: input_channel_axis(nodes[m.node])
                  for c in candidates for m in c.source.members_with_role(*READER_ROLES)}
         means = surgery.channel_means(graph, reads, batches)
 
     def removal(unit: Candidate, channels: np.ndarray) -> dict[str, np.ndarray]:
         """The constants that simulate removing `channels` of the unit's group."""
-        replaced = {m.value: zero_slices(graph.values[m.value].data, m, channels)
+        replaced = {m.value: m.zeroed(graph.values[m.value].data, m.positions_of(channels))
                     for m in unit.source.members_with_role(*PRODUCER_ROLES)}
         if not by_mean:
             return replaced
         for member in unit.source.members_with_role(*READER_ROLES):
             node = next(n for n in simulated if n.name == member.node)
-            positions = np.concatenate([np.asarray(member.positions[c]) for c in channels])
+            positions = member.positions_of(channels)
             weight = graph.values[member.value].data
-            replaced[member.value] = zero_slices(replaced.get(member.value, weight), member, channels)
+            replaced[member.value] = member.zeroed(replaced.get(member.value, weight), positions)
             bias = reader_bias(simulated, member.node)
             response, _ = surgery.constant_channel_response(
                 node.op, np.take(weight, positions, axis=member.axes[0]),

@@ -29,6 +29,11 @@ from qcompiler.errors import PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import TORCH_DTYPES, attrs_with_defaults, infer_types, run_op
 
+# How a removed channel's contribution is replaced in the reader layers' biases (see
+# `qcompiler.passes.remove_filters`): the constant it carries with its filters zeroed, or
+# its mean over calibration data.
+COMPENSATIONS = ("constant", "mean")
+
 # (value name, axes) -> boolean keep mask over the slot's flattened positions.
 Plan = dict[tuple[str, tuple[int, ...]], np.ndarray]
 # value name -> {axis: kept indices along that axis}.
@@ -44,7 +49,7 @@ def removal_plan(groups: Sequence[Group], removed: Mapping[str, np.ndarray]) -> 
         for member in group.members:
             key = (member.value, member.axes)
             mask = plan.setdefault(key, np.ones(int(np.prod(member.sizes)), bool))
-            mask[np.concatenate([np.asarray(member.positions[c]) for c in channels])] = False
+            mask[member.positions_of(channels)] = False
     return plan
 
 

@@ -78,6 +78,20 @@ class Member:
     def describe_positions(self) -> str:
         return _describe_positions(self.positions)
 
+    def positions_of(self, channels) -> np.ndarray:
+        """The flattened positions along `axes` of these channels of the group."""
+        return np.concatenate([np.asarray(self.positions[c]) for c in channels])
+
+    def zeroed(self, data: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """A copy of `data` (this member's constant) with the slices at `positions`
+        (flattened over `axes`, see `positions_of`) set to zero."""
+        rest = [a for a in range(data.ndim) if a not in self.axes]
+        moved = np.transpose(data, (*self.axes, *rest))
+        flat = moved.reshape(int(np.prod(self.sizes)), -1).copy()
+        flat[positions] = 0
+        return np.ascontiguousarray(np.transpose(flat.reshape(moved.shape),
+                                                 np.argsort((*self.axes, *rest))))
+
 
 @dataclass(frozen=True, eq=False)
 class Group:

@@ -17,17 +17,16 @@ from qcompiler.compression.dependency_links import Analysis, Contribution, Slot,
 from qcompiler.ir import Node, Value
 from qcompiler.ir.ops import OPS
 
-_ELEMENTWISE = {"relu", "clamp", "hardswish", "hardsigmoid", "silu", "gelu", "sigmoid", "tanh"}
-_BINARY = {"add", "sub", "mul", "div"}
 _POOL_SPATIAL = {"max_pool2d": 2, "avg_pool2d": 2, "adaptive_avg_pool2d": 2, "max_pool1d": 1,
                  "avg_pool1d": 1, "adaptive_avg_pool1d": 1}
 
 
 def rule_for(op: str):
-    """The rule of `op`, or None; ops of the activation category are elementwise."""
+    """The rule of `op`, or None; ops of the activation category are elementwise, those of
+    the binary category broadcast."""
     rule = _RULES.get(op)
-    if rule is None and op in OPS and OPS[op].category == "activation":
-        return _elementwise
+    if rule is None and op in OPS:
+        return {"activation": _elementwise, "binary": _binary}.get(OPS[op].category)
     return rule
 
 
@@ -379,8 +378,6 @@ def _embedding(a: Analysis, node: Node, attrs: dict) -> None:
 
 
 _RULES = {
-    **{op: _elementwise for op in _ELEMENTWISE},
-    **{op: _binary for op in _BINARY},
     **{op: _pool for op in _POOL_SPATIAL},
     "softmax": _softmax, "pad": _pad, "resize": _resize, "mean": _mean,
     "permute": _permute, "transpose": _permute, "concat": _concat, "split": _split,

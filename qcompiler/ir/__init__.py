@@ -3,6 +3,7 @@ the verifier (verify.py), the text form (text.py) and the pass manager (pipeline
 
 from qcompiler.ir.graph import (  # noqa: F401  (the package's public face)
     DTYPES,
+    FLOAT_DTYPES,
     Graph,
     Node,
     QParams,

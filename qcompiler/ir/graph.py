@@ -33,6 +33,7 @@ DTYPES: dict[str, np.dtype] = {
     "bool": np.dtype(np.bool_),
 }
 _NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = frozenset({"f32", "f16", "f64"})
 
 
 def dtype_of_array(array: np.ndarray) -> str:

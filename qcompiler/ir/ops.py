@@ -18,14 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qcompiler.errors import QuantizationError, VerificationError
+from qcompiler.errors import VerificationError
 from qcompiler.ir import integer_ops
-from qcompiler.numerics.integer_params import fake_quantize_bias
-from qcompiler.numerics.quant import quant_range
+from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias
 
 REQUIRED = object()  # marks an attribute that has no default
 
@@ -45,13 +43,43 @@ def ir_dtype(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class OpSpec:
+    """One op: its arity, attributes and torch semantics, and the kinds passes ask about.
+    Every op-kind question (is it a weighted layer, can it be fused into a requantization,
+    does it only move values...) is answered from these fields, so adding an op means
+    adding its row to `OPS` and nothing else."""
+
     name: str
     fn: Callable  # fn(*inputs, **attrs) -> Tensor | tuple[Tensor, ...]
     min_inputs: int
     max_inputs: int
     attrs: dict = field(default_factory=dict)
-    # Ops whose output is an affine function of a weight input (for passes and cost).
+    # "weighted" (the output is linear in a weight, input 1), "norm", "activation",
+    # "binary", "pool", "shape", "quant", "integer" or "other".
     category: str = "other"
+    # Weighted ops: the axis of the weight that holds the output channels.
+    weight_out_axis: int | None = None
+    # The inputs that carry activations (the others are weights, biases, statistics or
+    # indices); None: every input.
+    data_inputs: tuple[int, ...] | None = None
+    # An activation that integer kernels apply while requantizing the output of the op
+    # before it (spec section 4), so quantization fuses it into that op.
+    fusable: bool = False
+    # Float op: its integer form requantizes an int32 accumulator (round half up, spec
+    # section 3). Integer op: it ends in that requantization.
+    requantizing: bool = False
+    # Lowered to a lookup table indexed by its 8-bit input (spec section 5).
+    lookup: bool = False
+    # Its outputs hold only values of input 0 (moved, selected, or zeros), so integer
+    # runtimes run it on the integers with the input's quantization. A function of the
+    # node's full attributes where that depends on them (see `moves_values_only`).
+    moves_values: bool | Callable[[dict], bool] = False
+    # Channel-preserving and positively homogeneous per channel, f(x / s) = f(x) / s for
+    # every s > 0: a per-channel rescaling passes through it unchanged (Nagel et al. 2019,
+    # sec. 4.1), which cross-layer equalization and neuron merging rely on.
+    homogeneous: bool = False
+    # Its output is an average of input values (pooling by averaging, mean), so it keeps a
+    # channel's mean where it averages over positions only.
+    averages: bool = False
 
 
 def _conv2d(x, w, b=None, *, stride, padding, dilation, groups):
@@ -133,164 +161,91 @@ _REQUANT_OUT = {"output_zero_point": REQUIRED, "output_min": REQUIRED, "output_m
                 "output_dtype": REQUIRED}
 
 
-def _spec(name, fn, min_inputs, max_inputs=None, attrs=None, category="other"):
+def _spec(name, fn, min_inputs, max_inputs=None, attrs=None, category="other", **kinds):
     return OpSpec(name, fn, min_inputs, min_inputs if max_inputs is None else max_inputs,
-                  dict(attrs or {}), category)
+                  dict(attrs or {}), category, **kinds)
 
 
-FAKE_QUANT_ROUNDINGS = ("half_to_even", "half_up")
-# The simulated quantizers: each passes its input 0 through onto a grid. Bypassing them gives
-# the float graph (calibration, AdaRound's float run); their input 0 is what QAT trains.
-FAKE_QUANT_OPS = frozenset({"fake_quant", "fake_quant_bias"})
-_FLOAT_SCALES = (torch.float32, torch.float64)  # float64 once a module runs with .double()
+def _pads_with_zeros(attrs: dict) -> bool:
+    return attrs["mode"] != "constant" or attrs["value"] == 0
 
 
-def _fake_quant(x, scale, zero_point, *, axis, bits, signed, narrow_range, symmetric, rounding):
-    """Quantize and dequantize x with the scale/zero point constants; gradients are
-    straight-through inside [qmin, qmax] and zero outside, as torch defines them (QAT).
-
-    float32 x: torch's fake-quant kernels, `round_half_even(x * float32(1 / scale))`: the
-    graph-boundary rule (`qcompiler.numerics.quant`, bit for bit), whatever `rounding` says.
-    float64 x (the simulation run with `.double()`): exactly the rule the integer path
-    applies at this point. `rounding="half_up"` marks requantization points (outputs of ops
-    whose integer form requantizes an accumulator): the exact quotient x / scale rounded
-    half up (docs/integer-spec.md, section 3). "half_to_even" marks the graph boundary,
-    weights, lookup-table and embedding outputs: the float32 rule above applied to
-    float32(x) (section 10). The output is exact in float64.
-    `symmetric` only records how calibration must choose the scale (zero_point = 0)."""
-    qmin, qmax = quant_range(bits, signed, narrow_range)
-    channels = 1 if axis is None else x.shape[axis]
-    if tuple(scale.shape) != (channels,) or tuple(zero_point.shape) != (channels,):
-        kind = "per-tensor" if axis is None else f"per-channel on axis {axis}"
-        raise ValueError(f"{kind} fake_quant needs scale and zero_point of shape [{channels}], "
-                         f"got {list(scale.shape)} and {list(zero_point.shape)}")
-    if scale.dtype not in _FLOAT_SCALES or zero_point.dtype != torch.int32:
-        raise ValueError(f"fake_quant needs an f32 scale and an i32 zero_point, got "
-                         f"{scale.dtype} and {zero_point.dtype}")
-    if rounding not in FAKE_QUANT_ROUNDINGS:
-        raise ValueError(f"fake_quant rounding must be one of {FAKE_QUANT_ROUNDINGS}, got {rounding!r}")
-    if x.device.type == "meta":  # shape inference; torch's kernels have no meta version
-        return torch.empty_like(x)
-    if torch.isnan(scale).any():
-        raise QuantizationError(
-            "a fake_quant node has no calibrated scale (NaN): calibrate the graph first "
-            "(qc.quantize, or qcompiler.quantization.calibrate.calibrate); "
-            "qcompiler.quantization.calibrate.require_calibrated(graph) names the node")
-    if x.dtype == torch.float64:
-        return _fake_quant_exact(x, scale, zero_point, axis, qmin, qmax, rounding)
-    scale = scale.to(torch.float32)  # the calibrated float32 numbers, whatever the module's dtype
-    if axis is None:
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
-    return torch.fake_quantize_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax)
+def _resizes_by_nearest(attrs: dict) -> bool:
+    return attrs["mode"] == "nearest"
 
 
-def _fake_quant_exact(x, scale, zero_point, axis, qmin, qmax, rounding):
-    """The float64 path of `_fake_quant` (see there)."""
-    shape = [1] * x.dim()
-    if axis is not None:
-        shape[axis % x.dim()] = -1
-    scale64 = scale.to(torch.float64).reshape(shape)
-    zero_point = zero_point.to(torch.float64).reshape(shape)
-    with torch.no_grad():
-        if rounding == "half_up":  # the float64 quotient: exact but within 2**-52 of a half
-            unclamped = torch.floor(x / scale64 + 0.5) + zero_point
-        else:  # torch's kernel: float32 reciprocal, float32 product, nearbyint
-            inverse = (1.0 / scale.to(torch.float32)).reshape(shape)
-            unclamped = torch.round(x.to(torch.float32) * inverse).to(torch.float64) + zero_point
-        value = (unclamped.clamp(qmin, qmax) - zero_point) * scale64
-        inside = (unclamped >= qmin) & (unclamped <= qmax)
-    # value in the forward pass, gradient 1 inside the range and 0 outside.
-    return value + (x - x.detach()) * inside
 
-
-def _fake_quant_bias(bias, input_scale, weight_scale):
-    """The bias a weighted layer's integer kernel adds: rounded to the int32 grid of step
-    `s_in * s_w[c]` (docs/integer-spec.md, section 1) by the helper integer lowering uses
-    (`qcompiler.numerics.integer_params.fake_quantize_bias`), from the scale constants as
-    they are when it runs, so the grid follows calibration and bias changes with nothing to
-    keep in sync. `input_scale` is the scale (f32[1]) of the fake_quant the layer's input
-    holds, `weight_scale` that of its weight (f32[C] per channel or f32[1]). A float64 bias
-    (a `.double()` simulation) gets the grid exactly in float64. The gradient is
-    straight-through (identity) for quantization-aware training."""
-    channels = bias.shape[0] if bias.dim() == 1 else -1
-    if channels < 0 or tuple(input_scale.shape) != (1,) or tuple(weight_scale.shape) not in (
-            (1,), (channels,)):
-        raise ValueError(f"fake_quant_bias needs a bias [C], an input scale [1] and a weight "
-                         f"scale [C] or [1], got {list(bias.shape)}, {list(input_scale.shape)} and "
-                         f"{list(weight_scale.shape)}")
-    if input_scale.dtype not in _FLOAT_SCALES or weight_scale.dtype not in _FLOAT_SCALES:
-        raise ValueError(f"fake_quant_bias needs f32 scales, got {input_scale.dtype} and "
-                         f"{weight_scale.dtype}")
-    if bias.device.type == "meta":
-        return torch.empty_like(bias)
-    if torch.isnan(input_scale).any() or torch.isnan(weight_scale).any():
-        raise QuantizationError(
-            "a fake_quant_bias reads a scale that is not calibrated (NaN): calibrate the graph "
-            "first (qc.quantize, or qcompiler.quantization.calibrate.calibrate)")
-    dtype = np.float64 if bias.dtype == torch.float64 else np.float32
-    grid = torch.from_numpy(fake_quantize_bias(bias.detach().cpu().numpy(),
-                                               input_scale.detach().cpu().to(torch.float32).numpy(),
-                                               weight_scale.detach().cpu().to(torch.float32).numpy(),
-                                               dtype)).to(bias.device)
-    # grid + (bias - bias) is exactly grid in value, and its gradient is the identity.
-    return grid + (bias - bias.detach())
-
+_REQUANTIZES = {"requantizing": True}
+_LAYER = {"category": "weighted", "data_inputs": (0,), "requantizing": True}
+_AVERAGES = {"requantizing": True, "averages": True}
 
 OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
-    # Weighted layers: the output is linear in the weight (input 1).
-    _spec("conv2d", _conv2d, 2, 3, _CONV_ATTRS, "weighted"),
-    _spec("conv1d", _conv1d, 2, 3, _CONV_ATTRS, "weighted"),
-    _spec("conv_transpose2d", _conv_transpose2d, 2, 3,
-          {**_CONV_ATTRS, "output_padding": REQUIRED}, "weighted"),
-    _spec("linear", F.linear, 2, 3, category="weighted"),
-    _spec("matmul", torch.matmul, 2),
-    _spec("embedding", F.embedding, 2),
+    # Weighted layers: the output is linear in the weight (input 1), whose output channels
+    # are on `weight_out_axis`.
+    _spec("conv2d", _conv2d, 2, 3, _CONV_ATTRS, weight_out_axis=0, **_LAYER),
+    _spec("conv1d", _conv1d, 2, 3, _CONV_ATTRS, weight_out_axis=0, **_LAYER),
+    # Integer lowering runs conv_transpose2d in float: its requantization is a fall back's.
+    _spec("conv_transpose2d", _conv_transpose2d, 2, 3, {**_CONV_ATTRS, "output_padding": REQUIRED},
+          "weighted", weight_out_axis=1, data_inputs=(0,)),
+    _spec("linear", F.linear, 2, 3, weight_out_axis=0, **_LAYER),
+    _spec("matmul", torch.matmul, 2, **_REQUANTIZES),
+    _spec("embedding", F.embedding, 2, data_inputs=()),
     # Normalisation.
-    _spec("batch_norm", _batch_norm, 5, 5, {"eps": 1e-5}, "norm"),
-    _spec("layer_norm", _layer_norm, 1, 3, {"normalized_shape": REQUIRED, "eps": 1e-5}, "norm"),
+    _spec("batch_norm", _batch_norm, 5, 5, {"eps": 1e-5}, "norm", data_inputs=(0,)),
+    _spec("layer_norm", _layer_norm, 1, 3, {"normalized_shape": REQUIRED, "eps": 1e-5}, "norm",
+          data_inputs=(0,)),
     # Elementwise activations.
-    _spec("relu", F.relu, 1, category="activation"),
-    _spec("clamp", _clamp, 1, 1, {"min": None, "max": None}, "activation"),
-    _spec("hardswish", F.hardswish, 1, category="activation"),
-    _spec("hardsigmoid", F.hardsigmoid, 1, category="activation"),
-    _spec("silu", F.silu, 1, category="activation"),
-    _spec("gelu", F.gelu, 1, 1, {"approximate": "none"}, "activation"),
-    _spec("sigmoid", torch.sigmoid, 1, category="activation"),
-    _spec("tanh", torch.tanh, 1, category="activation"),
+    _spec("relu", F.relu, 1, category="activation", fusable=True, homogeneous=True, **_REQUANTIZES),
+    _spec("clamp", _clamp, 1, 1, {"min": None, "max": None}, "activation", fusable=True,
+          **_REQUANTIZES),
+    _spec("hardswish", F.hardswish, 1, category="activation", lookup=True),
+    _spec("hardsigmoid", F.hardsigmoid, 1, category="activation", lookup=True),
+    _spec("silu", F.silu, 1, category="activation", lookup=True),
+    _spec("gelu", F.gelu, 1, 1, {"approximate": "none"}, "activation", lookup=True),
+    _spec("sigmoid", torch.sigmoid, 1, category="activation", lookup=True),
+    _spec("tanh", torch.tanh, 1, category="activation", lookup=True),
     _spec("softmax", F.softmax, 1, 1, {"dim": REQUIRED}),
     # Elementwise binary ops, with numpy broadcasting.
-    _spec("add", torch.add, 2, category="binary"),
-    _spec("sub", torch.sub, 2, category="binary"),
-    _spec("mul", torch.mul, 2, category="binary"),
-    _spec("div", torch.div, 2, category="binary"),
+    _spec("add", torch.add, 2, category="binary", **_REQUANTIZES),
+    _spec("sub", torch.sub, 2, category="binary", **_REQUANTIZES),
+    _spec("mul", torch.mul, 2, category="binary", **_REQUANTIZES),
+    _spec("div", torch.div, 2, category="binary", **_REQUANTIZES),
     # Pooling and reductions.
-    _spec("max_pool2d", _max_pool2d, 1, 1, _POOL_MAX_ATTRS, "pool"),
-    _spec("avg_pool2d", _avg_pool2d, 1, 1, _POOL_AVG_ATTRS, "pool"),
-    _spec("adaptive_avg_pool2d", F.adaptive_avg_pool2d, 1, 1, {"output_size": REQUIRED}, "pool"),
-    _spec("max_pool1d", _max_pool1d, 1, 1, _POOL_MAX_ATTRS, "pool"),
-    _spec("avg_pool1d", _avg_pool1d, 1, 1, _POOL_AVG_ATTRS, "pool"),
-    _spec("adaptive_avg_pool1d", F.adaptive_avg_pool1d, 1, 1, {"output_size": REQUIRED}, "pool"),
-    _spec("mean", torch.mean, 1, 1, {"dim": REQUIRED, "keepdim": False}, "pool"),
+    _spec("max_pool2d", _max_pool2d, 1, 1, _POOL_MAX_ATTRS, "pool", moves_values=True,
+          homogeneous=True),
+    _spec("avg_pool2d", _avg_pool2d, 1, 1, _POOL_AVG_ATTRS, "pool", homogeneous=True, **_AVERAGES),
+    _spec("adaptive_avg_pool2d", F.adaptive_avg_pool2d, 1, 1, {"output_size": REQUIRED}, "pool",
+          homogeneous=True, **_AVERAGES),
+    _spec("max_pool1d", _max_pool1d, 1, 1, _POOL_MAX_ATTRS, "pool", moves_values=True,
+          homogeneous=True),
+    _spec("avg_pool1d", _avg_pool1d, 1, 1, _POOL_AVG_ATTRS, "pool", homogeneous=True, **_AVERAGES),
+    _spec("adaptive_avg_pool1d", F.adaptive_avg_pool1d, 1, 1, {"output_size": REQUIRED}, "pool",
+          homogeneous=True, **_AVERAGES),
+    # Whether it keeps channels apart depends on `dim`: not marked homogeneous.
+    _spec("mean", torch.mean, 1, 1, {"dim": REQUIRED, "keepdim": False}, "pool", **_AVERAGES),
     # Data movement.
     _spec("concat", _concat, 1, 1 << 16, {"dim": REQUIRED}, "shape"),
-    _spec("split", _split, 1, 1, {"axis": REQUIRED, "sizes": REQUIRED}, "shape"),
+    _spec("split", _split, 1, 1, {"axis": REQUIRED, "sizes": REQUIRED}, "shape", moves_values=True),
     _spec("slice", _slice, 1, 1, {"axis": REQUIRED, "start": REQUIRED, "end": REQUIRED, "step": 1},
-          "shape"),
-    _spec("reshape", torch.reshape, 1, 1, {"shape": REQUIRED}, "shape"),
-    _spec("flatten", torch.flatten, 1, 1, {"start_dim": 0, "end_dim": -1}, "shape"),
-    _spec("permute", torch.permute, 1, 1, {"dims": REQUIRED}, "shape"),
-    _spec("transpose", torch.transpose, 1, 1, {"dim0": REQUIRED, "dim1": REQUIRED}, "shape"),
-    _spec("pad", _pad, 1, 1, {"pads": REQUIRED, "mode": "constant", "value": 0.0}, "shape"),
+          "shape", moves_values=True),
+    _spec("reshape", torch.reshape, 1, 1, {"shape": REQUIRED}, "shape", moves_values=True),
+    _spec("flatten", torch.flatten, 1, 1, {"start_dim": 0, "end_dim": -1}, "shape",
+          moves_values=True),
+    _spec("permute", torch.permute, 1, 1, {"dims": REQUIRED}, "shape", moves_values=True),
+    _spec("transpose", torch.transpose, 1, 1, {"dim0": REQUIRED, "dim1": REQUIRED}, "shape",
+          moves_values=True),
+    _spec("pad", _pad, 1, 1, {"pads": REQUIRED, "mode": "constant", "value": 0.0}, "shape",
+          moves_values=_pads_with_zeros),
     _spec("resize", _resize, 1, 1, {"size": REQUIRED, "mode": "nearest", "align_corners": None},
-          "shape"),
+          "shape", moves_values=_resizes_by_nearest),
     # Quantization: real = scale * (q - zero_point); scale f32[C], zero_point i32[C] constants
     # (C = 1 per tensor). The output value's qparams mirror them once calibrated.
-    _spec("fake_quant", _fake_quant, 3, 3, {"axis": None, "bits": 8, "signed": True,
-                                            "narrow_range": False, "symmetric": False,
-                                            "rounding": "half_to_even"}, "quant"),
+    _spec("fake_quant", fake_quant, 3, 3, {"axis": None, "bits": 8, "signed": True,
+                                           "narrow_range": False, "symmetric": False,
+                                           "rounding": "half_to_even"}, "quant"),
     # fake_quant_bias(bias, input_scale, weight_scale): the bias on the int32 grid the integer
     # kernel adds (scales are the fake_quant scale constants of the layer's input and weight).
-    _spec("fake_quant_bias", _fake_quant_bias, 3, 3, {}, "quant"),
+    _spec("fake_quant_bias", fake_quant_bias, 3, 3, {}, "quant"),
     # Integer ops (docs/integer-spec.md; semantics in qcompiler.ir.integer_ops). Per-channel numbers
     # of weighted ops are constant inputs: int8 weight, int32 bias, int32 multiplier and shift.
     _spec("quantize", integer_ops.quantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED,
@@ -299,32 +254,63 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     _spec("dequantize", integer_ops.dequantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED},
           "quant"),
     _spec("qconv2d", integer_ops.qconv2d, 5, 5, {**_CONV_ATTRS, **_INPUT_ZP, **_REQUANT_OUT},
-          "integer"),
+          "integer", **_REQUANTIZES),
     _spec("qconv1d", integer_ops.qconv1d, 5, 5, {**_CONV_ATTRS, **_INPUT_ZP, **_REQUANT_OUT},
-          "integer"),
-    _spec("qlinear", integer_ops.qlinear, 5, 5, {**_INPUT_ZP, **_REQUANT_OUT}, "integer"),
+          "integer", **_REQUANTIZES),
+    _spec("qlinear", integer_ops.qlinear, 5, 5, {**_INPUT_ZP, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
     _spec("qmatmul", integer_ops.qmatmul, 2, 2, {"a_zero_point": REQUIRED, "b_zero_point": REQUIRED,
-                                                  **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+                                                  **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
     _spec("qadd", integer_ops.qadd, 2, 2, {"a_zero_point": REQUIRED, "a_multiplier": REQUIRED,
                                             "b_zero_point": REQUIRED, "b_multiplier": REQUIRED,
-                                            "shift": REQUIRED, **_REQUANT_OUT}, "integer"),
+                                            "shift": REQUIRED, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
     _spec("qmul", integer_ops.qmul, 2, 2, {"a_zero_point": REQUIRED, "b_zero_point": REQUIRED,
-                                            **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+                                            **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
     _spec("requantize", integer_ops.requantize, 1, 1, {**_INPUT_ZP, **_SCALAR_MULTIPLIER,
-                                                        **_REQUANT_OUT}, "integer"),
+                                                        **_REQUANT_OUT}, "integer", **_REQUANTIZES),
     _spec("qconcat", integer_ops.qconcat, 1, 1 << 16, {"dim": REQUIRED}, "integer"),
     _spec("qmax_pool2d", integer_ops.qmax_pool2d, 1, 1, _POOL_MAX_ATTRS, "integer"),
     _spec("qmax_pool1d", integer_ops.qmax_pool1d, 1, 1, _POOL_MAX_ATTRS, "integer"),
     _spec("qavg_pool2d", integer_ops.qavg_pool2d, 1, 1, {**_POOL_AVG_ATTRS, **_INPUT_ZP,
                                                           **_COUNT_MULTIPLIERS, **_REQUANT_OUT},
-          "integer"),
+          "integer", **_REQUANTIZES),
     _spec("qavg_pool1d", integer_ops.qavg_pool1d, 1, 1, {**_POOL_AVG_ATTRS, **_INPUT_ZP,
                                                           **_COUNT_MULTIPLIERS, **_REQUANT_OUT},
-          "integer"),
+          "integer", **_REQUANTIZES),
     _spec("qmean", integer_ops.qmean, 1, 1, {"dim": REQUIRED, "keepdim": False, **_INPUT_ZP,
-                                              **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+                                              **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
     _spec("qlookup", integer_ops.qlookup, 2, 2, {"input_min": REQUIRED}, "integer"),
 ]}
+
+
+def ops_where(**fields) -> frozenset[str]:
+    """The names of the ops whose OpSpec has every one of these field values, e.g.
+    `ops_where(category="weighted")`."""
+    return frozenset(name for name, spec in OPS.items()
+                     if all(getattr(spec, key) == value for key, value in fields.items()))
+
+
+# The op kinds passes ask about most, derived from the table.
+WEIGHTED_OPS = ops_where(category="weighted")
+# Weighted ops whose weight is laid out [C_out, C_in / groups, *kernel] (all but
+# conv_transpose2d): output channels are weight rows, input channels weight columns.
+OUT_IN_WEIGHTED_OPS = ops_where(category="weighted", weight_out_axis=0)
+FUSABLE_ACTIVATIONS = ops_where(fusable=True)
+LOOKUP_OPS = ops_where(lookup=True)
+# The simulated quantizers: each passes its input 0 through onto a grid. Bypassing them gives
+# the float graph (calibration, AdaRound's float run); their input 0 is what QAT trains.
+FAKE_QUANT_OPS = frozenset({"fake_quant", "fake_quant_bias"})
+
+
+def moves_values_only(op: str, attrs: dict) -> bool:
+    """Whether a node of `op` with these attributes only moves values of its input 0 (the
+    `moves_values` field, asked of the full attributes where it is a function of them)."""
+    moves = OPS[op].moves_values
+    return moves(attrs_with_defaults(op, attrs)) if callable(moves) else moves
 
 
 

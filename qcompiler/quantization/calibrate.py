@@ -36,78 +36,11 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
-from qcompiler.ir.ops import FAKE_QUANT_OPS, TORCH_DTYPES, ir_dtype
+from qcompiler.ir.ops import TORCH_DTYPES, WEIGHTED_OPS, ir_dtype
 from qcompiler.numerics.quant import choose_qparams
 from qcompiler.quantization.config import QScheme, QuantConfig
 from qcompiler.quantization.observers import make_observer
-
-_WEIGHTED_OPS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
-
-
-def fake_quant_nodes(graph: Graph) -> list[Node]:
-    return [node for node in graph if node.op == "fake_quant"]
-
-
-def find_uncalibrated(graph: Graph) -> list[Node]:
-    """fake_quant nodes whose scale is still NaN (as insert_fake_quant leaves them)."""
-    return [node for node in fake_quant_nodes(graph)
-            if node.inputs[1].data is None or np.isnan(node.inputs[1].data).any()]
-
-
-def require_calibrated(graph: Graph, purpose: str = "this step") -> None:
-    """Raise QuantizationError naming the first uncalibrated fake_quant, if any."""
-    missing = find_uncalibrated(graph)
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise QuantizationError(
-            f"{purpose} needs a calibrated graph, but {missing[0].describe()}{more} has no scale "
-            "yet: run qcompiler.quantization.calibrate.calibrate(graph, calibration_data) "
-            "or qc.quantize first")
-
-
-def fake_quant_problems(graph: Graph) -> list[str]:
-    """Inconsistencies between fake_quant nodes and the qparams on their outputs, in words:
-    a calibrated node's output qparams must mirror its constants and attributes; an
-    uncalibrated one (NaN scale) must have none. (Graph.verify checks qparams against
-    shapes only; this is the quantization-specific part.)"""
-    problems = []
-    for node in fake_quant_nodes(graph):
-        scale, zero_point, q = node.inputs[1].data, node.inputs[2].data, node.output.qparams
-        uncalibrated = scale is None or np.isnan(scale).any()
-        if uncalibrated:
-            if q is not None:
-                problems.append(f"{node.describe()} has qparams on its output but a NaN scale")
-            continue
-        attrs = node.attrs
-        expected = (attrs.get("bits", 8), attrs.get("signed", True), attrs.get("axis"),
-                    attrs.get("narrow_range", False))
-        if q is None:
-            problems.append(f"{node.describe()} is calibrated but its output has no qparams")
-        elif (q.bits, q.signed, q.axis, q.narrow_range) != expected \
-                or not np.array_equal(q.scale, scale) or not np.array_equal(q.zero_point, zero_point):
-            problems.append(f"{node.describe()}: output qparams do not match its scale/zero_point "
-                            "constants and attributes")
-    return problems + _fake_quant_bias_problems(graph)
-
-
-def _fake_quant_bias_problems(graph: Graph) -> list[str]:
-    """A fake_quant_bias must read the scale constants of its layer's input and weight
-    fake_quants (then lowering and simulation round the bias to the same grid)."""
-    from qcompiler.passes.insert_fake_quant import bias_scale_sources  # passes import calibrate
-
-    problems = []
-    for node in graph:
-        if node.op != "fake_quant_bias":
-            continue
-        layers = node.output.users
-        if len(layers) != 1 or len(layers[0].inputs) < 3 or layers[0].inputs[2] is not node.output:
-            problems.append(f"{node.describe()} must be the bias of exactly one layer")
-            continue
-        expected = bias_scale_sources(layers[0])
-        if expected is None or expected[0] is not node.inputs[1] or expected[1] is not node.inputs[2]:
-            problems.append(f"{node.describe()} does not read the scales of the fake_quants of "
-                            f"{layers[0].describe()}'s input and weight; re-run insert_fake_quant")
-    return problems
+from qcompiler.quantization.quantizers import fake_quant_nodes, float_observation_graph, observed_name
 
 
 def scheme_of(node: Node) -> QScheme:
@@ -154,7 +87,7 @@ def quant_points(graph: Graph, config: QuantConfig) -> list[QuantPoint]:
     for point in points.values():
         point.activation_inputs = [n.inputs[0] for n in point.nodes if not n.inputs[0].is_constant]
         is_weight = all(n.inputs[0].is_constant for n in point.nodes) and any(
-            user.op in _WEIGHTED_OPS and user.inputs[1] is n.output
+            user.op in WEIGHTED_OPS and user.inputs[1] is n.output
             for n in point.nodes for user in n.output.users)
         if point.activation_inputs and point.axis is not None:
             raise QuantizationError(f"{point.nodes[0].describe()} quantizes an activation per "
@@ -232,23 +165,6 @@ def _check_constants_finite(graph: Graph) -> None:
                 f"{data.size} values; fix the model's parameters before quantizing")
 
 
-def float_observation_graph(graph: Graph, observed: list[Value]) -> tuple[Graph, list[str]]:
-    """A float copy of `graph` (fake_quant and fake_quant_bias nodes bypassed) whose outputs
-    are the `observed` values; returns it and the output names, deduplicated, in order."""
-    probe = graph.copy()
-    for node in list(probe):
-        if node.op in FAKE_QUANT_OPS:
-            probe.replace_all_uses(node.output, node.inputs[0])
-            probe.remove_node(node)
-    names = []
-    for value in observed:
-        if observed_name(value) not in names:
-            names.append(observed_name(value))
-    probe.outputs = [probe.values[name] for name in names]
-    probe.remove_unused_constants()
-    return probe, names
-
-
 def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) -> None:
     from tqdm.auto import tqdm
 
@@ -286,13 +202,6 @@ def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) 
         raise QuantizationError("calibration_data is empty: give at least one batch (a tensor, "
                                 "or a tuple with one tensor per graph input), or None for "
                                 "data-free calibration from batch-norm statistics")
-
-
-def observed_name(value: Value) -> str:
-    """The name of the float value that `value` is (fake_quant chains bypassed)."""
-    while value.producer is not None and value.producer.op == "fake_quant":
-        value = value.producer.inputs[0]
-    return value.name
 
 
 def graph_runs(batch, graph: Graph, index: int) -> list[list[torch.Tensor]]:

@@ -35,9 +35,9 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Value
-from qcompiler.ir.ops import run_op
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS, run_op
+from qcompiler.quantization.quantizers import float_observation_graph, observed_name
 
-_LAYERS = {"conv2d", "conv1d", "conv_transpose2d", "linear"}
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -55,7 +55,7 @@ def batchnorm_statistics(graph: Graph) -> Statistics:
         std = np.ones(channels) if gamma is None else np.abs(gamma.data.astype(np.float64))
         statistics[node.output.name] = (mean, std)
         source = node.inputs[0]
-        if source.producer is not None and source.producer.op in _LAYERS and source.users == [node]:
+        if source.producer is not None and source.producer.op in WEIGHTED_OPS and source.users == [node]:
             statistics[source.name] = (mean, std)
     return statistics
 
@@ -129,7 +129,7 @@ def anchored_range(value: Value, statistics: Statistics, sigmas: float) -> tuple
     """mean +- sigmas * std of the layer output behind `value`, through fused relu/clamp."""
     activations = []
     while value.name not in statistics and value.producer is not None \
-            and value.producer.op in ("relu", "clamp"):
+            and value.producer.op in FUSABLE_ACTIVATIONS:
         activations.append(value.producer)
         value = value.producer.inputs[0]
     if value.name not in statistics:
@@ -146,8 +146,6 @@ def anchored_range(value: Value, statistics: Statistics, sigmas: float) -> tuple
 def range_activations_data_free(work: Graph, points: list, statistics: Statistics | None,
                                 sigmas: float, batches: int = 4, seed: int = 0) -> None:
     """Set `fixed_range` of anchored points and feed the others synthetic activations."""
-    from qcompiler.quantization.calibrate import float_observation_graph, observed_name
-
     statistics = {**batchnorm_statistics(work), **(statistics or {})}
     if not statistics:
         raise QuantizationError(

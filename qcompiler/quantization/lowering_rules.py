@@ -20,7 +20,8 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Node, QParams, Value
-from qcompiler.ir.ops import run_op
+from qcompiler.ir.edit import layer_bias, optional_input, single_user_chain
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, ops_where, run_op
 from qcompiler.numerics.fixed_point import quantize_multiplier
 from qcompiler.numerics.integer_params import (
     add_multipliers,
@@ -31,18 +32,9 @@ from qcompiler.numerics.integer_params import (
 )
 from qcompiler.numerics.quant import fake_quantize, quantize
 
-FUSABLE_ACTIVATIONS = ("relu", "clamp")
-LOOKUP_OPS = ("sigmoid", "tanh", "hardswish", "hardsigmoid", "silu", "gelu")
-# Float ops whose integer form requantizes an accumulator (spec section 3: round half up). The
-# fake_quant after one (and its fused relu/clamp) gets rounding="half_up", the rule a float64
-# simulation then applies there; every other quantization point (graph inputs, weights, lookup
-# tables, embeddings, float fall backs) rounds by the graph-boundary rule (section 10).
-REQUANTIZING_OPS = frozenset({"conv2d", "conv1d", "linear", "matmul", "add", "sub", "mul", "div",
-                              "relu", "clamp", "avg_pool2d", "avg_pool1d", "adaptive_avg_pool2d",
-                              "adaptive_avg_pool1d", "mean"})
-# The integer ops that end in that requantization (lookups, embeddings and quantize do not).
-_REQUANTIZING_INTEGER_OPS = frozenset({"qconv2d", "qconv1d", "qlinear", "qmatmul", "qadd", "qmul",
-                                       "requantize", "qavg_pool2d", "qavg_pool1d", "qmean"})
+# The integer ops that end in a requantization (spec section 3: round half up; lookups,
+# embeddings and quantize do not): the op table's `requantizing` integer ops.
+_REQUANTIZING_INTEGER_OPS = ops_where(category="integer", requantizing=True)
 
 
 # ---- shared pieces ---------------------------------------------------------------------------
@@ -76,18 +68,11 @@ def fake_quant_qparams(node: Node) -> QParams:
 def fused_chain(lowering, value: Value) -> tuple[list[Node], Node] | None:
     """The relu/clamp nodes that follow `value` one after the other, each the only user of the
     value before it, ending in the fake_quant that quantizes the result; None if there is none."""
-    chain: list[Node] = []
-    while value not in lowering.old.outputs and len(value.users) == 1:
-        user = value.users[0]
-        if user.inputs[0] is not value:
-            return None
-        if user.op == "fake_quant":
-            return chain, user
-        if user.op not in FUSABLE_ACTIVATIONS:
-            return None
-        chain.append(user)
-        value = user.output
-    return None
+    chain, last = single_user_chain(lowering.old, value, lambda user: user.op in FUSABLE_ACTIVATIONS)
+    if last in lowering.old.outputs or len(last.users) != 1:
+        return None
+    user = last.users[0]
+    return (chain, user) if user.op == "fake_quant" and user.inputs[0] is last else None
 
 
 def _bounds(activations: list[Node]) -> list[tuple]:
@@ -201,7 +186,7 @@ def lower_weighted(lowering, node: Node):
     weight_fq = node.inputs[1].producer
     if weight_fq is None or weight_fq.op != "fake_quant" or not weight_fq.inputs[0].is_constant:
         return "its weight is not a quantized constant"
-    bias = _float_bias(node)
+    bias = layer_bias(node)
     if bias is not None and not bias.is_constant:
         return "its bias is not a constant"
     found = quantized_output(lowering, node)
@@ -239,19 +224,10 @@ def lower_weighted(lowering, node: Node):
     return None
 
 
-def _float_bias(node: Node) -> Value | None:
-    """The float bias of a weighted layer, behind its fake_quant_bias if it has one (what
-    `passes.insert_fake_quant.layer_bias` says; not imported, as that module imports this)."""
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and bias.producer is not None and bias.producer.op == "fake_quant_bias":
-        return bias.producer.inputs[0]
-    return bias
-
-
 def _check_bias_grid(node: Node, x: Value, w_q: QParams) -> None:
     """A fake_quant_bias rounds the bias with the scales it reads; the int32 bias is rounded
     with the input's and weight's qparams. They must be the same numbers (spec section 1)."""
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = optional_input(node, 2)
     if bias is None or bias.producer is None or bias.producer.op != "fake_quant_bias":
         return
     input_scale, weight_scale = (v.data for v in bias.producer.inputs[1:])
@@ -261,7 +237,7 @@ def _check_bias_grid(node: Node, x: Value, w_q: QParams) -> None:
             f"{bias.producer.describe()} rounds the bias of {node.describe()} with scales that are "
             "not those of the layer's input and weight, so simulation and the int32 bias would "
             "differ; re-run insert_fake_quant "
-            "(qcompiler.quantization.calibrate.fake_quant_problems explains)")
+            "(qcompiler.quantization.quantizers.fake_quant_problems explains)")
 
 
 def _check_target(target: str, node: Node, x_q: QParams, w_q: QParams) -> None:

@@ -58,13 +58,13 @@ import torch
 from qcompiler.analysis import metrics
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node
-from qcompiler.ir.ops import run_op
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, run_op
 from qcompiler.numerics.quant import sqnr_db
-from qcompiler.quantization.calibrate import batch_to_tensors, fake_quant_nodes, require_calibrated
+from qcompiler.quantization.calibrate import batch_to_tensors
 from qcompiler.quantization.config import QuantConfig
+from qcompiler.quantization.quantizers import fake_quant_nodes, require_calibrated
 
 MODES = ("one_quantized", "one_float")
-_FUSED_ACTIVATIONS = ("relu", "clamp")
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def quantized_layers(graph: Graph) -> list[Layer]:
 def _group_head(node: Node) -> tuple[Node, tuple[str, ...]]:
     """The node a relu/clamp chain is fused into (as insert_fake_quant fuses), and the chain."""
     chain = []
-    while node.op in _FUSED_ACTIVATIONS and node.inputs[0].producer is not None \
+    while node.op in FUSABLE_ACTIVATIONS and node.inputs[0].producer is not None \
             and node.inputs[0].producer.op != "fake_quant" and len(node.inputs[0].users) == 1:
         chain.append(node.name)
         node = node.inputs[0].producer

@@ -13,10 +13,11 @@ from qcompiler.errors import QuantizationError
 from qcompiler.examples import models
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
+from qcompiler.ir.edit import layer_bias
 from qcompiler.ir.pipeline import Pipeline
 from qcompiler.passes.correct_bias import CorrectBias, correct_bias
 from qcompiler.passes.fold_batchnorm import fold_batchnorm
-from qcompiler.passes.insert_fake_quant import insert_fake_quant, layer_bias
+from qcompiler.passes.insert_fake_quant import insert_fake_quant
 from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QScheme, QuantConfig
 

@@ -10,8 +10,9 @@ from qcompiler.examples import models
 from qcompiler.ir import Graph, structurally_equal
 from qcompiler.ir.text import parse
 from qcompiler.passes import fold_batchnorm, insert_fake_quant
-from qcompiler.quantization.calibrate import calibrate, find_uncalibrated
+from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QOverride, QScheme, QuantConfig
+from qcompiler.quantization.quantizers import find_uncalibrated
 
 CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
 

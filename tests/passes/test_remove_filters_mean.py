@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import qcompiler as qc
+from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import dependency_groups
 from qcompiler.passes import remove_filters
-from qcompiler.passes.remove_filters import channel_scores
 
 
 class ConvBnLinear(nn.Module):

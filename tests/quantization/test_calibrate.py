@@ -11,9 +11,10 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.numerics.quant import choose_qparams, sqnr_db
 from qcompiler.passes import fold_batchnorm, insert_fake_quant
-from qcompiler.quantization.calibrate import calibrate, find_uncalibrated, require_calibrated
+from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.data_free import batchnorm_statistics, transport_statistics
+from qcompiler.quantization.quantizers import find_uncalibrated, require_calibrated
 
 CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
 RNG = np.random.default_rng(0)
@@ -217,7 +218,7 @@ def test_statistics_follow_a_per_channel_rescaling():
 
 
 def test_qparams_mirror_the_constants_and_a_mismatch_is_reported(fake_quant_graph):
-    from qcompiler.quantization.calibrate import fake_quant_problems
+    from qcompiler.quantization.quantizers import fake_quant_problems
 
     assert fake_quant_problems(fake_quant_graph) == []  # uncalibrated: NaN scale, no qparams
     calibrated = calibrate(fake_quant_graph, batches())

@@ -9,12 +9,17 @@ import qcompiler as qc
 from qcompiler.backends.simulation_agreement import compare_with_simulation
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
+from qcompiler.ir.edit import layer_bias, set_layer_bias
 from qcompiler.ir.ops import run_op
 from qcompiler.numerics.integer_params import bias_scales, fake_quantize_bias, quantize_bias
 from qcompiler.passes import insert_fake_quant, lower_to_integer
-from qcompiler.passes.insert_fake_quant import layer_bias, set_layer_bias
-from qcompiler.quantization.calibrate import calibrate, fake_quant_problems, float_observation_graph
+from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.quantizers import (
+    fake_quant_problems,
+    float_observation_graph,
+    quantize_layer_bias,
+)
 
 CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
 
@@ -128,7 +133,7 @@ def test_simulation_adds_the_grid_of_the_calibrated_scales_and_follows_bias_chan
                                    rtol=0, atol=2e-6)
 
 
-def test_set_layer_bias_gives_a_quantized_layer_without_bias_a_fake_quant_bias():
+def test_a_quantized_layer_given_a_bias_gets_a_fake_quant_bias():
     float_graph = conv_linear_graph()
     conv = float_graph.values["conv"].producer
     conv.inputs[2].users.remove(conv)
@@ -138,7 +143,9 @@ def test_set_layer_bias_gives_a_quantized_layer_without_bias_a_fake_quant_bias()
     conv = graph.values["conv"].producer
     assert layer_bias(conv) is None
     set_layer_bias(graph, conv, graph.add_constant("conv.bias.corrected", np.ones(3, np.float32)))
+    assert quantize_layer_bias(graph, conv) is conv.inputs[2].producer
     assert conv.inputs[2].producer.op == "fake_quant_bias"
+    assert quantize_layer_bias(graph, conv) is None  # it has one now
     assert layer_bias(conv).name == "conv.bias.corrected"
     assert fake_quant_problems(graph.verify()) == []
 
