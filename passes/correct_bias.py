@@ -50,7 +50,8 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
-from qcompiler.ir.edit import layer_bias, set_layer_bias
+from qcompiler.ir.edit import layer_bias, output_channel_axis, set_layer_bias
+from qcompiler.ir.evaluate import Evaluator, graph_runs
 from qcompiler.ir.ops import OPS, WEIGHTED_OPS, run_op
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.bias_correction import (
@@ -60,7 +61,6 @@ from qcompiler.numerics.bias_correction import (
     mean_output_error,
 )
 from qcompiler.numerics.quant import fake_quantize, quant_range
-from qcompiler.quantization.calibrate import graph_runs
 from qcompiler.quantization.quantizers import quantize_layer_bias, require_calibrated
 
 
@@ -125,10 +125,6 @@ def _quantized_weight(graph: Graph, layer: Node, notes: list[str]) -> tuple[np.n
     return weight, quantized
 
 
-def _output_channel_axis(layer: Node) -> int:
-    return -1 if layer.op == "linear" else 1
-
-
 def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
     old = layer_bias(layer)
     name = f"{old.name}.corrected" if old is not None else f"{layer.name}.bias.corrected"
@@ -144,60 +140,32 @@ def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[s
                for run in graph_runs(batch, graph, index)]
     if not batches:
         raise QuantizationError("correct_bias: calibration_data is empty; give at least one batch")
-    # Per value: a list with one tensor per batch, or one shared tensor for values that
-    # depend on constants only (weights, fake-quantized weights).
-    env: dict[int, torch.Tensor | list[torch.Tensor]] = {}
-    for index, value in enumerate(graph.inputs):
-        env[id(value)] = [batch[index] for batch in batches]
-    remaining = {}
-    for node in graph:
-        for value in node.inputs:
-            if value is not None:
-                remaining[id(value)] = remaining.get(id(value), 0) + 1
-
-    def lookup(value: Value | None):
-        if value is None:
-            return None
-        if value.is_constant:
-            return torch.from_numpy(value.data)
-        return env[id(value)]
-
+    # All batches run together, one node at a time, so that each layer is corrected (from
+    # its inputs over every batch) before its output is computed.
+    nodes = graph.nodes
+    evaluator = Evaluator(graph)
+    last_uses = evaluator.last_uses(nodes, keep=graph.outputs)
+    evaluator.bind(batches)
     corrected = 0
-    with torch.no_grad():
-        for node in graph:
-            weights = _quantized_weight(graph, node, notes)
-            if weights is not None:
-                weight, quantized = weights
-                error_weight = torch.from_numpy((quantized.astype(np.float64) - weight).astype(np.float32))
-                inputs = env[id(node.inputs[0])]
-                inputs = inputs if isinstance(inputs, list) else [inputs]
-                errors = [run_op(node.op, [x, error_weight], node.attrs)[0].numpy() for x in inputs]
-                output_error = mean_output_error(errors, _output_channel_axis(node))
-                bias = layer_bias(node)
-                if np.any(output_error != 0):
-                    _set_bias(graph, node, corrected_bias(None if bias is None else bias.data,
-                                                          output_error, np.float32))
-                    corrected += 1
-                    holder = node.inputs[2].producer
-                    if holder is not None and holder.op == "fake_quant_bias":  # ran, or is new
-                        env[id(holder.output)] = run_op(holder.op, [lookup(v) for v in holder.inputs],
-                                                        holder.attrs)[0]
-                        remaining.setdefault(id(holder.output), 1)
-            arguments = [lookup(v) for v in node.inputs]
-            if any(isinstance(a, list) for a in arguments):
-                per_batch = [run_op(node.op, [a[b] if isinstance(a, list) else a for a in arguments],
-                                    node.attrs) for b in range(len(batches))]
-                for position, value in enumerate(node.outputs):
-                    env[id(value)] = [outputs[position] for outputs in per_batch]
-            else:
-                for value, tensor in zip(node.outputs, run_op(node.op, arguments, node.attrs),
-                                         strict=True):
-                    env[id(value)] = tensor
-            for value in node.inputs:  # free what no later node reads
-                if value is not None and not value.is_constant:
-                    remaining[id(value)] -= 1
-                    if remaining[id(value)] == 0:
-                        env.pop(id(value), None)
+    for index, node in enumerate(nodes):
+        weights = _quantized_weight(graph, node, notes)
+        if weights is not None:
+            weight, quantized = weights
+            error_weight = torch.from_numpy((quantized.astype(np.float64) - weight).astype(np.float32))
+            with torch.no_grad():
+                errors = [run_op(node.op, [x, error_weight], node.attrs)[0].numpy()
+                          for x in evaluator.batches(node.inputs[0])]
+            output_error = mean_output_error(errors, output_channel_axis(node))
+            bias = layer_bias(node)
+            if np.any(output_error != 0):
+                _set_bias(graph, node, corrected_bias(None if bias is None else bias.data,
+                                                      output_error, np.float32))
+                corrected += 1
+                holder = node.inputs[2].producer
+                if holder is not None and holder.op == "fake_quant_bias":  # ran, or is new
+                    evaluator.step(holder)
+        evaluator.step(node)
+        evaluator.free(last_uses.get(index, ()))
     return corrected
 
 

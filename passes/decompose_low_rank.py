@@ -67,6 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcompiler.analysis.cost import node_macs
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import (
@@ -210,7 +211,7 @@ class _Layer:
         channel_axis = -1 if node.op == "linear" else -1 - (len(shape) - 2)
         self.out_positions = math.prod(out_shape) // shape[0]
         self.in_positions = math.prod(in_shape) // in_shape[channel_axis]
-        self.original_macs = self.out_positions * math.prod(shape)
+        self.original_macs = node_macs(node)
         if method == "spatial":  # the vertical factor's output keeps the input's width
             self.vertical_positions = math.prod(out_shape[:-1]) // shape[0] * in_shape[-1]
 
@@ -265,7 +266,7 @@ class _Layer:
             rank_out, rank_in = spec
             return (self.in_positions * c_in * rank_in
                     + self.out_positions * (rank_in * kernel * rank_out + rank_out * c_out))
-        return spec * self.out_positions * (c_in * kernel + c_out)
+        return low_rank.channel_decomposition_macs(shape, self.out_positions, spec)
 
 
 def _why_not_decomposable(node: Node) -> str | None:

@@ -37,9 +37,8 @@ from tqdm.auto import tqdm
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import replace_constant
+from qcompiler.ir.evaluate import Evaluator, graph_runs, is_fake_quant
 from qcompiler.ir.pipeline import PassResult
-from qcompiler.quantization.calibrate import graph_runs
-from qcompiler.quantization.quantizers import float_observation_graph
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the data may hold tensors
@@ -92,16 +91,12 @@ def _set_statistics(graph: Graph, node: Node, mean: np.ndarray, variance: np.nda
 def _input_statistics(graph: Graph, node: Node, calibration_data: Iterable
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (axis 1) mean and population variance of `node`'s input over the data."""
-    from qcompiler.backends.torch import to_torch
-
-    probe, _ = float_observation_graph(graph, [node.inputs[0]])
-    module = to_torch(probe, trainable=False)
+    evaluator = Evaluator(graph, bypass=is_fake_quant)  # the float graph
     total = squares = None
     count = 0
     for index, batch in enumerate(calibration_data):
         for inputs in graph_runs(batch, graph, index):
-            with torch.no_grad():
-                values = module(*inputs).double()
+            values = evaluator.run([inputs], [node.inputs[0]])[0][0].double()
             if not torch.isfinite(values).all():
                 raise QCompilerError(f"recalibrate_batchnorm: calibration batch {index} makes the "
                                      f"input of {node.describe()} NaN or Inf; check the model and "

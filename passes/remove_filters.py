@@ -75,13 +75,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import CRITERIA, channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.errors import PassError
-from qcompiler.ir import DTYPES, Graph, Node
+from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import input_channel_axis, optional_input, set_optional_input
+from qcompiler.ir.evaluate import evaluate
+from qcompiler.ir.ops import TORCH_DTYPES
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics import importance
 
@@ -256,8 +259,10 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
             notes += _fold_into_reader(graph, nodes[name], member, positions,
                                        means[read[name]][positions], kept, exact_borders)
         return notes
-    inputs = [np.zeros(v.shape, DTYPES[v.dtype]) for v in graph.inputs]
-    values = surgery.evaluate(zeroed, inputs, set(read.values()))
+    inputs = [torch.zeros(v.shape, dtype=TORCH_DTYPES[v.dtype]) for v in graph.inputs]
+    names = sorted(set(read.values()))
+    values = {name: array.numpy() for name, array in
+              zip(names, evaluate(zeroed, inputs, [zeroed.values[n] for n in names]), strict=True)}
     for name, (member, positions) in readers.items():
         positions = np.concatenate(positions)
         x = np.moveaxis(values[read[name]].astype(np.float64), input_channel_axis(nodes[name]), 0)

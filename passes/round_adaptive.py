@@ -62,9 +62,10 @@ import torch
 import torch.nn.functional as F
 
 from qcompiler.errors import QuantizationError
-from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import layer_bias, remove_if_unused
-from qcompiler.ir.ops import FAKE_QUANT_OPS, FUSABLE_ACTIVATIONS, WEIGHTED_OPS, run_op
+from qcompiler.ir.evaluate import Evaluator, graph_inputs, is_fake_quant
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.adaround import (
     AdaRoundSettings,
@@ -74,7 +75,6 @@ from qcompiler.numerics.adaround import (
     sample_rows,
 )
 from qcompiler.numerics.quant import dequantize, quant_range
-from qcompiler.quantization.calibrate import batch_to_tensors
 from qcompiler.quantization.quantizers import fake_quant_nodes, require_calibrated
 
 
@@ -120,7 +120,7 @@ class RoundAdaptive:
         for index, batch in enumerate(self.calibration_data):
             if self.max_examples is not None and examples >= self.max_examples:
                 break
-            batches.append(batch_to_tensors(batch, graph, index))
+            batches.append(graph_inputs(batch, graph, index))
             examples += int(batches[-1][0].shape[0]) if batches[-1][0].dim() else 1
         return batches
 
@@ -195,83 +195,41 @@ def _activation(layer: Node):
 # ---- running the calibration set ---------------------------------------------------------------
 
 
-class _Run:
-    """The values of a graph over all calibration batches, computed one node at a time:
-    a list of per-batch tensors, or one tensor for values computed from constants only."""
-
-    def __init__(self, graph: Graph, batches: list[list[torch.Tensor]], bypass_fake_quant: bool):
-        self.env: dict[int, object] = {id(v): [b[i] for b in batches] for i, v in enumerate(graph.inputs)}
-        self.count = len(batches)
-        self.bypass_fake_quant = bypass_fake_quant
-
-    def get(self, value: Value | None):
-        if value is None:
-            return None
-        if value.is_constant:
-            return torch.from_numpy(value.data)
-        return self.env[id(value)]
-
-    def batches(self, value: Value) -> list[torch.Tensor]:
-        found = self.get(value)
-        return found if isinstance(found, list) else [found] * self.count
-
-    def run(self, node: Node) -> None:
-        if self.bypass_fake_quant and node.op in FAKE_QUANT_OPS:
-            self.env[id(node.output)] = self.get(node.inputs[0])
-            return
-        arguments = [self.get(v) for v in node.inputs]
-        if any(isinstance(a, list) for a in arguments):
-            per_batch = [run_op(node.op, [a[b] if isinstance(a, list) else a for a in arguments],
-                                node.attrs) for b in range(self.count)]
-            for position, value in enumerate(node.outputs):
-                self.env[id(value)] = [outputs[position] for outputs in per_batch]
-        else:
-            for value, tensor in zip(node.outputs, run_op(node.op, arguments, node.attrs), strict=True):
-                self.env[id(value)] = tensor
-
-    def forget(self, value: Value) -> None:
-        self.env.pop(id(value), None)
-
-
 def _round_layers(graph: Graph, layers: list[Node], batches, options: RoundAdaptive,
                   notes: list[str]) -> int:
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(options.seed)
     settings = options.settings()
-    float_run = _Run(graph, batches, bypass_fake_quant=True)
-    quantized_run = _Run(graph, batches, False) if options.inputs == "quantized" else None
+    # The whole calibration set runs through the graph node by node: as the float network
+    # (fake quants bypassed) and, for inputs="quantized", as the quantized one.
+    float_run = Evaluator(graph, bypass=is_fake_quant)
+    quantized_run = Evaluator(graph) if options.inputs == "quantized" else None
     runs = [r for r in (float_run, quantized_run) if r is not None]
-    remaining: dict[int, int] = {}
-    for node in graph:
-        for value in node.inputs:
-            if value is not None:
-                remaining[id(value)] = remaining.get(id(value), 0) + 1
+    nodes = graph.nodes
+    last_uses = float_run.last_uses(nodes)
+    for run in runs:
+        run.bind(batches)
     targets = {id(layer) for layer in layers}
     progress = sys.stderr.isatty() if options.progress is None else options.progress
     changed = 0
-    with torch.no_grad(), tqdm(total=len(layers), desc="adaround", disable=not progress) as bar:
-        for node in graph:
+    with tqdm(total=len(layers), desc="adaround", disable=not progress) as bar:
+        for index, node in enumerate(nodes):
             if id(node) in targets:
                 bar.set_postfix_str(node.name)
-                with torch.enable_grad():
+                with torch.enable_grad():  # even when the caller runs without gradients
                     changed += _round_layer(graph, node, float_run, quantized_run or float_run,
                                             options.rows, settings, generator, notes)
                 if quantized_run is not None:  # its weight input now holds the new grid values
-                    quantized_run.run(node.inputs[1].producer)
+                    quantized_run.step(node.inputs[1].producer)
                 bar.update()
             for run in runs:
-                run.run(node)
-            for value in node.inputs:  # free what no later node reads
-                if value is not None and not value.is_constant:
-                    remaining[id(value)] -= 1
-                    if remaining[id(value)] == 0:
-                        for run in runs:
-                            run.forget(value)
+                run.step(node)
+                run.free(last_uses.get(index, ()))
     return changed
 
 
-def _round_layer(graph: Graph, layer: Node, float_run: _Run, quantized_run: _Run, rows: int,
+def _round_layer(graph: Graph, layer: Node, float_run: Evaluator, quantized_run: Evaluator, rows: int,
                  settings: AdaRoundSettings, generator: torch.Generator, notes: list[str]) -> int:
     """AdaRound one layer and replace its weight constant; 1 if the weights changed."""
     fq = layer.inputs[1].producer

@@ -73,7 +73,6 @@ from qcompiler.compression.budget_sensitivity import (
     Candidate,
     Sensitivity,
     candidate_units,
-    input_batches,
     measure_sensitivity,
     output_error,
     run_batches,
@@ -81,6 +80,7 @@ from qcompiler.compression.budget_sensitivity import (
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES
 from qcompiler.errors import BudgetError  # noqa: F401  (re-exported: qcompiler.budget.BudgetError)
 from qcompiler.ir import Graph
+from qcompiler.ir.evaluate import input_batches
 from qcompiler.passes.decompose_low_rank import decompose_low_rank
 from qcompiler.passes.remove_filters import remove_filters
 
@@ -335,7 +335,7 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
             f"({floor_model.estimate(metric) / before[metric]:.3f} of the original); raise "
             f"target_ratio{', lower round_to' if round_to > 1 else ''} or allow more with fractions=")
 
-    batches = input_batches(calibration_data)
+    batches = input_batches(calibration_data, graph)
     if sensitivity is None:
         sensitivity = measure_sensitivity(graph, batches, method, criterion, fractions, error,
                                           compensation)
@@ -354,7 +354,7 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
 
     notes: list[str] = []
     if metric == "latency":
-        inputs = tuple(latency_inputs) if latency_inputs is not None else batches[0]
+        inputs = tuple(latency_inputs if latency_inputs is not None else batches[0])
         before["latency_s"] = eager_latency(graph, inputs, latency_repeats, threads=threads)
         path = _greedy(graph, candidates, settings, errors, metric, None)
         deepest, deepest_notes = _apply(graph, method, candidates, sensitivity, plan(path[-1]),
@@ -396,8 +396,7 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
     after = {"macs": final.macs, "params": final.params}
     if metric == "latency":
         after["latency_s"] = latency
-    reference = run_batches(to_torch(graph, trainable=False), batches)
-    measured = output_error(reference, run_batches(to_torch(compressed, trainable=False), batches), error)
+    measured = output_error(run_batches(graph, batches), run_batches(compressed, batches), error)
     choices = tuple(
         UnitChoice(unit.name, unit.kind, unit.size, kept, _unit_macs(unit, report),
                    _unit_macs(unit, final), _readable(unit_sensitivity, kept, error))

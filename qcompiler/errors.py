@@ -31,6 +31,12 @@ class QuantizationError(QCompilerError):
     in weights or activations, or a graph whose fake-quant nodes are not calibrated."""
 
 
+class CalibrationDataError(QuantizationError, PassError):
+    """Calibration data that does not fit the graph: no batch, a batch with the wrong number,
+    shape or dtype of tensors, or NaN/Inf in an input. Quantization and compression passes
+    read calibration data alike, so it is both a QuantizationError and a PassError."""
+
+
 class IntegerOnlyError(QCompilerError):
     """An integer-only graph would hold (or holds) float arithmetic inside its integer region:
     an op without an integer form, lowered or run in strict mode. The message names the node."""

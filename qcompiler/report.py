@@ -51,12 +51,11 @@ from qcompiler.analysis.report_render import (
 )
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
+from qcompiler.ir.evaluate import Evaluator, graph_inputs, is_fake_quant
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.numerics.equalization import output_channel_ranges
-from qcompiler.quantization.calibrate import batch_to_tensors
 from qcompiler.quantization.quantizers import (
     fake_quant_nodes,
-    float_observation_graph,
     observed_name,
     require_calibrated,
 )
@@ -84,7 +83,7 @@ def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_d
     require_calibrated(quantized_graph, "write_report")
     if calibration_data is None:
         raise QuantizationError("write_report needs calibration_data to measure activation ranges")
-    batches = [batch_to_tensors(b, quantized_graph, i) for i, b in enumerate(calibration_data)]
+    batches = [graph_inputs(b, quantized_graph, i) for i, b in enumerate(calibration_data)]
     if not batches:
         raise QuantizationError("write_report: calibration_data is empty; give at least one batch")
     if sensitivity is None or sensitivity is True:
@@ -198,10 +197,8 @@ def _equalization(float_graph: Graph, cle_layers: int, equalization) -> list[Blo
 
 def _activation_ranges(graph: Graph, batches) -> list[Block]:
     points = [fq for fq in fake_quant_nodes(graph) if not fq.inputs[0].is_constant]
-    probe, names = float_observation_graph(graph, [fq.inputs[0] for fq in points])
-    from qcompiler.backends.torch import to_torch
-
-    module = to_torch(probe, trainable=False)
+    names = list(dict.fromkeys(observed_name(fq.inputs[0]) for fq in points))
+    evaluator = Evaluator(graph, bypass=is_fake_quant)  # the float graph
     observed = {name: [math.inf, -math.inf] for name in names}
     ranges = {}
     for fq in points:
@@ -210,19 +207,17 @@ def _activation_ranges(graph: Graph, batches) -> list[Block]:
         ranges[fq.name] = (scale * (qparams.qmin - zero_point), scale * (qparams.qmax - zero_point))
     outside = {fq.name: 0 for fq in points}
     total = {name: 0 for name in names}
-    with torch.no_grad():
-        for batch in batches:
-            results = module(*batch)
-            results = results if isinstance(results, tuple) else (results,)
-            values = dict(zip(names, (r.numpy() for r in results), strict=True))
-            for name, array in values.items():
-                observed[name][0] = min(observed[name][0], float(array.min()))
-                observed[name][1] = max(observed[name][1], float(array.max()))
-                total[name] += array.size
-            for fq in points:
-                array = values[observed_name(fq.inputs[0])]
-                lo, hi = ranges[fq.name]
-                outside[fq.name] += int(np.count_nonzero((array < lo) | (array > hi)))
+    for batch in batches:
+        results = evaluator.run([batch], [graph.values[name] for name in names])
+        values = {name: per_batch[0].numpy() for name, per_batch in zip(names, results, strict=True)}
+        for name, array in values.items():
+            observed[name][0] = min(observed[name][0], float(array.min()))
+            observed[name][1] = max(observed[name][1], float(array.max()))
+            total[name] += array.size
+        for fq in points:
+            array = values[observed_name(fq.inputs[0])]
+            lo, hi = ranges[fq.name]
+            outside[fq.name] += int(np.count_nonzero((array < lo) | (array > hi)))
     rows = []
     for fq in points:
         name = observed_name(fq.inputs[0])

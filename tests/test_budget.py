@@ -14,12 +14,12 @@ from qcompiler.budget import BudgetError, convex_errors, search_budget
 from qcompiler.compression.budget_cost import PlanCost
 from qcompiler.compression.budget_sensitivity import (
     candidate_units,
-    input_batches,
     measure_sensitivity,
     output_error,
     run_batches,
 )
 from qcompiler.examples import models
+from qcompiler.ir.evaluate import input_batches
 from qcompiler.passes import decompose_low_rank, remove_filters
 
 
@@ -33,9 +33,8 @@ def calibration(shape, batches=2, seed=0) -> list[torch.Tensor]:
 
 
 def error_of(original: qc.Graph, compressed: qc.Graph, batches, kind="relative_l2") -> float:
-    batches = input_batches(batches)
-    return output_error(run_batches(qc.to_torch(original), batches),
-                        run_batches(qc.to_torch(compressed), batches), kind)
+    batches = input_batches(batches, original)
+    return output_error(run_batches(original, batches), run_batches(compressed, batches), kind)
 
 
 @pytest.fixture(scope="module")

@@ -267,6 +267,13 @@ def arithmetic(node: Node) -> tuple[int, int, int] | None:
     return counts[0], counts[1] + adds * requantized, counts[2] + mults * requantized
 
 
+def node_macs(node: Node) -> int:
+    """The MACs of one node (0 for ops that do none): the one MAC count every part of
+    qcompiler uses (the budget search and low-rank decomposition included)."""
+    counts = arithmetic(node)
+    return 0 if counts is None else counts[0]
+
+
 def _requantized_elements(node: Node) -> int:
     """Output elements an integer `q<op>` requantizes (its int32 accumulators to 8 bits)."""
     if _base_op(node.op) == node.op or "output_zero_point" not in node.attrs:

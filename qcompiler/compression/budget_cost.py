@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qcompiler.analysis.cost import cost
-from qcompiler.compression.budget_sensitivity import Candidate, channel_rank_macs, layer_macs
+from qcompiler.analysis.cost import cost, node_macs
+from qcompiler.compression.budget_sensitivity import Candidate, channel_rank_macs
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import WEIGHTED_OPS
 
@@ -44,11 +44,11 @@ class PlanCost:
             self.rank_figures = []
             for unit in units:
                 weight = unit.source.inputs[1].shape
-                self.rank_figures.append((layer_macs(unit.source), math.prod(weight),
+                self.rank_figures.append((node_macs(unit.source), math.prod(weight),
                                           channel_rank_macs(unit.source, 1),
                                           weight[0] + math.prod(weight[1:])))
             return
-        node_macs = {row.name: row.macs for row in report.per_node}
+        macs_of_node = {row.name: row.macs for row in report.per_node}
         self.macs_per_element: dict[str, float] = {}
         self.is_param: set[str] = set()
         for node in graph:
@@ -59,7 +59,7 @@ class PlanCost:
                     self.is_param.add(value.name)
                 if index == 1 and node.op in WEIGHTED_OPS:
                     self.macs_per_element[value.name] = (self.macs_per_element.get(value.name, 0.0)
-                                                         + node_macs[node.name] / value.numel)
+                                                         + macs_of_node[node.name] / value.numel)
         self.numel = {v.name: v.numel for v in graph.constants}
         # (value, axes) -> [total positions, positions removed]; per unit: (value, axes, width).
         self.slots: dict[tuple, list[int]] = {}

@@ -15,8 +15,8 @@ This is the per-layer sensitivity analysis of Li et al. 2017 ("Pruning Filters f
 Efficient ConvNets", section 4.1), with the output error in place of accuracy so
 that no labels are needed.
 
-Nothing is rewritten while measuring: one torch module of the graph is made, and a
-setting is simulated by changing its weights in place and restoring them after.
+Nothing is rewritten while measuring: a setting is simulated by running the graph
+(`qcompiler.ir.evaluate`) with some of its constants replaced.
 Removing channels is simulated by zeroing their filters (every producer slice of
 the group); `remove_filters` with bias compensation `"constant"` computes exactly
 that function, away from the borders of zero-padded convolutions (see its
@@ -36,19 +36,20 @@ output (`qcompiler.analysis.metrics`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from qcompiler.analysis import metrics
-from qcompiler.backends.torch import to_torch
+from qcompiler.analysis.cost import node_macs
 from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, dependency_groups
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import input_channel_axis, optional_input, output_channel_axis, set_layer_bias
+from qcompiler.ir.evaluate import Evaluator, input_batches
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.numerics import low_rank
 
@@ -103,20 +104,12 @@ class Sensitivity:
 # ---- running the graph ------------------------------------------------------------------------
 
 
-def input_batches(calibration_data: Iterable) -> list[tuple[torch.Tensor, ...]]:
-    """Calibration data as a list of input tuples of tensors (a batch is a tensor, an
-    array, or a tuple of them, one per graph input)."""
-    batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calibration_data]
-    if not batches:
-        raise ValueError("calibration_data is empty; give at least one batch of inputs")
-    return [tuple(torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
-                  for x in batch) for batch in batches]
-
-
-def run_batches(module: torch.nn.Module, batches: Sequence[tuple]) -> list[tuple[torch.Tensor, ...]]:
-    with torch.no_grad():
-        outputs = [module(*batch) for batch in batches]
-    return [out if isinstance(out, tuple) else (out,) for out in outputs]
+def run_batches(graph: Graph, batches: Sequence[Sequence[torch.Tensor]],
+                constants: Mapping[str, np.ndarray] | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """The graph's outputs on each batch (one tuple per batch), with the constants named in
+    `constants` replaced (a compression simulated without rewriting the graph)."""
+    evaluator = Evaluator(graph, constants=constants)
+    return [tuple(per_batch[0] for per_batch in evaluator.run([batch])) for batch in batches]
 
 
 def output_error(reference: Sequence[tuple], outputs: Sequence[tuple], kind: str) -> float:
@@ -197,23 +190,16 @@ def decomposable_layers(graph: Graph) -> list[Node]:
 
 
 def channel_rank_macs(node: Node, rank: int) -> int:
-    """MACs of `node` decomposed at `rank` (channel method / SVD): a k x k conv (or linear)
-    to `rank` channels then a 1 x 1 conv (linear) to C_out, both at the output positions."""
+    """MACs of `node` decomposed at `rank` by the channel method (or SVD)."""
     weight = node.inputs[1].shape
-    out_positions = math.prod(node.output.shape) // weight[0]
-    return rank * out_positions * (math.prod(weight[1:]) + weight[0])
-
-
-def layer_macs(node: Node) -> int:
-    weight = node.inputs[1].shape
-    return math.prod(node.output.shape) // weight[0] * math.prod(weight)
+    return low_rank.channel_decomposition_macs(weight, math.prod(node.output.shape) // weight[0], rank)
 
 
 def fewer_macs_rank(node: Node) -> int:
     """The largest rank whose decomposition takes fewer MACs than the layer (0 if none)."""
     per_rank = channel_rank_macs(node, 1)
     full = low_rank.channel_full_rank(node.inputs[1].shape)
-    return min(full, (layer_macs(node) - 1) // per_rank)
+    return min(full, (node_macs(node) - 1) // per_rank)
 
 
 # ---- measuring --------------------------------------------------------------------------------
@@ -268,22 +254,13 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
         raise ValueError(f"unknown compensation {compensation!r}; choose one of "
                          f"{', '.join(surgery.COMPENSATIONS)}")
     candidates = candidate_units(graph, method, fractions)
-    batches = input_batches(calibration_data)
+    batches = input_batches(calibration_data, graph)
     by_mean = method == "remove_filters" and compensation == "mean"
     simulated = with_reader_biases(graph, [c.source for c in candidates]) if by_mean else graph
-    module = to_torch(simulated, trainable=False)
-    attribute = {value: name for name, value in module.qc_names.items()}
-    reference = run_batches(module, batches)
+    reference = run_batches(simulated, batches)
 
     def error_with(replacements: dict[str, np.ndarray]) -> float:
-        saved = {name: getattr(module, attribute[name]) for name in replacements}
-        for name, array in replacements.items():
-            setattr(module, attribute[name], torch.from_numpy(array))
-        try:
-            return output_error(reference, run_batches(module, batches), error)
-        finally:
-            for name, tensor in saved.items():
-                setattr(module, attribute[name], tensor)
+        return output_error(reference, run_batches(simulated, batches, replacements), error)
 
     orders = (removal_orders(graph, [c.source for c in candidates], criterion, batches)
               if method == "remove_filters" else {})

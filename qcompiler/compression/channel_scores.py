@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph
+from qcompiler.ir.evaluate import evaluate, input_batches
 from qcompiler.numerics import importance
 
 CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization")
@@ -94,9 +94,11 @@ def _read_values(graph: Graph, group: Group) -> list[Member]:
 def _activation_means(graph: Graph, groups: list[Group], batches) -> dict:
     wanted = {(m.value, m.axes) for g in groups for m in _read_values(graph, g)}
     sums: dict = {}
-    batches = surgery.as_input_tuples(batches)
+    batches = input_batches(batches, graph)
+    names = sorted({name for name, _ in wanted})
     for batch in batches:
-        values = surgery.evaluate(graph, batch, {name for name, _ in wanted})
+        arrays = evaluate(graph, batch, [graph.values[name] for name in names])
+        values = {name: array.numpy() for name, array in zip(names, arrays, strict=True)}
         for name, axes in wanted:
             x = np.abs(values[name].astype(np.float64))
             rest = [a for a in range(x.ndim) if a not in axes]

@@ -12,9 +12,8 @@
 - `constant_channel_response` is the arithmetic of bias compensation: what a
   reader layer adds to its output when input channel k holds the constant c_k
   everywhere (a removed channel whose filter is zero still carries act(bias)).
-- `evaluate` runs a graph op by op (the torch functions of `qcompiler.ir.ops`) and
-  returns the values asked for; `channel_means` averages values per channel over
-  calibration data (the constants of mean-replacement compensation).
+- `channel_means` averages values per channel over calibration data (the constants of
+  mean-replacement compensation), running the graph with `qcompiler.ir.evaluate`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ import torch
 from qcompiler.compression.dependency import Group
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph
-from qcompiler.ir.ops import TORCH_DTYPES, attrs_with_defaults, infer_types, run_op
+from qcompiler.ir.evaluate import evaluate, input_batches
+from qcompiler.ir.ops import attrs_with_defaults, infer_types, run_op
 
 # How a removed channel's contribution is replaced in the reader layers' biases (see
 # `qcompiler.passes.remove_filters`): the constant it carries with its filters zeroed, or
@@ -175,33 +175,7 @@ def constant_channel_response(op: str, weight: np.ndarray, constants: np.ndarray
     return bias, (border if np.abs(border).max() > 1e-12 * scale else None)
 
 
-# ---- running a graph -----------------------------------------------------------------------
-
-
-def as_input_tuples(batches) -> list[tuple]:
-    """Calibration data as a list of input tuples: a batch is a tensor/array or a tuple of them."""
-    return [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in batches]
-
-
-def evaluate(graph: Graph, inputs: Sequence, names: set[str]) -> dict[str, np.ndarray]:
-    """Run `graph` on `inputs` (tensors or arrays) and return the values named in `names`."""
-    if len(inputs) != len(graph.inputs):
-        raise PassError(f"graph {graph.name} takes {len(graph.inputs)} input(s), calibration batch "
-                        f"has {len(inputs)}")
-    env: dict[int, torch.Tensor] = {}
-    found: dict[str, np.ndarray] = {}
-    for value, x in zip(graph.inputs, inputs, strict=True):
-        env[id(value)] = torch.as_tensor(np.asarray(x), dtype=TORCH_DTYPES[value.dtype])
-    for value in graph.constants:
-        env[id(value)] = torch.from_numpy(value.data)
-    with torch.no_grad():
-        for node in graph:
-            args = [None if v is None else env[id(v)] for v in node.inputs]
-            for value, result in zip(node.outputs, run_op(node.op, args, node.attrs), strict=True):
-                env[id(value)] = result
-    for name in names:
-        found[name] = env[id(graph.values[name])].numpy()
-    return found
+# ---- statistics over calibration data --------------------------------------------------------
 
 
 def channel_means(graph: Graph, axes: Mapping[str, int], batches) -> dict[str, np.ndarray]:
@@ -210,11 +184,9 @@ def channel_means(graph: Graph, axes: Mapping[str, int], batches) -> dict[str, n
     its number of elements."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    batches = as_input_tuples(batches)
-    if not batches:
-        raise PassError("channel means need at least one calibration batch")
-    for batch in batches:
-        values = evaluate(graph, batch, set(axes))
+    for batch in input_batches(batches, graph):
+        arrays = evaluate(graph, batch, [graph.values[name] for name in axes])
+        values = {name: array.numpy() for name, array in zip(axes, arrays, strict=True)}
         for name, axis in axes.items():
             x = np.moveaxis(values[name].astype(np.float64), axis, 0).reshape(values[name].shape[axis], -1)
             sums[name] = sums.get(name, 0.0) + x.sum(axis=1)

@@ -336,11 +336,22 @@ def attrs_with_defaults(op: str, attrs: dict) -> dict:
 
 def run_op(op: str, inputs: list, attrs: dict):
     """Run an op on torch tensors (None for absent optional inputs); always returns a tuple."""
+    return bound_op(op, attrs)(inputs)
+
+
+def bound_op(op: str, attrs: dict) -> Callable[[list], tuple]:
+    """`run_op` with the op and attributes checked and filled in once: a function of the
+    inputs, for running the same node many times."""
     spec = OPS[op]
-    while inputs and inputs[-1] is None and len(inputs) > spec.min_inputs:
-        inputs = inputs[:-1]
-    result = spec.fn(*inputs, **attrs_with_defaults(op, attrs))
-    return result if isinstance(result, tuple) else (result,)
+    full = attrs_with_defaults(op, attrs)
+
+    def call(inputs: list) -> tuple:
+        while inputs and inputs[-1] is None and len(inputs) > spec.min_inputs:
+            inputs = inputs[:-1]
+        result = spec.fn(*inputs, **full)
+        return result if isinstance(result, tuple) else (result,)
+
+    return call
 
 
 def _meta(value):

@@ -116,6 +116,13 @@ def channel_full_rank(weight_shape: Sequence[int]) -> int:
     return min(weight_shape[0], math.prod(weight_shape[1:]))
 
 
+def channel_decomposition_macs(weight_shape: Sequence[int], output_positions: int, rank: int) -> int:
+    """MACs of a layer (weight [C_out, C_in, *kernel], `output_positions` output positions per
+    channel) decomposed by the channel method at `rank`: a k x k conv (or linear) to `rank`
+    channels, then a 1 x 1 conv (linear) to C_out, both at the output positions."""
+    return rank * output_positions * (math.prod(weight_shape[1:]) + weight_shape[0])
+
+
 def channel_factors(weight: np.ndarray, rank: int, decomposition=None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """`(first (r, C_in, *kernel), second (C_out, r, 1, ...))`: the first layer keeps the

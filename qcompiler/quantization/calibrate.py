@@ -9,8 +9,8 @@ Quantization points are the fake_quant nodes, grouped by their scale constant
   channel when the node has an axis), min/max for other constants.
 - An activation point is set by the config's activation observer, fed with the
   float values at its input(s) for every calibration batch. The float graph (fake
-  quants bypassed) runs through the torch backend with those values as extra
-  outputs, so what is observed is exactly what the graph computes.
+  quants bypassed) runs node by node (`qcompiler.ir.evaluate`, the op table's torch
+  functions), so what is observed is exactly what the graph computes.
 - With `calibration_data=None`, activation ranges come from batch-norm statistics
   instead (`qcompiler.quantization.data_free`): mean +- sigmas * std per channel, passed through
   the fused ReLU/clamp, where a point sits on a layer that had a batch norm; other
@@ -32,15 +32,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
-from qcompiler.ir.ops import TORCH_DTYPES, WEIGHTED_OPS, ir_dtype
+from qcompiler.ir.evaluate import Evaluator, graph_runs, is_fake_quant
+from qcompiler.ir.ops import WEIGHTED_OPS
 from qcompiler.numerics.quant import choose_qparams
 from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.data_free import range_activations_data_free
 from qcompiler.quantization.observers import make_observer
-from qcompiler.quantization.quantizers import fake_quant_nodes, float_observation_graph, observed_name
+from qcompiler.quantization.quantizers import fake_quant_nodes, observed_name
 
 
 def scheme_of(node: Node) -> QScheme:
@@ -129,8 +130,6 @@ def calibrate(graph: Graph, calibration_data: Iterable | None, config: QuantConf
     activation_points = [p for p in points if p.activation_inputs]
     if activation_points:
         if calibration_data is None:
-            from qcompiler.quantization.data_free import range_activations_data_free
-
             range_activations_data_free(work, activation_points, statistics, sigmas)
         else:
             _observe(work, activation_points, calibration_data, progress)
@@ -165,99 +164,50 @@ def _check_constants_finite(graph: Graph) -> None:
                 f"{data.size} values; fix the model's parameters before quantizing")
 
 
+class _Observation(Evaluator):
+    """The float graph (fake quants bypassed) of one calibration run, feeding each observed
+    value to the observers of its points as it is computed."""
+
+    def __init__(self, graph: Graph, listeners: dict[str, list[QuantPoint]]):
+        super().__init__(graph, bypass=is_fake_quant)
+        self.listeners = listeners
+        self.index = 0  # the calibration batch being run, for messages
+
+    def store(self, value: Value, result) -> None:
+        super().store(value, result)
+        points = self.listeners.get(value.name)
+        if not points:
+            return
+        for tensor in result if isinstance(result, list) else [result]:
+            array = tensor.numpy()
+            if not np.isfinite(array).all():
+                where = value.producer.describe() if value.producer is not None else f"input %{value.name}"
+                raise QuantizationError(f"calibration batch {self.index}: {where} produced NaN or "
+                                        "Inf; check the model and the data for overflow")
+            for point in points:
+                point.observer.update(array)
+
+
 def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) -> None:
     from tqdm.auto import tqdm
 
-    from qcompiler.backends.torch import to_torch
-
-    observed = [v for p in points for v in p.activation_inputs]
-    probe, names = float_observation_graph(work, observed)
-    module = to_torch(probe, trainable=False)
     listeners: dict[str, list[QuantPoint]] = {}
     for point in points:
         for value in point.activation_inputs:
             listeners.setdefault(observed_name(value), []).append(point)
+    observed = [work.values[name] for name in listeners]
     if progress is None:
         progress = sys.stderr.isatty()
     total = len(calibration_data) if hasattr(calibration_data, "__len__") else None
+    observation = _Observation(work, listeners)
     count = 0
     for index, batch in enumerate(tqdm(calibration_data, desc="calibrating", total=total,
                                        disable=not progress)):
+        observation.index = index
         for inputs in graph_runs(batch, work, index):
-            with torch.no_grad():
-                results = module(*inputs)
-            results = results if isinstance(results, tuple) else (results,)
-            for name, tensor in zip(names, results, strict=True):
-                array = tensor.numpy()
-                if not np.isfinite(array).all():
-                    value = work.values[name]
-                    where = (value.producer.describe() if value.producer is not None
-                             else f"input %{name}")
-                    raise QuantizationError(f"calibration batch {index}: {where} produced NaN or "
-                                            "Inf; check the model and the data for overflow")
-                for point in listeners[name]:
-                    point.observer.update(array)
+            observation.run([inputs], observed)
         count += 1
     if count == 0:
         raise QuantizationError("calibration_data is empty: give at least one batch (a tensor, "
                                 "or a tuple with one tensor per graph input), or None for "
                                 "data-free calibration from batch-norm statistics")
-
-
-def graph_runs(batch, graph: Graph, index: int) -> list[list[torch.Tensor]]:
-    """One calibration batch as the input lists of the graph runs it takes.
-
-    The IR has static shapes, so a graph traced with batch size b runs b examples at a
-    time; a batch whose inputs all carry k * b examples along dimension 0 is cut into k
-    runs (e.g. 32-image calibration batches for a graph traced with one image).
-    """
-    tensors = batch_to_tensors(batch, graph, index, any_multiple=True)
-    if not tensors or tensors[0].dim() == 0 or not graph.inputs[0].shape:
-        return [tensors]
-    runs = tensors[0].shape[0] // graph.inputs[0].shape[0]
-    pieces = [torch.chunk(t, runs) for t in tensors]
-    return [[piece[run] for piece in pieces] for run in range(runs)]
-
-
-def batch_to_tensors(batch, graph: Graph, index: int, any_multiple: bool = False
-                     ) -> list[torch.Tensor]:
-    """Check one calibration batch against the graph inputs and convert it to tensors.
-
-    With `any_multiple`, dimension 0 of every input may be the same multiple of the
-    graph's (see `graph_batches`)."""
-    if isinstance(batch, (torch.Tensor, np.ndarray)):
-        batch = (batch,)
-    signature = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs)
-    if not isinstance(batch, (tuple, list)):
-        raise QuantizationError(f"calibration batch {index} is a {type(batch).__name__}; expected "
-                                f"a tensor or a tuple of tensors for the graph inputs ({signature})")
-    if len(batch) != len(graph.inputs):
-        raise QuantizationError(f"calibration batch {index} has {len(batch)} tensor(s) but graph "
-                                f"{graph.name} takes {len(graph.inputs)} input(s) ({signature})")
-    tensors, multiples = [], set()
-    for value, item in zip(graph.inputs, batch, strict=True):
-        tensor = torch.from_numpy(item) if isinstance(item, np.ndarray) else item
-        if not isinstance(tensor, torch.Tensor):
-            raise QuantizationError(f"calibration batch {index}: input %{value.name} is a "
-                                    f"{type(item).__name__}, expected a tensor of {value.type_str}")
-        dtype = ir_dtype(tensor.dtype) if tensor.dtype in TORCH_DTYPES.values() else str(tensor.dtype)
-        got = f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
-        if any_multiple and _is_batch_multiple(tensor, value, dtype):
-            multiples.add(tensor.shape[0] // value.shape[0])
-        elif got != value.type_str:
-            raise QuantizationError(f"calibration batch {index}: input %{value.name} expects "
-                                    f"{value.type_str}, got {got}")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise QuantizationError(f"calibration batch {index}: input %{value.name} contains NaN "
-                                    "or Inf")
-        tensors.append(tensor)
-    if len(multiples) > 1:
-        raise QuantizationError(f"calibration batch {index}: the inputs carry different numbers of "
-                                f"examples ({signature}); give every input the same batch size")
-    return tensors
-
-
-def _is_batch_multiple(tensor: torch.Tensor, value: Value, dtype: str) -> bool:
-    return (dtype == value.dtype and tensor.dim() == len(value.shape) > 0
-            and tuple(tensor.shape[1:]) == value.shape[1:] and value.shape[0] > 0
-            and tensor.shape[0] > 0 and tensor.shape[0] % value.shape[0] == 0)

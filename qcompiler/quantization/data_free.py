@@ -35,8 +35,9 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Value
-from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS, run_op
-from qcompiler.quantization.quantizers import float_observation_graph, observed_name
+from qcompiler.ir.evaluate import Evaluator, is_fake_quant
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS
+from qcompiler.quantization.quantizers import observed_name
 
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -60,29 +61,37 @@ def batchnorm_statistics(graph: Graph) -> Statistics:
     return statistics
 
 
+class _SyntheticRun(Evaluator):
+    """The float graph (fake quants bypassed) on random inputs, every value with `statistics`
+    renormalised to them as it is computed; `values` keeps every value by name."""
+
+    def __init__(self, graph: Graph, statistics: Statistics | None):
+        super().__init__(graph, bypass=is_fake_quant)
+        self.statistics = statistics or {}
+        self.values: dict[str, torch.Tensor] = {}
+
+    def store(self, value: Value, result) -> None:
+        if value.producer is not None and value.name in self.statistics:
+            statistics = self.statistics[value.name]
+            result = ([_renormalise(tensor, *statistics) for tensor in result]
+                      if isinstance(result, list) else _renormalise(result, *statistics))
+        self.values[value.name] = result[0] if isinstance(result, list) else result
+        super().store(value, result)
+
+
 def _run(graph: Graph, generator: torch.Generator, statistics: Statistics | None = None
          ) -> dict[str, torch.Tensor]:
-    """Run `graph` node by node on random inputs; values with `statistics` are renormalised."""
-    env: dict[int, torch.Tensor] = {}
+    """Every value of `graph` (fake quants bypassed) on random inputs, by name; values with
+    `statistics` are renormalised."""
+    inputs = []
     for value in graph.inputs:
         if value.dtype != "f32":
             raise QuantizationError(f"data-free calibration synthesizes float inputs only, but graph "
                                     f"input %{value.name} is {value.type_str}; pass calibration_data")
-        env[id(value)] = torch.randn(value.shape, generator=generator)
-    for value in graph.constants:
-        env[id(value)] = torch.from_numpy(value.data)
-    results = {}
-    with torch.no_grad():
-        for node in graph:
-            outputs = run_op(node.op, [None if v is None else env[id(v)] for v in node.inputs],
-                             node.attrs)
-            for value, tensor in zip(node.outputs, outputs, strict=True):
-                if statistics is not None and value.name in statistics:
-                    tensor = _renormalise(tensor, *statistics[value.name])
-                env[id(value)] = tensor
-    for value in [*graph.inputs, *(v for node in graph for v in node.outputs)]:
-        results[value.name] = env[id(value)]
-    return results
+        inputs.append(torch.randn(value.shape, generator=generator))
+    run = _SyntheticRun(graph, statistics)
+    run.run([inputs], [v for node in graph for v in node.outputs])
+    return run.values
 
 
 def _per_channel(tensor: torch.Tensor) -> np.ndarray:
@@ -161,10 +170,9 @@ def range_activations_data_free(work: Graph, points: list, statistics: Statistic
             pending.append(point)
     if not pending:
         return
-    probe, _ = float_observation_graph(work, [v for p in pending for v in p.activation_inputs])
     generator = torch.Generator().manual_seed(seed)
     for _ in range(batches):
-        values = _run(probe, generator, statistics)
+        values = _run(work, generator, statistics)
         for point in pending:
             for value in point.activation_inputs:
                 point.observer.update(values[observed_name(value)].numpy())

@@ -14,7 +14,7 @@ import numpy as np
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only, optional_input
-from qcompiler.ir.ops import FAKE_QUANT_OPS, ops_where
+from qcompiler.ir.ops import ops_where
 
 # Weighted ops that integer lowering runs with an int32 bias (it runs conv_transpose2d in float).
 INTEGER_BIAS_OPS = ops_where(category="weighted", requantizing=True)
@@ -46,23 +46,6 @@ def observed_name(value: Value) -> str:
     while value.producer is not None and value.producer.op == "fake_quant":
         value = value.producer.inputs[0]
     return value.name
-
-
-def float_observation_graph(graph: Graph, observed: list[Value]) -> tuple[Graph, list[str]]:
-    """A float copy of `graph` (fake_quant and fake_quant_bias nodes bypassed) whose outputs
-    are the `observed` values; returns it and the output names, deduplicated, in order."""
-    probe = graph.copy()
-    for node in list(probe):
-        if node.op in FAKE_QUANT_OPS:
-            probe.replace_all_uses(node.output, node.inputs[0])
-            probe.remove_node(node)
-    names = []
-    for value in observed:
-        if observed_name(value) not in names:
-            names.append(observed_name(value))
-    probe.outputs = [probe.values[name] for name in names]
-    probe.remove_unused_constants()
-    return probe, names
 
 
 def source_fake_quants(value: Value) -> list[Node]:

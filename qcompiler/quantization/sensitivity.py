@@ -58,9 +58,9 @@ import torch
 from qcompiler.analysis import metrics
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node
-from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, run_op
+from qcompiler.ir.evaluate import evaluate, graph_inputs
+from qcompiler.ir.ops import FUSABLE_ACTIVATIONS
 from qcompiler.numerics.quant import sqnr_db
-from qcompiler.quantization.calibrate import batch_to_tensors
 from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.quantizers import fake_quant_nodes, require_calibrated
 
@@ -192,23 +192,12 @@ def _group_head(node: Node) -> tuple[Node, tuple[str, ...]]:
 
 def run_with_quantizers(graph: Graph, inputs: list[torch.Tensor], enabled: set[str]) -> list[np.ndarray]:
     """The graph's outputs with only the fake_quant nodes named in `enabled` applied."""
-    env: dict[int, torch.Tensor] = {id(v): x for v, x in zip(graph.inputs, inputs, strict=True)}
 
-    def get(value):
-        if value is None:
-            return None
-        return torch.from_numpy(value.data) if value.is_constant else env[id(value)]
+    def bypassed(node: Node) -> bool:
+        return (node.op == "fake_quant" and node.name not in enabled
+                or node.op == "fake_quant_bias" and not _bias_quantizer_on(node, enabled))
 
-    with torch.no_grad():
-        for node in graph:
-            if node.op == "fake_quant" and node.name not in enabled \
-                    or node.op == "fake_quant_bias" and not _bias_quantizer_on(node, enabled):
-                env[id(node.output)] = get(node.inputs[0])
-                continue
-            results = run_op(node.op, [get(v) for v in node.inputs], node.attrs)
-            for value, result in zip(node.outputs, results, strict=True):
-                env[id(value)] = result
-    return [get(v).numpy() for v in graph.outputs]
+    return [output.numpy() for output in evaluate(graph, inputs, bypass=bypassed)]
 
 
 def _bias_quantizer_on(node: Node, enabled: set[str]) -> bool:
@@ -243,7 +232,7 @@ def sensitivity_analysis(quantized_graph: Graph, calibration_data: Iterable, *, 
     for index, batch in enumerate(calibration_data):
         if max_batches is not None and index >= max_batches:
             break
-        batches.append(batch_to_tensors(batch, quantized_graph, index))
+        batches.append(graph_inputs(batch, quantized_graph, index))
     if not batches:
         raise QuantizationError("sensitivity_analysis: calibration_data is empty; give at least one batch")
     layers = quantized_layers(quantized_graph)

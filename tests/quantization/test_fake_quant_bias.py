@@ -10,6 +10,7 @@ from qcompiler.backends.simulation_agreement import compare_with_simulation
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.ir.edit import layer_bias, set_layer_bias
+from qcompiler.ir.evaluate import evaluate, is_fake_quant
 from qcompiler.ir.ops import run_op
 from qcompiler.numerics.integer_params import bias_scales, fake_quantize_bias, quantize_bias
 from qcompiler.passes import insert_fake_quant, lower_to_integer
@@ -17,7 +18,6 @@ from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QScheme, QuantConfig
 from qcompiler.quantization.quantizers import (
     fake_quant_problems,
-    float_observation_graph,
     quantize_layer_bias,
 )
 
@@ -106,14 +106,18 @@ def test_no_fake_quant_bias_where_lowering_keeps_the_bias_float():
 
 
 def test_simulation_adds_the_grid_of_the_calibrated_scales_and_follows_bias_changes():
-    graph = insert_fake_quant(conv_linear_graph(bias_gain=3.0)).graph
-    probe, _ = float_observation_graph(graph, [graph.values["conv"]])
-    assert all(node.op != "fake_quant_bias" for node in probe)  # calibration observes float
+    float_graph = conv_linear_graph(bias_gain=3.0)
+    graph = insert_fake_quant(float_graph.copy()).graph
+    # Calibration observes the float graph: with the quantizers bypassed (fake_quant_bias
+    # among them) the conv output is the float conv's, bit for bit.
+    x = batches(1, seed=5)[0]
+    observed, = evaluate(graph, [x], [graph.values["conv"]], bypass=is_fake_quant)
+    expected, = evaluate(float_graph, [x], [float_graph.values["conv"]])
+    assert torch.equal(observed, expected)
     calibrated = calibrate(graph, batches(), progress=False)
     conv = calibrated.values["conv"].producer
     scales = calibrated.values["x.fq"].qparams.scale, conv.inputs[1].producer.inputs[1].data
     bias = layer_bias(conv).data
-    x = batches(1, seed=5)[0]
 
     def simulated_conv(bias_data: np.ndarray) -> np.ndarray:
         """The simulated conv output (before relu) with `bias_data` set as set_layer_bias does."""
