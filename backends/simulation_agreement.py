@@ -12,23 +12,21 @@ Two measures per quantized activation, in quantization steps:
   `local_agreement_by_op` sums these per op type, most differing first;
   `perturbation_spread` measures how far one step at one element reaches the outputs.
 
-`run_model_on_interpreter` is the `qcompiler run MODEL --backend interpreter`
-command's body: quantize a module, lower it, run it and print the agreement.
+`qcompiler.run_model.run_model_on_interpreter` (the `qcompiler run MODEL --backend
+interpreter` command) prints these measures for a model.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import TextIO
 
 import numpy as np
 import torch
 
 from qcompiler.backends.interpreter import Interpreter
 from qcompiler.backends.torch import to_torch
-from qcompiler.errors import IntegerOnlyError
 from qcompiler.ir import Graph
+from qcompiler.quantization.lowering import lower_with_origins
 
 
 @dataclass(frozen=True)
@@ -124,12 +122,10 @@ class SimulationComparison:
 
     def __init__(self, fake_quant_graph: Graph, *, target: str = "generic", strict: bool = True,
                  precision: str = "float32"):
-        from qcompiler.passes.lower_to_integer import lower_with_origins
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        result, self.origins = lower_with_origins(fake_quant_graph, target=target, strict=strict)
-        self.integer_graph, self.notes, self.strict = result.graph, list(result.notes), strict
+        state, self.origins = lower_with_origins(fake_quant_graph, target=target, strict=strict)
+        self.integer_graph, self.notes, self.strict = state.new, list(state.notes), strict
         self.dtype = PRECISIONS[precision]
         self.steps = {name: fake_quant_graph.values[name].qparams for name in self.origins}
         self.outputs = len(fake_quant_graph.outputs)
@@ -229,68 +225,3 @@ def _local_results(interpreter: Interpreter, inputs: tuple, simulated_ints: dict
             reference = simulated_ints.get(value.name)
             env[value.name] = result if reference is None else reference.astype(result.dtype)
     return local
-
-
-def _calibration_batches(example_inputs: tuple, count: int, seed: int) -> list[tuple]:
-    """The example inputs and `count - 1` random batches like them (normal noise for float
-    inputs, integers drawn from the example's range for integer inputs)."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = [tuple(example_inputs)]
-    for _ in range(count - 1):
-        batch = []
-        for tensor in example_inputs:
-            if tensor.is_floating_point():
-                batch.append(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
-            else:
-                low, high = int(tensor.min()), int(tensor.max())
-                batch.append(torch.randint(low, high + 1, tensor.shape, generator=generator,
-                                           dtype=tensor.dtype))
-        batches.append(tuple(batch))
-    return batches
-
-
-def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
-                             calibration_batches: int = 4, strict: bool | None = None,
-                             seed: int = 0, out: TextIO | None = None) -> Agreement:
-    """Quantize `module` (int8 preset, calibrated on the example inputs plus random batches like
-    them), lower it, run it on the example inputs, and print the outputs and their agreement
-    with float and with fake-quant simulation. strict=None tries an integer-only lowering and
-    falls back to float islands (strict=False) if the model needs them, saying so."""
-    import qcompiler as qc
-
-    out = out or sys.stdout
-    batches = _calibration_batches(example_inputs, calibration_batches, seed)
-    fake_quant = qc.quantize(module, batches, bias_correction=False, example_inputs=example_inputs,
-                             progress=False)
-    modes = [strict] if strict is not None else [True, False]
-    for mode in modes:
-        try:
-            agreement = compare_with_simulation(fake_quant, example_inputs, strict=mode,
-                                                precision="float64")
-            break
-        except IntegerOnlyError as error:
-            if mode is modes[-1]:
-                raise
-            out.write(f"not integer-only: {error}\nretrying with float fall backs (strict=False)\n")
-    with torch.no_grad():
-        reference = module(*example_inputs)
-    reference = reference if isinstance(reference, tuple) else (reference,)
-    for note in agreement.notes:
-        out.write(f"lowering: {note}\n")
-    for difference, ours, float_out in zip(agreement.outputs, agreement.interpreter_outputs,
-                                           reference, strict=True):
-        float_out = float_out.numpy()
-        out.write(f"output %{difference.name}: {list(ours.shape)}\n")
-        with np.printoptions(precision=4, suppress=True, threshold=20, edgeitems=3):
-            out.write(f"  interpreter: {ours.reshape(-1)[:8]}\n")
-        out.write(f"  vs fake-quant simulation (exact): max {difference.max_steps:.3g} step(s), "
-                  f"{difference.differing:.2%} of {difference.elements} elements differ\n")
-        out.write(f"  vs float: max |difference| {np.abs(ours - float_out).max():.4g}")
-        if ours.ndim == 2:
-            agree = float((ours.argmax(1) == float_out.argmax(1)).mean())
-            out.write(f", top-1 agreement {agree:.1%}")
-        out.write("\n")
-    local = max((layer.local.differing for layer in agreement.layers), default=0.0)
-    out.write(f"layers: {len(agreement.layers)} quantized activations; worst local disagreement "
-              f"(each op on the simulation's inputs) {local:.3%} of elements\n")
-    return agreement

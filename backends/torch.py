@@ -29,6 +29,7 @@ from torch import fx, nn
 
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import FAKE_QUANT_OPS, LOOKUP_OPS, OPS, attrs_with_defaults
+from qcompiler.quantization.lowering import FALLBACK_OPS
 from qcompiler.quantization.quantizers import require_calibrated
 
 # Ops whose constant inputs 1 and 2 (weight and bias, by the ops' input order) are
@@ -40,8 +41,7 @@ _TRAINABLE_CATEGORIES = {"weighted", "norm"}
 # Ops an exact module still runs in float32: those the integer path evaluates in float32 (lookup
 # tables are built from float32 evaluations; float fall backs run in float32), so the float64
 # simulation feeds the next quantization point the interpreter's very numbers. Single-output ops.
-FLOAT32_IN_EXACT = LOOKUP_OPS | {"softmax", "layer_norm", "batch_norm",
-                                            "conv_transpose2d", "resize"}
+FLOAT32_IN_EXACT = LOOKUP_OPS | FALLBACK_OPS
 
 # Ops whose torch function returns a tuple even when the node has one output
 # (`split` into a single piece).

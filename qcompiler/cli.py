@@ -339,7 +339,7 @@ def to_torch_module(graph: Graph, exact: bool = False):
 
 
 def run_on_backend(args, out: TextIO) -> int:
-    from qcompiler.backends.simulation_agreement import run_model_on_interpreter
+    from qcompiler.run_model import run_model_on_interpreter
 
     loaded = load_model(args.model)
     strict = {"auto": None, "yes": True, "no": False}[args.strict]

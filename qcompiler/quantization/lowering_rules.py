@@ -1,8 +1,9 @@
 """The rules of integer lowering for accumulating and elementwise ops, and the pieces every
 rule shares (pooling and data movement are in `qcompiler.quantization.lowering_rules_layout`; the
-table from op to rule is `qcompiler.passes.lower_to_integer.RULES`).
+table from op to rule is `qcompiler.quantization.lowering.RULES`).
 
-A rule takes the lowering state and an old node. It either emits the integer op(s)
+A rule takes the lowering state (`qcompiler.quantization.lowering_state.LoweringState`) and an
+old node. It either emits the integer op(s)
 for the node, marks the relu/clamp chain and fake_quant it folded in as consumed,
 and returns None; or it emits nothing and returns why the node has no integer
 form here (the driver then falls back to float, or refuses in strict mode).
@@ -31,6 +32,7 @@ from qcompiler.numerics.integer_params import (
     weighted_multipliers,
 )
 from qcompiler.numerics.quant import fake_quantize, quantize
+from qcompiler.quantization.lowering_state import LoweringState, fake_quant_qparams, integer_dtype
 
 # The integer ops that end in a requantization (spec section 3: round half up; lookups,
 # embeddings and quantize do not): the op table's `requantizing` integer ops.
@@ -40,36 +42,11 @@ _REQUANTIZING_INTEGER_OPS = ops_where(category="integer", requantizing=True)
 # ---- shared pieces ---------------------------------------------------------------------------
 
 
-def integer_dtype(qparams: QParams, what: str) -> str:
-    """The storage dtype of a quantized tensor (spec section 1)."""
-    if qparams.bits <= 8:
-        return "i8" if qparams.signed else "u8"
-    if qparams.signed and qparams.bits <= 16:
-        return "i16"
-    raise QuantizationError(f"{what} is {'' if qparams.signed else 'un'}signed {qparams.bits}-bit; "
-                            "integer lowering stores up to 8 bits, or 16 bits signed "
-                            "(QScheme(16, signed=True))")
-
-
-def fake_quant_qparams(node: Node) -> QParams:
-    """The quantization parameters of a calibrated fake_quant node, from its constants (the
-    source of truth), checked: finite, positive scales."""
-    scale, zero_point = node.inputs[1].data, node.inputs[2].data
-    bad = ~np.isfinite(scale) | (scale <= 0)
-    if bad.any():
-        raise QuantizationError(f"{node.describe()} has scale {scale[bad][0]!r}: a scale must be "
-                                "finite and > 0 for integer lowering; recalibrate (a zero scale "
-                                "comes from a quantization point that saw no range)")
-    attrs = node.attrs
-    return QParams(scale, zero_point, attrs.get("bits", 8), attrs.get("signed", True),
-                   attrs.get("axis"), attrs.get("narrow_range", False))
-
-
-def fused_chain(lowering, value: Value) -> tuple[list[Node], Node] | None:
+def fused_chain(state: LoweringState, value: Value) -> tuple[list[Node], Node] | None:
     """The relu/clamp nodes that follow `value` one after the other, each the only user of the
     value before it, ending in the fake_quant that quantizes the result; None if there is none."""
-    chain, last = single_user_chain(lowering.old, value, lambda user: user.op in FUSABLE_ACTIVATIONS)
-    if last in lowering.old.outputs or len(last.users) != 1:
+    chain, last = single_user_chain(state.old, value, lambda user: user.op in FUSABLE_ACTIVATIONS)
+    if last in state.old.outputs or len(last.users) != 1:
         return None
     user = last.users[0]
     return (chain, user) if user.op == "fake_quant" and user.inputs[0] is last else None
@@ -97,28 +74,28 @@ def multiplier(real: float, node: Node) -> tuple[int, int]:
         raise QuantizationError(f"{node.describe()}: {error}") from None
 
 
-def finish(lowering, node: Node, chain: list[Node], fake_quant: Node, result: Value) -> None:
-    lowering.consumed.update(id(n) for n in [*chain, fake_quant])
-    lowering.set_int(fake_quant.output, result, fake_quant_qparams(fake_quant))
-    check_rounding(lowering, fake_quant, result.producer.op if result.producer is not None else "")
+def finish(state: LoweringState, node: Node, chain: list[Node], fake_quant: Node, result: Value) -> None:
+    state.consume([*chain, fake_quant])
+    state.set_int(fake_quant.output, result, fake_quant_qparams(fake_quant))
+    check_rounding(state, fake_quant, result.producer.op if result.producer is not None else "")
 
 
-def check_rounding(lowering, fake_quant: Node, integer_op: str) -> None:
+def check_rounding(state: LoweringState, fake_quant: Node, integer_op: str) -> None:
     """Note a fake_quant whose `rounding` is not the rule of the integer op that computes its
     value: a float64 simulation would then round that point differently (rarely: at ties)."""
     if integer_op == "qconcat":  # copies (its differing inputs were requantized before it)
         return
     expected = "half_up" if integer_op in _REQUANTIZING_INTEGER_OPS else "half_to_even"
     if fake_quant.attrs.get("rounding", "half_to_even") != expected:
-        lowering.notes.append(f"{fake_quant.describe()} has rounding="
+        state.notes.append(f"{fake_quant.describe()} has rounding="
                               f"{fake_quant.attrs.get('rounding', 'half_to_even')!r} but its value "
                               f"comes from {integer_op} ({expected}); re-run insert_fake_quant for a "
                               "float64 simulation that rounds as the integer path does")
 
 
-def quantized_output(lowering, node: Node):
+def quantized_output(state: LoweringState, node: Node):
     """(chain, fake_quant, output qparams) after `node`, or a reason string."""
-    found = fused_chain(lowering, node.output) if len(node.outputs) == 1 else None
+    found = fused_chain(state, node.output) if len(node.outputs) == 1 else None
     if found is None:
         return "its output is not quantized (no fake_quant follows it, after relu/clamp)"
     chain, fake_quant = found
@@ -128,10 +105,10 @@ def quantized_output(lowering, node: Node):
     return chain, fake_quant, qparams
 
 
-def int_inputs(lowering, node: Node, indices) -> list[Value] | str:
+def int_inputs(state: LoweringState, node: Node, indices) -> list[Value] | str:
     values = []
     for index in indices:
-        integer = lowering.as_int(node.inputs[index])
+        integer = state.as_int(node.inputs[index])
         if integer is None:
             return f"its input %{node.inputs[index].name} is not quantized"
         if integer.qparams.axis is not None:
@@ -140,14 +117,14 @@ def int_inputs(lowering, node: Node, indices) -> list[Value] | str:
     return values
 
 
-def quantized_operands(lowering, node: Node, indices):
+def quantized_operands(state: LoweringState, node: Node, indices):
     """(integer inputs at `indices`, (chain, fake_quant, output qparams)) of a node whose
     operands and output are quantized per tensor, or the reason string of the first that is
     not (`int_inputs`, then `quantized_output`)."""
-    inputs = int_inputs(lowering, node, indices)
+    inputs = int_inputs(state, node, indices)
     if isinstance(inputs, str):
         return inputs
-    found = quantized_output(lowering, node)
+    found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     return inputs, found
@@ -161,8 +138,8 @@ def zero_point_of(value: Value) -> int:
     return int(value.qparams.zero_point[0])
 
 
-def emit_requantize(lowering, integer: Value, qparams: QParams, activations: list[Node], name: str,
-                    node: Node, real_multiplier: float | None = None) -> Value:
+def emit_requantize(state: LoweringState, integer: Value, qparams: QParams, activations: list[Node],
+                    name: str, node: Node, real_multiplier: float | None = None) -> Value:
     """requantize `integer` to `qparams` (M = s_in / s_out unless given), clamps folded in;
     `node` is the old node it stands for (for messages and the source location)."""
     real = real_multiplier if real_multiplier is not None else \
@@ -170,7 +147,7 @@ def emit_requantize(lowering, integer: Value, qparams: QParams, activations: lis
     m0, shift = multiplier(real, node)
     attrs = {"input_zero_point": zero_point_of(integer), "multiplier": m0, "shift": shift,
              **output_attrs(qparams, activations, node.describe())}
-    result = lowering.emit("requantize", [integer], attrs, name, node.source).output
+    result = state.emit("requantize", [integer], attrs, name, node.source).output
     result.qparams = qparams
     return result
 
@@ -178,8 +155,8 @@ def emit_requantize(lowering, integer: Value, qparams: QParams, activations: lis
 # ---- accumulating ops -------------------------------------------------------------------------
 
 
-def lower_weighted(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0])
+def lower_weighted(state: LoweringState, node: Node):
+    inputs = int_inputs(state, node, [0])
     if isinstance(inputs, str):
         return inputs
     x = inputs[0]
@@ -189,7 +166,7 @@ def lower_weighted(lowering, node: Node):
     bias = layer_bias(node)
     if bias is not None and not bias.is_constant:
         return "its bias is not a constant"
-    found = quantized_output(lowering, node)
+    found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     chain, fake_quant, out_q = found
@@ -198,7 +175,7 @@ def lower_weighted(lowering, node: Node):
         return "its weight is quantized asymmetrically; integer ops need zero_point 0 (spec section 1)"
     if w_q.axis not in (None, 0):
         return f"its weight is quantized along axis {w_q.axis}, not the output channels"
-    _check_target(lowering.target, node, x.qparams, w_q)
+    _check_target(state.target, node, x.qparams, w_q)
     _check_bias_grid(node, x, w_q)
     weight = weight_fq.inputs[0].data
     channels = weight.shape[0]
@@ -207,20 +184,20 @@ def lower_weighted(lowering, node: Node):
     bias_q, saturated = quantize_bias(None if bias is None else bias.data, scale_of(x), weight_scales,
                                       channels)
     if saturated:
-        lowering.notes.append(f"{node.describe()}: {saturated} bias value(s) saturated to int32")
+        state.notes.append(f"{node.describe()}: {saturated} bias value(s) saturated to int32")
     try:
         m0, shift = weighted_multipliers(scale_of(x), weight_scales, float(out_q.scale[0]))
     except ValueError as error:
         raise QuantizationError(f"{node.describe()}: {error}") from None
     name = node.name
-    constants = [lowering.constant(f"{name}.weight_q", weight_q, integer_dtype(w_q, weight_fq.describe())),
-                 lowering.constant(f"{name}.bias_q", bias_q, "i32"),
-                 lowering.constant(f"{name}.multiplier", m0, "i32"),
-                 lowering.constant(f"{name}.shift", shift, "i32")]
+    constants = [state.constant(f"{name}.weight_q", weight_q, integer_dtype(w_q, weight_fq.describe())),
+                 state.constant(f"{name}.bias_q", bias_q, "i32"),
+                 state.constant(f"{name}.multiplier", m0, "i32"),
+                 state.constant(f"{name}.shift", shift, "i32")]
     attrs = deepcopy(node.attrs)
     attrs.update(input_zero_point=zero_point_of(x), **output_attrs(out_q, chain, node.describe()))
-    result = lowering.emit(f"q{node.op}", [x, *constants], attrs, name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    result = state.emit(f"q{node.op}", [x, *constants], attrs, name, node.source).output
+    finish(state, node, chain, fake_quant, result)
     return None
 
 
@@ -260,12 +237,12 @@ def _check_target(target: str, node: Node, x_q: QParams, w_q: QParams) -> None:
             "quantize with QuantConfig(activation=QScheme(8, signed=True))")
 
 
-def lower_matmul(lowering, node: Node):
-    return _lower_product(lowering, node, "qmatmul")
+def lower_matmul(state: LoweringState, node: Node):
+    return _lower_product(state, node, "qmatmul")
 
 
-def lower_add(lowering, node: Node):
-    found = quantized_operands(lowering, node, [0, 1])
+def lower_add(state: LoweringState, node: Node):
+    found = quantized_operands(state, node, [0, 1])
     if isinstance(found, str):
         return found
     (a, b), (chain, fake_quant, out_q) = found
@@ -276,25 +253,25 @@ def lower_add(lowering, node: Node):
         raise QuantizationError(f"{node.describe()}: {error}") from None
     attrs = {"a_zero_point": zero_point_of(a), "a_multiplier": ka, "b_zero_point": zero_point_of(b),
              "b_multiplier": kb, "shift": shift, **output_attrs(out_q, chain, node.describe())}
-    result = lowering.emit("qadd", [a, b], attrs, node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    result = state.emit("qadd", [a, b], attrs, node.name, node.source).output
+    finish(state, node, chain, fake_quant, result)
 
 
-def lower_mul(lowering, node: Node):
-    return _lower_product(lowering, node, "qmul")
+def lower_mul(state: LoweringState, node: Node):
+    return _lower_product(state, node, "qmul")
 
 
-def _lower_product(lowering, node: Node, integer_op: str):
+def _lower_product(state: LoweringState, node: Node, integer_op: str):
     """matmul and elementwise mul: (a - za)(b - zb) accumulated, requantized by s_a s_b / s_out."""
-    found = quantized_operands(lowering, node, [0, 1])
+    found = quantized_operands(state, node, [0, 1])
     if isinstance(found, str):
         return found
     (a, b), (chain, fake_quant, out_q) = found
     m0, shift = multiplier(float(np.float64(scale_of(a)) * scale_of(b) / np.float64(out_q.scale[0])), node)
     attrs = {"a_zero_point": zero_point_of(a), "b_zero_point": zero_point_of(b), "multiplier": m0,
              "shift": shift, **output_attrs(out_q, chain, node.describe())}
-    result = lowering.emit(integer_op, [a, b], attrs, node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    result = state.emit(integer_op, [a, b], attrs, node.name, node.source).output
+    finish(state, node, chain, fake_quant, result)
     return None
 
 
@@ -312,42 +289,42 @@ def _constant_divisor(value: Value) -> float | None:
     return float(flat[0]) if flat.size and (flat == flat[0]).all() else None
 
 
-def lower_div(lowering, node: Node):
+def lower_div(state: LoweringState, node: Node):
     """x / c for a constant scalar c > 0: a requantize with M = s_x / (c * s_out). A refinement
     of the spec (section 5 has no div): one rounding, as for every requantization."""
-    inputs = int_inputs(lowering, node, [0])
+    inputs = int_inputs(state, node, [0])
     if isinstance(inputs, str):
         return inputs
     divisor = _constant_divisor(node.inputs[1])
     if divisor is None or not divisor > 0 or not math.isfinite(divisor):
         return "only division by a positive constant scalar has an integer form"
-    found = quantized_output(lowering, node)
+    found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     chain, fake_quant, out_q = found
     real = float(np.float64(scale_of(inputs[0])) / (np.float64(divisor) * np.float64(out_q.scale[0])))
-    result = emit_requantize(lowering, inputs[0], out_q, chain, node.name, node, real)
-    finish(lowering, node, chain, fake_quant, result)
+    result = emit_requantize(state, inputs[0], out_q, chain, node.name, node, real)
+    finish(state, node, chain, fake_quant, result)
 
 
-def lower_activation(lowering, node: Node):
+def lower_activation(state: LoweringState, node: Node):
     """A relu/clamp that was not fused into a producer: requantize with its clamp."""
-    found = quantized_operands(lowering, node, [0])
+    found = quantized_operands(state, node, [0])
     if isinstance(found, str):
         return found
     inputs, (chain, fake_quant, out_q) = found
-    result = emit_requantize(lowering, inputs[0], out_q, [node, *chain], node.name, node)
-    finish(lowering, node, chain, fake_quant, result)
+    result = emit_requantize(state, inputs[0], out_q, [node, *chain], node.name, node)
+    finish(state, node, chain, fake_quant, result)
 
 
-def lower_lookup(lowering, node: Node):
-    inputs = int_inputs(lowering, node, [0])
+def lower_lookup(state: LoweringState, node: Node):
+    inputs = int_inputs(state, node, [0])
     if isinstance(inputs, str):
         return inputs
     x = inputs[0]
     if x.qparams.bits > 8:
         return f"its input is {x.qparams.bits}-bit; lookup tables are built for up to 8 bits"
-    found = quantized_output(lowering, node)
+    found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     chain, fake_quant, out_q = found
@@ -360,7 +337,7 @@ def lower_lookup(lowering, node: Node):
 
     table = lookup_table(function, scale_of(x), zero_point_of(x), (x.qparams.qmin, x.qparams.qmax),
                          float(out_q.scale[0]), int(out_q.zero_point[0]), (out_q.qmin, out_q.qmax))
-    table = lowering.constant(f"{node.name}.table", table, integer_dtype(out_q, node.describe()))
-    result = lowering.emit("qlookup", [x, table], {"input_min": x.qparams.qmin}, node.name,
+    table = state.constant(f"{node.name}.table", table, integer_dtype(out_q, node.describe()))
+    result = state.emit("qlookup", [x, table], {"input_min": x.qparams.qmin}, node.name,
                            node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    finish(state, node, chain, fake_quant, result)

@@ -1,6 +1,6 @@
 """Integer lowering rules for pooling, data movement, concat and embedding (the accumulating
 and elementwise rules are in `qcompiler.quantization.lowering_rules`; the table of both is
-`qcompiler.passes.lower_to_integer.RULES`).
+`qcompiler.quantization.lowering.RULES`).
 
 Ops that only move or select values run on the integers and keep their input's
 quantization parameters (spec section 6); average pooling sums zero-point-corrected
@@ -19,11 +19,9 @@ from qcompiler.numerics.integer_params import average_multipliers
 from qcompiler.numerics.quant import quantize
 from qcompiler.quantization.lowering_rules import (
     emit_requantize,
-    fake_quant_qparams,
     finish,
     fused_chain,
     int_inputs,
-    integer_dtype,
     multiplier,
     output_attrs,
     quantized_operands,
@@ -31,6 +29,7 @@ from qcompiler.quantization.lowering_rules import (
     scale_of,
     zero_point_of,
 )
+from qcompiler.quantization.lowering_state import LoweringState, fake_quant_qparams, integer_dtype
 
 
 def _positive_dims(dims, rank: int) -> list[int]:
@@ -38,17 +37,17 @@ def _positive_dims(dims, rank: int) -> list[int]:
     return sorted(d % rank for d in dims)
 
 
-def lower_avg_pool(lowering, node: Node):
-    found = quantized_operands(lowering, node, [0])
+def lower_avg_pool(state: LoweringState, node: Node):
+    found = quantized_operands(state, node, [0])
     if isinstance(found, str):
         return found
     (x,), (chain, fake_quant, out_q) = found
     attrs = deepcopy(node.attrs)
-    _emit_avg_pool(lowering, node, x, f"q{node.op}", attrs, chain, fake_quant, out_q)
+    _emit_avg_pool(state, node, x, f"q{node.op}", attrs, chain, fake_quant, out_q)
     return None
 
 
-def _emit_avg_pool(lowering, node, x, op, attrs, chain, fake_quant, out_q) -> None:
+def _emit_avg_pool(state: LoweringState, node, x, op, attrs, chain, fake_quant, out_q) -> None:
     windows = int(np.prod(attrs["kernel_size"]))
     try:
         multipliers, shifts = average_multipliers(scale_of(x), float(out_q.scale[0]), windows)
@@ -56,34 +55,34 @@ def _emit_avg_pool(lowering, node, x, op, attrs, chain, fake_quant, out_q) -> No
         raise QuantizationError(f"{node.describe()}: {error}") from None
     attrs.update(input_zero_point=zero_point_of(x), multipliers=multipliers, shifts=shifts,
                  **output_attrs(out_q, chain, node.describe()))
-    result = lowering.emit(op, [x], attrs, node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    result = state.emit(op, [x], attrs, node.name, node.source).output
+    finish(state, node, chain, fake_quant, result)
 
 
-def _emit_mean(lowering, node, x, dims, keepdim, chain, fake_quant, out_q) -> None:
+def _emit_mean(state: LoweringState, node, x, dims, keepdim, chain, fake_quant, out_q) -> None:
     count = int(np.prod([x.shape[d] for d in dims]))
     m0, shift = multiplier(float(np.float64(scale_of(x)) / (np.float64(out_q.scale[0]) * count)), node)
     attrs = {"dim": dims, "keepdim": keepdim, "input_zero_point": zero_point_of(x), "multiplier": m0,
              "shift": shift, **output_attrs(out_q, chain, node.describe())}
-    result = lowering.emit("qmean", [x], attrs, node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    result = state.emit("qmean", [x], attrs, node.name, node.source).output
+    finish(state, node, chain, fake_quant, result)
 
 
-def lower_mean(lowering, node: Node):
-    found = quantized_operands(lowering, node, [0])
+def lower_mean(state: LoweringState, node: Node):
+    found = quantized_operands(state, node, [0])
     if isinstance(found, str):
         return found
     (x,), (chain, fake_quant, out_q) = found
     dims = _positive_dims(node.attrs["dim"], len(x.shape))
-    _emit_mean(lowering, node, x, dims, bool(node.attrs.get("keepdim", False)), chain, fake_quant,
+    _emit_mean(state, node, x, dims, bool(node.attrs.get("keepdim", False)), chain, fake_quant,
                out_q)
     return None
 
 
-def lower_adaptive_avg_pool(lowering, node: Node):
+def lower_adaptive_avg_pool(state: LoweringState, node: Node):
     """Output size 1: a global mean (qmean). Output sizes that divide the input: fixed windows
     (qavg_pool). Other sizes have windows of varying extent: no integer rule here."""
-    found = quantized_operands(lowering, node, [0])
+    found = quantized_operands(state, node, [0])
     if isinstance(found, str):
         return found
     (x,), (chain, fake_quant, out_q) = found
@@ -94,21 +93,21 @@ def lower_adaptive_avg_pool(lowering, node: Node):
     sizes = [i if s is None else s for s, i in zip(sizes, in_sizes, strict=True)]
     if all(s == 1 for s in sizes):
         dims = list(range(len(x.shape) - spatial, len(x.shape)))
-        _emit_mean(lowering, node, x, dims, True, chain, fake_quant, out_q)
+        _emit_mean(state, node, x, dims, True, chain, fake_quant, out_q)
         return None
     if any(i % s for i, s in zip(in_sizes, sizes, strict=True)):
         return f"adaptive pooling from {in_sizes} to {sizes} has windows of varying size"
     kernel = [i // s for i, s in zip(in_sizes, sizes, strict=True)]
     attrs = {"kernel_size": kernel, "stride": kernel, "padding": [0] * spatial, "ceil_mode": False,
              "count_include_pad": True}
-    _emit_avg_pool(lowering, node, x, f"qavg_pool{spatial}d", attrs, chain, fake_quant, out_q)
+    _emit_avg_pool(state, node, x, f"qavg_pool{spatial}d", attrs, chain, fake_quant, out_q)
     return None
 
 
-def lower_moving(lowering, node: Node):
+def lower_moving(state: LoweringState, node: Node):
     """reshape, flatten, permute, transpose, slice, split, max pooling, padding with the real 0:
     the same op on the integers, qparams unchanged."""
-    inputs = int_inputs(lowering, node, [0])
+    inputs = int_inputs(state, node, [0])
     if isinstance(inputs, str):
         return inputs
     x = inputs[0]
@@ -121,52 +120,52 @@ def lower_moving(lowering, node: Node):
             if attrs.get("value", 0.0) != 0:
                 return "padding with a nonzero value is not value-moving"
             attrs["value"] = float(zero_point_of(x))  # the integer of real 0 (spec section 6)
-    new = lowering.new.create_node(op, [x], [v.name for v in node.outputs],
+    new = state.new.create_node(op, [x], [v.name for v in node.outputs],
                                    [(v.shape, x.dtype) for v in node.outputs], attrs,
                                    source=node.source)
     for old, value in zip(node.outputs, new.outputs, strict=True):
-        lowering.set_int(old, value, x.qparams)
+        state.set_int(old, value, x.qparams)
     return None
 
 
-def lower_concat(lowering, node: Node):
+def lower_concat(state: LoweringState, node: Node):
     """Inputs sharing one (scale, zero point) concatenate as bytes; otherwise each differing
     input is requantized to the parameters of the fake_quant after the concat (spec 5)."""
-    inputs = int_inputs(lowering, node, range(len(node.inputs)))
+    inputs = int_inputs(state, node, range(len(node.inputs)))
     if isinstance(inputs, str):
         return inputs
     if all(v.qparams == inputs[0].qparams for v in inputs):
-        result = lowering.emit("qconcat", inputs, deepcopy(node.attrs), node.name, node.source).output
-        lowering.set_int(node.output, result, inputs[0].qparams)
+        result = state.emit("qconcat", inputs, deepcopy(node.attrs), node.name, node.source).output
+        state.set_int(node.output, result, inputs[0].qparams)
         return None
-    found = fused_chain(lowering, node.output)
+    found = fused_chain(state, node.output)
     if found is None or found[0]:
         return "its inputs have different quantization parameters and no fake_quant follows it"
     fake_quant = found[1]
     out_q = fake_quant_qparams(fake_quant)
     aligned = [value if value.qparams == out_q else
-               emit_requantize(lowering, value, out_q, [], f"{node.name}.requantize{index}", node)
+               emit_requantize(state, value, out_q, [], f"{node.name}.requantize{index}", node)
                for index, value in enumerate(inputs)]
-    result = lowering.emit("qconcat", aligned, deepcopy(node.attrs), node.name, node.source).output
-    finish(lowering, node, [], fake_quant, result)
+    result = state.emit("qconcat", aligned, deepcopy(node.attrs), node.name, node.source).output
+    finish(state, node, [], fake_quant, result)
     return None
 
 
-def lower_embedding(lowering, node: Node):
+def lower_embedding(state: LoweringState, node: Node):
     """embedding(ids, table) followed by a per-tensor fake_quant: gather from the table quantized
     at compile time (fake-quantizing elementwise commutes with the gather)."""
     table = node.inputs[1]
     if not table.is_constant:
         return "its table is not a constant"
-    found = quantized_output(lowering, node)
+    found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     chain, fake_quant, out_q = found
     if chain:
         return "an activation follows the embedding"
     data = quantize(table.data, out_q.scale, out_q.zero_point, out_q.qmin, out_q.qmax)
-    table_q = lowering.constant(f"{table.name}.q", data, integer_dtype(out_q, node.describe()))
-    result = lowering.emit("embedding", [lowering.as_float(node.inputs[0]), table_q], deepcopy(node.attrs),
+    table_q = state.constant(f"{table.name}.q", data, integer_dtype(out_q, node.describe()))
+    result = state.emit("embedding", [state.as_float(node.inputs[0]), table_q], deepcopy(node.attrs),
                            node.name, node.source).output
-    finish(lowering, node, chain, fake_quant, result)
+    finish(state, node, chain, fake_quant, result)
     return None

@@ -29,7 +29,6 @@ from qcompiler.backends.simulation_agreement import (
     compare_with_simulation,
     local_agreement_by_op,
     perturbation_spread,
-    run_model_on_interpreter,
 )
 from qcompiler.errors import IntegerOnlyError
 from qcompiler.examples.models import bert_style, mobilenet_v2, resnet_style
@@ -135,17 +134,6 @@ def test_bert_style_encoder_with_fall_backs_agrees_with_simulation(bert_fake_qua
     assert_exact_in_float64(fake_quant, (tokens,), strict=False)
     ops = {n.op for n in agreement.integer_graph}
     assert {"embedding", "qlinear", "qmatmul", "qlookup", "qadd", "requantize"} <= ops
-
-
-def test_run_model_on_interpreter_prints_agreement():
-    import io
-
-    model, example = resnet_style(batch=2, seed=0)
-    out = io.StringIO()
-    agreement = run_model_on_interpreter(model, example, calibration_batches=2, out=out)
-    text = out.getvalue()
-    assert "vs fake-quant simulation (exact): max 0 step(s), 0.00% of" in text and "top-1 agreement" in text
-    assert agreement.outputs[0].max_steps <= 1.0 + 1e-3
 
 
 @pytest.fixture(scope="module")

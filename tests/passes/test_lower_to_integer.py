@@ -14,9 +14,10 @@ from qcompiler.backends.simulation_agreement import compare_with_simulation
 from qcompiler.errors import IntegerOnlyError, QuantizationError
 from qcompiler.ir import Graph, QParams, structurally_equal
 from qcompiler.passes.insert_fake_quant import insert_fake_quant
-from qcompiler.passes.lower_to_integer import accumulator_bounds, lower_to_integer
+from qcompiler.passes.lower_to_integer import lower_to_integer
 from qcompiler.quantization.calibrate import calibrate
 from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.lowering import accumulator_bounds
 
 
 def quantized(build, shapes, config=None, batches=3, seed=0, integer_inputs=None):
