@@ -49,7 +49,7 @@ from common import set_threads, write_results  # noqa: E402
 
 import qcompiler as qc  # noqa: E402
 from qcompiler.analysis import metrics  # noqa: E402
-from qcompiler.ir.pipeline import Pipeline  # noqa: E402
+from qcompiler.pipelines import ptq_float_steps  # noqa: E402
 
 # Full run: aimed at about 10 minutes on 2 idle cores (the results record wall and CPU
 # seconds: on a shared machine CPU seconds / 2 is the better estimate); quick: a CI smoke run.
@@ -125,15 +125,11 @@ def quantize_variant(graph: qc.Graph, variant: Variant, calibration, adaround_op
     missing = adaround_missing()
     if missing:
         return None, missing, 0.0
-    from qcompiler.passes.correct_bias import correct_bias
-    from qcompiler.passes.round_adaptive import round_adaptive
-
-    # AdaRound chooses each weight's rounding from the layer's output error, so it runs on
-    # the calibrated graph before bias correction removes what mean error remains.
+    # The PTQ steps with AdaRound between calibration and bias correction (see
+    # qcompiler.pipelines.ptq_steps for why there).
     quantized = qc.quantize(graph, calibration, config=config, equalize=variant.equalize,
-                            bias_correction=False, progress=False)
-    configured = round_adaptive(calibration_data=calibration, progress=False, **adaround_options)
-    quantized = Pipeline([configured, correct_bias(calibration_data=calibration)]).run(quantized)
+                            bias_correction=variant.bias_correction, progress=False,
+                            adaround=adaround_options)
     return quantized, "ok", time.perf_counter() - start
 
 
@@ -220,7 +216,7 @@ def depthwise_range_spread(graph: qc.Graph) -> dict:
     are folded in (what makes per-tensor weights fail, Nagel et al. 2019 sec. 3): the
     largest channel range over the median one, per layer, and how many channels get fewer
     than 2 levels of a per-tensor symmetric int8 grid."""
-    folded = qc.Pipeline([qc.passes.fold_batchnorm]).run(graph)
+    folded = qc.Pipeline(ptq_float_steps(equalize=False)).run(graph)
     spreads, starved, channels = [], 0, 0
     for node in folded:
         if node.op == "conv2d" and node.attrs["groups"] > 1 and node.inputs[1].is_constant:

@@ -2,6 +2,7 @@
 
 # Re-exported so pipelines read `qc.passes.fold_batchnorm` (hence the noqa).
 from qcompiler.passes.absorb_high_bias import absorb_high_bias  # noqa: F401
+from qcompiler.passes.calibrate import calibrate  # noqa: F401
 from qcompiler.passes.correct_bias import correct_bias  # noqa: F401
 from qcompiler.passes.decompose_low_rank import decompose_low_rank  # noqa: F401
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code  # noqa: F401

@@ -50,6 +50,7 @@ gets one (`<layer>.bias.absorbed`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -75,8 +76,8 @@ class AbsorbHighBias:
     replace_relu6: bool = False
     include_padded_convs: bool = False
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "absorb_high_bias"
+    name: ClassVar[str] = "absorb_high_bias"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __post_init__(self):
         if not self.sigmas >= 0:
@@ -162,6 +163,9 @@ def absorb_high_bias(graph: Graph | None = None, /, *, sigmas: float = 3.0, repl
     return the pass configured with these options (-> AbsorbHighBias)."""
     configured = AbsorbHighBias(sigmas, replace_relu6, include_padded_convs)
     return configured if graph is None else configured(graph)
+
+
+absorb_high_bias.in_place = True  # as the configured pass it runs
 
 
 def _is_relu(node: Node, allow_relu6: bool) -> bool:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -72,8 +73,8 @@ class CorrectBias:
     calibration_data: Iterable | None = None
     statistics: Mapping | None = None
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "correct_bias"
+    name: ClassVar[str] = "correct_bias"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __post_init__(self):
         if (self.calibration_data is None) == (self.statistics is None):
@@ -99,6 +100,9 @@ def correct_bias(graph: Graph | None = None, /, *, calibration_data: Iterable | 
     the configured pass; with a graph first, they run it (-> PassResult)."""
     configured = CorrectBias(calibration_data, statistics)
     return configured if graph is None else configured(graph)
+
+
+correct_bias.in_place = True  # as the configured pass it runs
 
 
 # ---- which layers, and their weights ---------------------------------------------------------

@@ -64,6 +64,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -89,6 +90,8 @@ _METHOD_OPS = {"auto": ("linear", "conv1d", "conv2d"), "svd": ("linear",),
 
 @dataclass(frozen=True)
 class decompose_low_rank:  # lower case: with its options it reads like a function call
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
+
     rank: int | float | None = None
     energy: float | None = None
     target_macs_ratio: float | None = None

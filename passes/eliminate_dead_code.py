@@ -35,3 +35,6 @@ def eliminate_dead_code(graph: Graph) -> PassResult:
     if removed_nodes or removed_constants:
         notes.append(f"removed {removed_nodes} nodes and {removed_constants} constants")
     return PassResult(graph, removed_nodes + removed_constants > 0, notes)
+
+
+eliminate_dead_code.in_place = True  # rewrites the graph it is given

@@ -52,6 +52,7 @@ work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import is_relu6, is_relu_like, optional_input, replace_constant, why_not_private
@@ -68,8 +69,8 @@ class EqualizeCrossLayer:
     tolerance: float = 1e-6
     replace_relu6: bool = False
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "equalize_cross_layer"
+    name: ClassVar[str] = "equalize_cross_layer"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -133,6 +134,9 @@ def equalize_cross_layer(graph: Graph | None = None, /, *, iterations: int = 100
     graph, return the pass configured with these options (-> EqualizeCrossLayer)."""
     configured = EqualizeCrossLayer(iterations, tolerance, replace_relu6)
     return configured if graph is None else configured(graph)
+
+
+equalize_cross_layer.in_place = True  # as the configured pass it runs
 
 
 def _find_successor(graph: Graph, layer: Node, replace_relu6: bool

@@ -64,6 +64,9 @@ def fold_batchnorm(graph: Graph) -> PassResult:
     return PassResult(graph, folded > 0, notes)
 
 
+fold_batchnorm.in_place = True  # rewrites the graph it is given
+
+
 def _why_not_foldable(graph: Graph, bn: Node) -> str | None:
     """None if `bn` can be folded into the layer before it, else the reason in words."""
     source = bn.inputs[0]

@@ -65,6 +65,9 @@ def fold_constants(graph: Graph) -> PassResult:
     return PassResult(graph, folded > 0, notes)
 
 
+fold_constants.in_place = True  # rewrites the graph it is given
+
+
 def _all_inputs_constant(node: Node) -> bool:
     present = [v for v in node.inputs if v is not None]
     return bool(present) and all(v.is_constant for v in present)

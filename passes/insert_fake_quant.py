@@ -64,6 +64,7 @@ operands of binary ops use the activation scheme per tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -82,8 +83,8 @@ class InsertFakeQuant:
 
     config: QuantConfig = field(default_factory=QuantConfig)
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "insert_fake_quant"
+    name: ClassVar[str] = "insert_fake_quant"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __call__(self, graph: Graph) -> PassResult:
         for node in graph:
@@ -100,6 +101,9 @@ def insert_fake_quant(graph: Graph | None = None, /, *, config: QuantConfig | No
     returns the configured pass."""
     configured = InsertFakeQuant(config if config is not None else QuantConfig())
     return configured if graph is None else configured(graph)
+
+
+insert_fake_quant.in_place = True  # as the configured pass it runs
 
 
 def _is_float(value: Value | None) -> bool:

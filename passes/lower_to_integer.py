@@ -44,6 +44,7 @@ quantization spec for the fixed-point multiplier.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qcompiler.ir import Graph
 from qcompiler.ir.pipeline import PassResult
@@ -58,7 +59,9 @@ class LowerToInteger:
     target: str = "generic"
     strict: bool = True
 
-    __name__ = "lower_to_integer"
+
+    name: ClassVar[str] = "lower_to_integer"
+    in_place: ClassVar[bool] = False  # returns a new graph; its input is left alone
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -78,7 +81,5 @@ def lower_to_integer(graph: Graph | None = None, /, *, target: str = "generic", 
     return configured if graph is None else configured(graph)
 
 
-def lower_graph_to_integer(graph: Graph, *, target: str = "generic", strict: bool = True) -> Graph:
-    """The public `qc.lower_to_integer`: the integer graph itself (the caller's graph is not
-    modified). Use `qc.passes.lower_to_integer` for the notes (fallbacks, overflow bounds)."""
-    return LowerToInteger(target, strict)(graph).graph
+lower_to_integer.in_place = False  # as the configured pass it runs
+

@@ -46,6 +46,7 @@ thousand); conv_transpose2d and matmul are not handled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -68,6 +69,8 @@ _DEFAULT_THRESHOLD = 1e-6
 
 @dataclass(frozen=True)
 class merge_similar_neurons:  # lower case: with its options it reads like a function call
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
+
     threshold: float | None = None
     ratio: float | None = None
     layers: tuple[str, ...] | None = None

@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,8 +49,8 @@ class RecalibrateBatchnorm:
     calibration_data: Iterable
     progress: bool | None = None
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "recalibrate_batchnorm"
+    name: ClassVar[str] = "recalibrate_batchnorm"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __call__(self, graph: Graph) -> PassResult:
         norms = [node for node in graph if node.op == "batch_norm"]
@@ -80,6 +81,9 @@ def recalibrate_batchnorm(graph: Graph | None = None, /, *, calibration_data: It
     takes them: a tensor, or a tuple with one tensor per graph input."""
     configured = RecalibrateBatchnorm(calibration_data, progress)
     return configured if graph is None else configured(graph)
+
+
+recalibrate_batchnorm.in_place = True  # as the configured pass it runs
 
 
 def _set_statistics(graph: Graph, node: Node, mean: np.ndarray, variance: np.ndarray) -> None:

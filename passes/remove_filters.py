@@ -73,6 +73,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -92,6 +93,8 @@ from qcompiler.numerics import importance
 @dataclass(frozen=True)
 class remove_filters:  # lower case: with its options it reads like a function call
     """The configured filter-removal pass (see the module docstring)."""
+
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     ratio: float = 0.3
     criterion: str = "l1"

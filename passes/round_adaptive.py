@@ -56,6 +56,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -94,8 +95,8 @@ class RoundAdaptive:
     seed: int = 0
     progress: bool | None = None
 
-    # Not a dataclass field (no annotation): the name the pass manager reports.
-    __name__ = "round_adaptive"
+    name: ClassVar[str] = "round_adaptive"
+    in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __post_init__(self):
         if self.inputs not in ("quantized", "float"):
@@ -153,6 +154,9 @@ def round_adaptive(graph: Graph | None = None, /, **options):
     pass; `round_adaptive(graph, calibration_data=...)` runs it (-> PassResult)."""
     configured = RoundAdaptive(**options)
     return configured if graph is None else configured(graph)
+
+
+round_adaptive.in_place = True  # as the configured pass it runs
 
 
 # ---- which layers ---------------------------------------------------------------------------

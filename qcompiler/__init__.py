@@ -17,10 +17,9 @@ from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph, Node, QParams, Value
 from qcompiler.ir.pipeline import PassResult, Pipeline
 from qcompiler.ir.text import parse
-from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
 from qcompiler.quantization.config import QOverride, QScheme, QuantConfig
 from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
-from qcompiler.quantize import quantize
+from qcompiler.quantize import lower_to_integer, quantize
 from qcompiler.report import write_report
 
 __all__ = [

@@ -287,8 +287,7 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
     integer interpreter, and compare FP32, fake-quant simulation and integers."""
     from qcompiler.analysis.metrics import fidelity
     from qcompiler.backends import interpreter
-    from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
-    from qcompiler.quantize import quantize
+    from qcompiler.quantize import lower_to_integer, quantize
 
     calibration, evaluation, described = demo_data(spec, loaded, images)
     out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")

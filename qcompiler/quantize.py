@@ -1,28 +1,16 @@
-"""`qc.quantize`: one-call post-training quantization.
+"""`qc.quantize`: one-call post-training quantization, and `qc.lower_to_integer`.
 
     qg = qc.quantize(model, calibration_data)              # W8A8, CLE, bias correction
     qg = qc.quantize(graph, None)                           # data-free (batch-norm statistics)
     y = qc.to_torch(qg)(x)                                  # fake-quant simulation
+    ig = qc.lower_to_integer(qg)                            # integer-only graph
 
-The steps and why they come in this order:
-1. capture (`qc.trace`), if given a module;
-2. record batch-norm statistics (data-free path only): folding deletes them;
-3. `absorb_high_bias` (if equalize): it reads each batch norm's shift and scale, so it
-   runs on the unfolded graph and rewrites the BN's shift; folding carries that into
-   the bias (its module docstring shows the result equals absorbing after CLE);
-4. `fold_batchnorm`: the integer runtime runs folded convs, so weights must be
-   quantized after folding, and equalization needs folded weights;
-5. `equalize_cross_layer` (if equalize): rescales weights, so it precedes weight
-   quantization; it refuses weights that already carry qparams;
-6. `insert_fake_quant`: after every weight rewrite, since calibration reads the weights;
-7. `calibrate`: weight ranges from the final weights, activation ranges from the
-   float graph on the calibration data (or the statistics of step 2, carried
-   through step 5 by `qcompiler.quantization.data_free.transport_statistics`);
-8. `correct_bias` (if bias_correction): it measures the error the *quantized* weights
-   cause, so it needs calibrated fake-quants; it changes biases only, which weight
-   qparams do not depend on (activation ranges are not re-measured).
-
-The caller's model and graph are never modified.
+`qc.quantize` captures the module (`qc.trace`) if given one, then runs the PTQ steps of
+`qcompiler.pipelines.ptq_steps` as one Pipeline: the canonical float clean-up (dead code,
+constant folding, so that an imported graph's transposed weights fold before batch norms
+do), high-bias absorption and batch-norm folding, cross-layer equalization, fake-quant
+insertion, calibration, optionally AdaRound, and bias correction. The order and the reason
+for it are written beside each step there. The caller's model and graph are never modified.
 """
 
 from __future__ import annotations
@@ -33,29 +21,32 @@ from collections.abc import Iterable
 from torch import nn
 
 from qcompiler.errors import QuantizationError
+from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
-from qcompiler.ir.pipeline import Pipeline
-from qcompiler.quantization.calibrate import calibrate
+from qcompiler.passes.lower_to_integer import LowerToInteger
+from qcompiler.pipelines import ptq_pipeline
 from qcompiler.quantization.config import QuantConfig
-from qcompiler.quantization.data_free import batchnorm_statistics, transport_statistics
 
 
 def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | None = None,
              config: QuantConfig | None = None, equalize: bool = True,
              bias_correction: bool = True, example_inputs: tuple | None = None, *,
-             progress: bool | None = None, sigmas: float = 3.0) -> Graph:
+             progress: bool | None = None, sigmas: float = 3.0, adaround: dict | None = None,
+             print_after=None) -> Graph:
     """A calibrated fake-quant graph of `model_or_graph` (see the module docstring).
 
     calibration_data: an iterable of batches (a tensor, or a tuple with one tensor per
         input), or None for data-free ranges from batch-norm statistics (mean +- sigmas*std).
     config: defaults to `QuantConfig.preset("int8")`.
     example_inputs: for tracing a module; defaults to the first calibration batch.
+    adaround: options of `qc.passes.round_adaptive` to run AdaRound after calibration
+        (`{}` for its defaults); None keeps round-to-nearest.
+    print_after: the pipeline's `print_after` (see `qcompiler.ir.pipeline`).
     """
-    from qcompiler import passes
-
     config = config if config is not None else QuantConfig.preset("int8")
     if calibration_data is not None:
-        calibration_data = _reusable(calibration_data, passes_over_data=1 + bias_correction)
+        passes = 1 + bias_correction + (adaround is not None)
+        calibration_data = _reusable(calibration_data, passes_over_data=passes)
     if example_inputs is None and calibration_data is not None \
             and not isinstance(model_or_graph, Graph):
         # Trace with the first batch; a one-shot iterator must then give it back.
@@ -67,37 +58,22 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
         if iterator is calibration_data:
             calibration_data = itertools.chain([first], iterator)
     graph = _as_graph(model_or_graph, example_inputs)
-
-    statistics = None
-    if equalize:
-        graph = Pipeline([passes.absorb_high_bias]).run(graph)
-    if calibration_data is None:
-        statistics = batchnorm_statistics(graph)  # after absorption changed the shifts
-    folded = Pipeline([passes.fold_batchnorm]).run(graph)
-    float_graph = folded
-    if equalize:
-        float_graph = Pipeline([passes.equalize_cross_layer]).run(folded)
-        if statistics:
-            statistics = transport_statistics(statistics, folded, float_graph)
-
-    fake_quant = Pipeline([passes.insert_fake_quant(config=config)]).run(float_graph)
-    quantized = calibrate(fake_quant, calibration_data, config, progress=progress,
-                          statistics=statistics, sigmas=sigmas)
-    if bias_correction:
-        quantized = _correct_bias(quantized, calibration_data, statistics)
-    return quantized.verify()
+    pipeline = ptq_pipeline(calibration_data, config, equalize=equalize,
+                            bias_correction=bias_correction, adaround=adaround, progress=progress,
+                            sigmas=sigmas, print_after=print_after)
+    return pipeline.run(graph)
 
 
-def _correct_bias(quantized: Graph, calibration_data, statistics) -> Graph:
-    from qcompiler.passes.correct_bias import correct_bias
+def lower_to_integer(graph: Graph, *, target: str = "generic", strict: bool = True) -> Graph:
+    """The integer-only graph of a calibrated fake-quant graph (`docs/integer-spec.md`); the
+    caller's graph is not modified (a graph without fake_quant nodes comes back as it is).
 
-    # Measured input means when there is data; else the analytical, data-free correction
-    # from the (transported) batch-norm statistics.
-    if calibration_data is not None:
-        configured = correct_bias(calibration_data=calibration_data)
-    else:
-        configured = correct_bias(statistics=statistics)
-    return Pipeline([configured]).run(quantized)
+    Like `qc.quantize`, this workflow function returns the Graph itself. The pass of the
+    same name, `qc.passes.lower_to_integer`, returns a PassResult, as every pass does: the
+    integer graph and the notes (float fall backs, the overflow check's bounds), for use in a
+    Pipeline. target: "generic", "x86" or "aarch64" (operand ranges of spec section 8);
+    strict: refuse float fall backs (IntegerOnlyError) instead of noting them."""
+    return LowerToInteger(target, strict)(graph).graph
 
 
 def _reusable(calibration_data: Iterable, passes_over_data: int) -> Iterable:
@@ -117,6 +93,4 @@ def _as_graph(model_or_graph, example_inputs) -> Graph:
     if example_inputs is None:
         raise QuantizationError("qc.quantize needs example_inputs to trace a module when "
                                 "calibration_data is None (data-free)")
-    from qcompiler.frontends.torch_export.capture import trace
-
     return trace(model_or_graph, example_inputs)

@@ -6,8 +6,9 @@
 Sections:
 - Summary: the quantizers and their formats.
 - Cross-layer equalization: the per-output-channel weight ranges (max |w|) of every
-  layer that `equalize_cross_layer` changes, before (the float graph after
-  `fold_batchnorm`) and after equalization, as a table of the max/min channel-range
+  layer that `equalize_cross_layer` changes, before (the float graph after the PTQ float
+  steps that precede equalization, `qcompiler.pipelines.ptq_float_steps`: high-bias
+  absorption and batch-norm folding) and after equalization, as a table of the max/min channel-range
   ratio and plots for the `cle_layers` layers with the widest spread before. This is
   what CLE is for: per-tensor quantization gives every channel the range of the widest
   (Nagel et al. 2019, sec. 3-4). Computed from `float_graph`, whether or not the
@@ -53,7 +54,9 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import Evaluator, graph_inputs, is_fake_quant
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
+from qcompiler.ir.pipeline import Pipeline
 from qcompiler.numerics.equalization import output_channel_ranges
+from qcompiler.pipelines import ptq_float_steps
 from qcompiler.quantization.quantizers import (
     fake_quant_nodes,
     observed_name,
@@ -139,12 +142,10 @@ def _summary(graph: Graph, batches) -> list[Block]:
 
 
 def _equalization(float_graph: Graph, cle_layers: int, equalization) -> list[Block]:
-    from qcompiler.ir.pipeline import Pipeline
-    from qcompiler.passes.equalize_cross_layer import equalize_cross_layer
-    from qcompiler.passes.fold_batchnorm import fold_batchnorm
-
-    folded = Pipeline([fold_batchnorm]).run(float_graph)
-    equalized, records = Pipeline([equalization or equalize_cross_layer]).run_with_report(folded)
+    # The float steps of PTQ, the equalization last: the weights before and after it.
+    *before_equalization, equalizing = ptq_float_steps(equalize=True, equalization=equalization)
+    folded = Pipeline(before_equalization).run(float_graph)
+    equalized, records = Pipeline([equalizing]).run_with_report(folded)
     notes = [note for record in records for note in record.notes]
     layers = []
     for node in folded:
@@ -159,8 +160,8 @@ def _equalization(float_graph: Graph, cle_layers: int, equalization) -> list[Blo
                            output_channel_ranges(after.inputs[1].data)))
     blocks: list[Block] = [Heading("Cross-layer equalization: per-channel weight ranges"), Paragraph(
         "Per output channel max |w| of each layer that equalize_cross_layer rescales, before (float "
-        "graph after fold_batchnorm) and after. A max/min ratio near 1 means per-tensor quantization "
-        "wastes few levels on narrow channels.")]
+        "graph after the PTQ steps before equalization: batch norms folded) and after. A max/min "
+        "ratio near 1 means per-tensor quantization wastes few levels on narrow channels.")]
     if notes:
         shown_notes = "; ".join(notes[:8]) + (f"; and {len(notes) - 8} more" if len(notes) > 8 else "")
         blocks.append(Paragraph(f"The pass says: {shown_notes}."))

@@ -1,14 +1,19 @@
 """The pass manager.
 
-A pass is a callable `graph -> PassResult` that may rewrite the graph it is
-given in place. A pass with options is a small frozen dataclass with
-`__call__`. `Pipeline.run` works on a copy, so a failing pass never leaves the
-caller's graph half-rewritten; with `verify_each=True` it checks the IR after
-every pass and blames the pass that broke it.
+A pass is a function `graph -> PassResult`, or a frozen dataclass of options whose
+`__call__(graph)` returns a PassResult. Every pass declares whether it works in place
+(`in_place`: it rewrites the graph it is given and returns it) or not (it builds and
+returns a new graph, leaving its input alone): a function pass as an attribute set after
+its definition, a class as a ClassVar; a class names itself in a `name` ClassVar (else its
+class name is used). `Pipeline.run` works on a copy, so a failing pass never leaves the
+caller's graph half-rewritten; the copy is made once, before the first pass that works in
+place (a pass that does not declare `in_place` is assumed to). With `verify_each=True` it
+checks the IR after every pass and blames the pass that broke it.
 
-Set `QC_PRINT_AFTER` to print the IR after passes (to stderr):
-`all`, `changed` (only passes that modified the graph), or a comma-separated
-list of pass names.
+`print_after` prints the IR after passes (to stderr, or the stream given to
+`run_with_report`): "all", "changed" (only passes that modified the graph), or pass names
+(a list, or one comma-separated string). When it is not given, the environment variable
+`QC_PRINT_AFTER` holds the same choice (a convenience for runs you cannot edit).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -44,18 +49,30 @@ Pass = Callable[[Graph], PassResult]
 
 
 def pass_name(p: Pass) -> str:
+    """A function pass's name, a pass class's declared `name`, else its class name."""
+    declared = getattr(type(p), "name", None)
+    if isinstance(declared, str):
+        return declared
     return getattr(p, "__name__", None) or type(p).__name__
+
+
+def works_in_place(p: Pass) -> bool | None:
+    """The pass's declaration: True (rewrites the graph it is given), False (returns a new
+    graph), None (undeclared)."""
+    return getattr(p, "in_place", None)
 
 
 class Pipeline:
     """An ordered list of passes, run one after the other on a copy of the graph."""
 
-    def __init__(self, passes: Sequence[Pass], verify_each: bool = True):
+    def __init__(self, passes: Sequence[Pass], verify_each: bool = True,
+                 print_after: str | Iterable[str] | None = None):
         for p in passes:
             if not callable(p):
                 raise TypeError(f"pipeline step {p!r} is not a pass (a callable taking a Graph)")
         self.passes = list(passes)
         self.verify_each = verify_each
+        self.print_after = print_after
 
     def __repr__(self) -> str:
         return f"Pipeline([{', '.join(pass_name(p) for p in self.passes)}])"
@@ -65,7 +82,7 @@ class Pipeline:
 
     def run_with_report(self, graph: Graph, stream: TextIO | None = None
                         ) -> tuple[Graph, list[PassRecord]]:
-        print_after = _print_after_setting()
+        print_after = _print_after_setting(self.print_after)
         stream = stream or sys.stderr
         if self.verify_each:
             # Check the input first, so that a broken input is not blamed on the first pass.
@@ -73,10 +90,13 @@ class Pipeline:
                 graph.verify()
             except VerificationError as error:
                 raise PassError(f"the input graph is invalid, before any pass ran: {error}") from error
-        current = graph.copy()
+        current, copied = graph, False
         records: list[PassRecord] = []
         for p in self.passes:
             name = pass_name(p)
+            in_place = works_in_place(p)
+            if not copied and in_place is not False:
+                current, copied = current.copy(), True
             before = ", ".join(r.name for r in records) or "none"
             start = time.perf_counter()
             try:
@@ -93,6 +113,9 @@ class Pipeline:
             if not isinstance(result.graph, Graph):
                 raise PassError(f"pass '{name}' returned a PassResult whose graph is "
                                 f"{type(result.graph).__name__}, not a Graph")
+            if in_place and result.graph is not current:
+                raise PassError(f"pass '{name}' declares that it works in place but returned "
+                                "another graph")
             seconds = time.perf_counter() - start
             current = result.graph
             if self.verify_each:
@@ -105,12 +128,16 @@ class Pipeline:
             if _should_print(print_after, name, result.modified):
                 state = "modified" if result.modified else "unchanged"
                 stream.write(f"// IR after {name} ({state})\n{current}\n")
+        if not copied:  # no pass worked in place: the result is new, or the input itself
+            current = current.copy() if current is graph else current
         return current, records
 
 
-def _print_after_setting() -> set[str]:
-    raw = os.environ.get("QC_PRINT_AFTER", "").strip()
-    return {part.strip() for part in raw.split(",") if part.strip()}
+def _print_after_setting(print_after: str | Iterable[str] | None) -> set[str]:
+    if print_after is None:
+        print_after = os.environ.get("QC_PRINT_AFTER", "")
+    parts = print_after.split(",") if isinstance(print_after, str) else list(print_after)
+    return {part.strip() for part in parts if part.strip()}
 
 
 def _should_print(setting: set[str], name: str, modified: bool) -> bool:

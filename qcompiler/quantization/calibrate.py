@@ -116,11 +116,23 @@ def calibrate(graph: Graph, calibration_data: Iterable | None, config: QuantConf
     statistics, sigmas: the data-free path's batch-norm statistics (value name ->
         (mean, std) per channel; `qcompiler.quantization.data_free.batchnorm_statistics`) and width.
     """
-    config = config if config is not None else QuantConfig()
     work = graph.copy()
+    calibrate_in_place(work, calibration_data, config, progress=progress, statistics=statistics,
+                       sigmas=sigmas)
+    return work
+
+
+def calibrate_in_place(work: Graph, calibration_data: Iterable | None,
+                       config: QuantConfig | None = None, *, progress: bool | None = None,
+                       statistics: dict | None = None, sigmas: float = 3.0) -> int:
+    """`calibrate`, writing the scales and zero points into `work` itself (the pass
+    `qcompiler.passes.calibrate` does, on the pipeline's copy); the number of quantization
+    points. Everything is measured before anything is written, so an error leaves `work` as
+    it was."""
+    config = config if config is not None else QuantConfig()
     points = quant_points(work, config)
     if not points:
-        raise QuantizationError(f"graph {graph.name} has no fake_quant nodes to calibrate; "
+        raise QuantizationError(f"graph {work.name} has no fake_quant nodes to calibrate; "
                                 "run qcompiler.passes.insert_fake_quant first")
     _check_constants_finite(work)
     for point in points:
@@ -144,7 +156,7 @@ def calibrate(graph: Graph, calibration_data: Iterable | None, config: QuantConf
                           point.scheme.narrow_range)
         for node in point.nodes:
             node.output.qparams = qparams
-    return work
+    return len(points)
 
 
 def _check_constants_finite(graph: Graph) -> None:

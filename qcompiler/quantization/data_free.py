@@ -30,6 +30,10 @@ what flows downstream has the magnitudes the batch norms promise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -37,6 +41,7 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Value
 from qcompiler.ir.evaluate import Evaluator, is_fake_quant
 from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS
+from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.quantizers import observed_name
 
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -176,3 +181,45 @@ def range_activations_data_free(work: Graph, points: list, statistics: Statistic
         for point in pending:
             for value in point.activation_inputs:
                 point.observer.update(values[observed_name(value)].numpy())
+
+
+# ---- the data-free PTQ steps (`qcompiler.pipelines.ptq_steps`) ------------------------------------
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: compared by identity, as they share a dict
+class RecordBatchnormStatistics:
+    """A pipeline step that reads the batch-norm statistics of the graph into the dict `into`
+    (`batchnorm_statistics`) and leaves the graph as it is: the data-free steps record them
+    before fold_batchnorm deletes the batch norms, for the steps after it to read."""
+
+    into: dict
+
+    name: ClassVar[str] = "record_batchnorm_statistics"
+    in_place: ClassVar[bool] = True  # returns the graph it is given, unchanged
+
+    def __call__(self, graph: Graph) -> PassResult:
+        self.into.clear()
+        self.into.update(batchnorm_statistics(graph))
+        return PassResult(graph, False, [f"recorded the statistics of {len(self.into)} value(s)"])
+
+
+@dataclass(frozen=True, eq=False)
+class EqualizeKeepingStatistics:
+    """A pipeline step that runs the cross-layer equalization pass `equalization` and then
+    re-expresses the statistics in `statistics` for the equalized graph
+    (`transport_statistics`): equalization rescales the channels they describe."""
+
+    equalization: Callable[[Graph], PassResult]
+    statistics: dict
+
+    name: ClassVar[str] = "equalize_keeping_statistics"
+    in_place: ClassVar[bool] = True  # as the equalization pass
+
+    def __call__(self, graph: Graph) -> PassResult:
+        before = graph.copy() if self.statistics else None
+        result = self.equalization(graph)
+        if before is not None:
+            transported = transport_statistics(self.statistics, before, result.graph)
+            self.statistics.clear()
+            self.statistics.update(transported)
+        return result
