@@ -28,7 +28,8 @@ import numpy as np
 
 from qcompiler.errors import PassError
 from qcompiler.ir import ops
-from qcompiler.ir.graph import FLOAT_DTYPES, Graph, Node, Value
+from qcompiler.ir.dtypes import FLOAT_DTYPES
+from qcompiler.ir.graph import Graph, Node, Value
 
 # ---- reading a layer ---------------------------------------------------------------------------
 

@@ -20,30 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Short dtype names used in the IR and its text form, and their numpy types.
-DTYPES: dict[str, np.dtype] = {
-    "f32": np.dtype(np.float32),
-    "f16": np.dtype(np.float16),
-    "f64": np.dtype(np.float64),
-    "i64": np.dtype(np.int64),
-    "i32": np.dtype(np.int32),
-    "i16": np.dtype(np.int16),
-    "i8": np.dtype(np.int8),
-    "u8": np.dtype(np.uint8),
-    "bool": np.dtype(np.bool_),
-}
-_NUMPY_TO_DTYPE = {v: k for k, v in DTYPES.items()}
-FLOAT_DTYPES = frozenset({"f32", "f16", "f64"})
-
-
-def dtype_of_array(array: np.ndarray) -> str:
-    """The IR dtype name of a numpy array, or a ValueError naming the dtype."""
-    try:
-        return _NUMPY_TO_DTYPE[array.dtype]
-    except KeyError:
-        raise ValueError(
-            f"numpy dtype {array.dtype} has no IR dtype; supported: {', '.join(DTYPES)}"
-        ) from None
+from qcompiler.ir.dtypes import DTYPES, FLOAT_DTYPES, dtype_of_array  # noqa: F401  (FLOAT_DTYPES: ir)
+from qcompiler.ir.ops import infer_types
+from qcompiler.ir.printer import print_graph
+from qcompiler.ir.verify import type_key, verify_graph
 
 
 @dataclass(frozen=True, eq=False)
@@ -301,8 +281,6 @@ class Graph:
     def add_node(self, op: str, inputs: Sequence[Value | None], attrs: dict | None = None,
                  *, name: str | None = None, before: Node | None = None, source: str = "") -> Node:
         """Create a single-output node whose output type is inferred from the op."""
-        from qcompiler.ir.ops import infer_types
-
         inputs, attrs = list(inputs), dict(attrs or {})
         key = type_key(op, inputs, attrs)
         types = self._inferred_types.get(key) if key is not None else None
@@ -360,8 +338,6 @@ class Graph:
     def verify(self) -> Graph:
         """Check structure, op signatures, dtypes, shapes and qparams; raise VerificationError
         listing every problem found. Returns the graph (for chaining)."""
-        from qcompiler.ir.verify import verify_graph
-
         verify_graph(self)
         return self
 
@@ -415,39 +391,13 @@ class Graph:
         return clone
 
     def __str__(self) -> str:
-        from qcompiler.ir.text import print_graph
-
         return print_graph(self)
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self)} nodes, {len(self.inputs)} inputs>"
 
 
-def _attr_key(value):
-    """A hashable stand-in for an attribute value that keeps 1, 1.0 and True apart.
-    Raises TypeError for unhashable values (numpy arrays)."""
-    if isinstance(value, dict):
-        return ("dict", tuple((key, _attr_key(item)) for key, item in value.items()))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_attr_key(item) for item in value))
-    hash(value)
-    return (type(value).__name__, value)
-
-
-def type_key(op: str, inputs: Sequence[Value | None], attrs: dict) -> tuple | None:
-    """Everything an op's output types depend on (op, input shapes and dtypes, attributes)
-    as a hashable key; None when an attribute cannot be hashed."""
-    try:
-        key = (op, tuple(None if v is None else (v.shape, v.dtype) for v in inputs), _attr_key(attrs))
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
 def structurally_equal(a: Graph, b: Graph) -> bool:
     """Same text form: same nodes, ops, attributes, names, types, qparams and constant data."""
-    from qcompiler.ir.text import print_graph
-
     return print_graph(a) == print_graph(b)
 

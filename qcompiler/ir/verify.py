@@ -9,12 +9,17 @@ attributes, inferred output types, via `qcompiler.ir.ops.check_node`).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qcompiler.errors import VerificationError
-from qcompiler.ir.graph import _NUMPY_TO_DTYPE, DTYPES, Graph, Node, Value, type_key
+from qcompiler.ir.dtypes import DTYPES, NUMPY_TO_DTYPE
 from qcompiler.ir.ops import check_node
+
+if TYPE_CHECKING:  # annotations only: graph.py imports this module for Graph.verify
+    from qcompiler.ir.graph import Graph, Node, Value
 
 
 def verify_graph(graph: Graph) -> None:
@@ -101,7 +106,7 @@ def _value_problems(value: Value) -> list[str]:
         if value.producer is not None:
             problems.append(f"constant %{value.name} has a producer")
         data = value.data
-        data_dtype = _NUMPY_TO_DTYPE.get(data.dtype, str(data.dtype))
+        data_dtype = NUMPY_TO_DTYPE.get(data.dtype, str(data.dtype))
         if tuple(data.shape) != value.shape or data_dtype != value.dtype:
             problems.append(f"constant %{value.name} data does not match {value.type_str}: "
                             f"the array is {data_dtype}{list(data.shape)}")
@@ -140,3 +145,25 @@ def _users_problems(value: Value, readers: list[Node], graph: Graph) -> list[str
         if id(node) not in listed:
             problems.append(f"{node.describe()} is missing from users of %{value.name}")
     return problems
+
+
+def _attr_key(value):
+    """A hashable stand-in for an attribute value that keeps 1, 1.0 and True apart.
+    Raises TypeError for unhashable values (numpy arrays)."""
+    if isinstance(value, dict):
+        return ("dict", tuple((key, _attr_key(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_attr_key(item) for item in value))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def type_key(op: str, inputs: Sequence[Value | None], attrs: dict) -> tuple | None:
+    """Everything an op's output types depend on (op, input shapes and dtypes, attributes)
+    as a hashable key; None when an attribute cannot be hashed."""
+    try:
+        key = (op, tuple(None if v is None else (v.shape, v.dtype) for v in inputs), _attr_key(attrs))
+        hash(key)
+    except TypeError:
+        return None
+    return key
