@@ -67,6 +67,7 @@ import torch
 from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
 from qcompiler.compression.budget_cost import PlanCost
+from qcompiler.compression.budget_greedy import convex_errors, greedy_path, unit_settings
 from qcompiler.compression.budget_sensitivity import (
     DEFAULT_FRACTIONS,
     ERRORS,
@@ -174,94 +175,6 @@ def eager_latency(graph: Graph, inputs: Sequence[torch.Tensor], repeats: int = 2
 # ---- the search -------------------------------------------------------------------------------
 
 
-def _settings(unit: Candidate, steps_per_unit: int, round_to: int = 1) -> list[int]:
-    """Channels kept / ranks the greedy may choose, untouched (the full size) first. With
-    `round_to`, channel counts and ranks are multiples of it (as `remove_filters(round_to=)`
-    keeps channels), never below the deepest measured setting and never above the largest
-    rank that saves MACs: a unit with no such multiple stays whole."""
-    step = max(1, -(-unit.size // steps_per_unit))
-    deepest = min(unit.measured)
-    first = unit.size - step if unit.kind == "channels" else max(unit.measured)
-    settings = [unit.size] + list(range(first, deepest - 1, -step)) + \
-        ([deepest] if (first - deepest) % step else [])
-    if round_to == 1:
-        return settings
-    rounded = {-(-kept // round_to) * round_to for kept in settings[1:]}
-    highest = unit.size - 1 if unit.kind == "channels" else max(unit.measured)
-    return [unit.size] + sorted((k for k in rounded if deepest <= k <= highest), reverse=True)
-
-
-def convex_errors(sizes: Sequence[int], errors: Sequence[float]) -> list[float]:
-    """`errors` (additive form, at settings `sizes`: channels kept or ranks, untouched
-    first with error 0) raised where needed so that the error added per channel (or rank)
-    removed never falls as more is removed.
-
-    Channels go least important first, so the true damage grows at least linearly; a
-    curve that flattens says the output error has saturated (a relative L2 error near 1
-    means the output is already destroyed), not that more removal is cheap. Taken at
-    face value, a saturated unit looks like the cheapest place to put all the compression
-    (measured on the pretrained MobileNetV2: the greedy removed 56% of a residual stream)."""
-    raised = [float(errors[0])]
-    slope = 0.0
-    for j in range(1, len(sizes)):
-        removed = sizes[j - 1] - sizes[j]
-        slope = max(slope, (errors[j] - errors[j - 1]) / removed if removed > 0 else 0.0)
-        raised.append(max(float(errors[j]), raised[-1] + slope * removed))
-    return raised
-
-
-def _greedy(graph, candidates, settings, errors, metric, target) -> list[tuple[int, ...]]:
-    """The sequence of plans (a setting index per unit) the greedy passes through, until the
-    estimated cost is at most `target` (None: until no move is left)."""
-    model = PlanCost(graph, candidates)
-    state = [0] * len(candidates)
-    path = [tuple(state)]
-    while target is None or model.estimate(metric) > target:
-        current = model.estimate(metric)
-        moves = []  # (added error, saving, unit, setting index)
-        for u, options in enumerate(settings):
-            for j in range(state[u] + 1, len(options)):
-                saving = model.saving(u, options[j], metric)
-                if saving > 0:
-                    moves.append((max(errors[u][j] - errors[u][state[u]], 0.0), saving, u, j))
-        if not moves:
-            break
-        choice = min(moves, key=lambda move: move[0] / move[1])
-        if target is not None and current - choice[1] <= target:
-            # The most efficient move reaches the target; of the moves that reach it, the one
-            # adding the least error (at most the efficient move's) lands closest to the mark.
-            # Only now: a reaching move taken earlier puts all the compression on whichever
-            # unit can reach the target alone, however sensitive it is.
-            choice = min((m for m in moves if current - m[1] <= target), key=lambda m: (m[0], m[1]))
-        _, _, u, j = choice
-        state[u] = j
-        model.set(u, settings[u][j])
-        path.append(tuple(state))
-    if target is not None and model.estimate(metric) <= target:
-        path.append(_back_off(model, state, settings, errors, metric, target))
-    return path
-
-
-def _back_off(model, state, settings, errors, metric, target) -> tuple[int, ...]:
-    """Undo compression the target does not need: while some unit can go back one setting
-    with the estimate still at most `target`, move the one that removes the most error."""
-    state = list(state)
-    while True:
-        best = None
-        for u, j in enumerate(state):
-            if j == 0:
-                continue
-            back = settings[u][j - 1]
-            if model.estimate(metric) - model.saving(u, back, metric) <= target:
-                gain = errors[u][j] - errors[u][j - 1]
-                if best is None or gain > best[0]:
-                    best = (gain, u)
-        if best is None:
-            return tuple(state)
-        state[best[1]] -= 1
-        model.set(best[1], settings[best[1]][state[best[1]]])
-
-
 def _apply(graph: Graph, method: str, candidates, sensitivity, kept: Sequence[int],
            batches) -> tuple[Graph, list]:
     compressed, notes = graph.copy(), []
@@ -301,40 +214,16 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
     """Compress `graph` to `target_ratio` of its `metric` with the least output error; see
     the module docstring. `sensitivity` (from `measure_sensitivity` with the same method,
     criterion, error and fractions) skips step 1, e.g. to search several targets."""
-    if not (isinstance(target_ratio, (int, float)) and 0 < target_ratio < 1):
-        raise ValueError(f"target_ratio must be in (0, 1) (the fraction of {metric} to keep), "
-                         f"got {target_ratio!r}")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if error not in ERRORS:
-        raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
-    if steps_per_unit < 1:
-        raise ValueError(f"steps_per_unit must be at least 1, got {steps_per_unit}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer (channels kept and ranks are multiples "
-                         f"of it), got {round_to!r}")
+    _check_options(target_ratio, metric, error, steps_per_unit, round_to)
     candidates = candidate_units(graph, method, fractions)
     if not candidates:
         raise BudgetError(f"{method} finds nothing to compress in graph {graph.name}")
-    settings = [_settings(unit, steps_per_unit, round_to) for unit in candidates]
+    settings = [unit_settings(unit, steps_per_unit, round_to) for unit in candidates]
     report = cost(graph)
     before = {"macs": report.macs, "params": report.params}
-
-    floor_model = PlanCost(graph, candidates)
-    for index, options in enumerate(settings):
-        floor_model.set(index, options[-1])
-    if metric != "latency" and floor_model.estimate(metric) > target_ratio * before[metric]:
-        deepest = max(fractions)
-        widths = "channel counts" if method == "remove_filters" else "ranks"
-        raise BudgetError(
-            f"target {metric} <= {target_ratio:g} x {before[metric]:,} = "
-            f"{target_ratio * before[metric]:,.0f} is out of reach for {method}: compressing every "
-            f"unit as far as allowed ({deepest:g} of its channels or rank removed"
-            + (f", {widths} at multiples of round_to={round_to}" if round_to > 1 else "")
-            + f") leaves about {floor_model.estimate(metric):,.0f} "
-            f"({floor_model.estimate(metric) / before[metric]:.3f} of the original); raise "
-            f"target_ratio{', lower round_to' if round_to > 1 else ''} or allow more with fractions=")
-
+    if metric != "latency":
+        _check_reachable(graph, candidates, settings, metric, target_ratio, before[metric], method,
+                         fractions, round_to)
     batches = input_batches(calibration_data, graph)
     if sensitivity is None:
         sensitivity = measure_sensitivity(graph, batches, method, criterion, fractions, error,
@@ -348,61 +237,127 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
                          "error, fractions or compensation; measure it with the same options")
     errors = [convex_errors(options, [unit.additive_error_at(k, error) for k in options])
               for unit, options in zip(sensitivity.units, settings, strict=True)]
+    search = _Search(graph, method, candidates, settings, errors, sensitivity, batches)
 
-    def plan(state):
-        return [options[j] for options, j in zip(settings, state, strict=True)]
-
-    notes: list[str] = []
+    after: dict = {}
     if metric == "latency":
         inputs = tuple(latency_inputs if latency_inputs is not None else batches[0])
         before["latency_s"] = eager_latency(graph, inputs, latency_repeats, threads=threads)
-        path = _greedy(graph, candidates, settings, errors, metric, None)
-        deepest, deepest_notes = _apply(graph, method, candidates, sensitivity, plan(path[-1]),
-                                              batches)
-        fastest = eager_latency(deepest, inputs, latency_repeats, threads=threads)
-        target = target_ratio * before["latency_s"]
-        if fastest > target:
-            raise BudgetError(
-                f"target latency <= {target_ratio:g} x {before['latency_s'] * 1e3:.3f} ms is out of "
-                f"reach for {method}: compressing every unit as far as allowed measures "
-                f"{fastest * 1e3:.3f} ms ({fastest / before['latency_s']:.3f} of the original)")
-        # Bisection for the shortest prefix of the greedy's moves that meets the target;
-        # path[0] (the original) misses it by definition, path[-1] meets it.
-        low, high, timed = 0, len(path) - 1, {len(path) - 1: (deepest, fastest, deepest_notes)}
-        while high - low > 1:
-            middle = (low + high) // 2
-            candidate_graph, candidate_notes = _apply(graph, method, candidates, sensitivity,
-                                                      plan(path[middle]), batches)
-            seconds = eager_latency(candidate_graph, inputs, latency_repeats, threads=threads)
-            if seconds <= target:
-                high, timed[middle] = middle, (candidate_graph, seconds, candidate_notes)
-            else:
-                low = middle
-        state, (compressed, latency, notes) = path[high], timed[high]
+        state, compressed, notes, after["latency_s"] = _search_latency(
+            search, target_ratio, before["latency_s"], inputs, latency_repeats, threads)
     else:
-        target = estimate_target = target_ratio * before[metric]
-        for _ in range(4):
-            state = _greedy(graph, candidates, settings, errors, metric, estimate_target)[-1]
-            compressed, notes = _apply(graph, method, candidates, sensitivity, plan(state), batches)
-            reached = cost(compressed).macs if metric == "macs" else cost(compressed).params
-            if reached <= target:
-                break
-            estimate_target -= reached - target  # the estimate was optimistic by this much
-        else:
-            raise BudgetError(f"target {metric} <= {target:,.0f} not met: the closest plan found has "
-                              f"{reached:,} ({reached / before[metric]:.3f} of the original)")
-
+        state, compressed, notes = _search_static(search, metric, target_ratio * before[metric],
+                                                  before[metric])
     final = cost(compressed)
-    after = {"macs": final.macs, "params": final.params}
-    if metric == "latency":
-        after["latency_s"] = latency
+    after.update(macs=final.macs, params=final.params)
     measured = output_error(run_batches(graph, batches), run_batches(compressed, batches), error)
     choices = tuple(
         UnitChoice(unit.name, unit.kind, unit.size, kept, _unit_macs(unit, report),
                    _unit_macs(unit, final), _readable(unit_sensitivity, kept, error))
-        for unit, unit_sensitivity, kept in zip(candidates, sensitivity.units, plan(state), strict=True))
+        for unit, unit_sensitivity, kept in zip(candidates, sensitivity.units, search.plan(state),
+                                                strict=True))
     return BudgetResult(compressed, method, sensitivity.criterion, metric, target_ratio, choices,
                         before, after, measured, error, sensitivity, tuple(notes))
+
+
+def _check_options(target_ratio, metric: str, error: str, steps_per_unit: int, round_to) -> None:
+    if not (isinstance(target_ratio, (int, float)) and 0 < target_ratio < 1):
+        raise ValueError(f"target_ratio must be in (0, 1) (the fraction of {metric} to keep), "
+                         f"got {target_ratio!r}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if error not in ERRORS:
+        raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
+    if steps_per_unit < 1:
+        raise ValueError(f"steps_per_unit must be at least 1, got {steps_per_unit}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer (channels kept and ranks are multiples "
+                         f"of it), got {round_to!r}")
+
+
+def _check_reachable(graph: Graph, candidates, settings, metric: str, target_ratio: float,
+                     original: int, method: str, fractions: Sequence[float], round_to: int) -> None:
+    """A BudgetError giving the floor, if every unit at its deepest setting misses the target."""
+    floor_model = PlanCost(graph, candidates)
+    for index, options in enumerate(settings):
+        floor_model.set(index, options[-1])
+    floor = floor_model.estimate(metric)
+    if floor <= target_ratio * original:
+        return
+    widths = "channel counts" if method == "remove_filters" else "ranks"
+    raise BudgetError(
+        f"target {metric} <= {target_ratio:g} x {original:,} = {target_ratio * original:,.0f} is out "
+        f"of reach for {method}: compressing every unit as far as allowed ({max(fractions):g} of its "
+        f"channels or rank removed" + (f", {widths} at multiples of round_to={round_to}" if round_to > 1
+                                       else "")
+        + f") leaves about {floor:,.0f} ({floor / original:.3f} of the original); raise "
+        f"target_ratio{', lower round_to' if round_to > 1 else ''} or allow more with fractions=")
+
+
+@dataclass(frozen=True, eq=False)
+class _Search:
+    """What both searches share: the units, their settings and error curves, and how to apply
+    a plan (a setting index per unit) with the real pass."""
+
+    graph: Graph
+    method: str
+    candidates: list
+    settings: list
+    errors: list
+    sensitivity: Sensitivity
+    batches: list
+
+    def plan(self, state) -> list[int]:
+        return [options[j] for options, j in zip(self.settings, state, strict=True)]
+
+    def path(self, metric: str, target: float | None) -> list[tuple[int, ...]]:
+        return greedy_path(self.graph, self.candidates, self.settings, self.errors, metric, target)
+
+    def apply(self, state) -> tuple[Graph, list[str]]:
+        return _apply(self.graph, self.method, self.candidates, self.sensitivity, self.plan(state),
+                      self.batches)
+
+
+def _search_static(search: _Search, metric: str, target: float, original: float):
+    """MACs or parameters: the greedy to the estimated target, applied and counted with
+    `qc.cost`; an optimistic estimate is corrected by lowering its target by the miss."""
+    estimate_target = target
+    for _ in range(4):
+        state = search.path(metric, estimate_target)[-1]
+        compressed, notes = search.apply(state)
+        reached = cost(compressed).macs if metric == "macs" else cost(compressed).params
+        if reached <= target:
+            return state, compressed, notes
+        estimate_target -= reached - target  # the estimate was optimistic by this much
+    raise BudgetError(f"target {metric} <= {target:,.0f} not met: the closest plan found has "
+                      f"{reached:,} ({reached / original:.3f} of the original)")
+
+
+def _search_latency(search: _Search, target_ratio: float, original: float, inputs, repeats: int,
+                    threads: int):
+    """Measured latency: the greedy to the end with MACs as the cost, then the shortest prefix
+    of its moves whose measured latency meets the target, by bisection."""
+    target = target_ratio * original
+    path = search.path("latency", None)
+    deepest, deepest_notes = search.apply(path[-1])
+    fastest = eager_latency(deepest, inputs, repeats, threads=threads)
+    if fastest > target:
+        raise BudgetError(
+            f"target latency <= {target_ratio:g} x {original * 1e3:.3f} ms is out of reach for "
+            f"{search.method}: compressing every unit as far as allowed measures "
+            f"{fastest * 1e3:.3f} ms ({fastest / original:.3f} of the original)")
+    # path[0] (the original) misses the target by definition, path[-1] meets it.
+    low, high, timed = 0, len(path) - 1, {len(path) - 1: (deepest, fastest, deepest_notes)}
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate, candidate_notes = search.apply(path[middle])
+        seconds = eager_latency(candidate, inputs, repeats, threads=threads)
+        if seconds <= target:
+            high, timed[middle] = middle, (candidate, seconds, candidate_notes)
+        else:
+            low = middle
+    compressed, latency, notes = timed[high]
+    return path[high], compressed, notes, latency
 
 
 def _readable(unit, kept: int, kind: str) -> float:

@@ -34,7 +34,8 @@ from typing import TextIO
 import numpy as np
 import torch
 
-from qcompiler.analysis.cost import CostReport, cost, format_bytes, format_count, format_energy
+from qcompiler.analysis.cost import CostReport, cost
+from qcompiler.analysis.units import format_bytes, format_count, format_energy
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph
 from qcompiler.quantization.config import PRESETS

@@ -26,16 +26,24 @@ from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.data_free import EqualizeKeepingStatistics, RecordBatchnormStatistics
 
 
+def float_clean_up() -> list[Pass]:
+    """The first steps on a freshly captured or imported float graph (function-preserving)."""
+    return [
+        # First: a dead user of a conv output would block folding the BN after
+        # that conv, and folding dead constant subgraphs is wasted work.
+        eliminate_dead_code,
+        # Before fold_batchnorm: it folds only into constant weights, and capture (or an
+        # imported graph) can leave weight-side arithmetic (a transposed or reshaped weight)
+        # as nodes.
+        fold_constants,
+    ]
+
+
 def canonical_float_pipeline(verify_each: bool = True) -> Pipeline:
     """Clean up a freshly captured float graph: the form every later pass
     (quantization, equalization, pruning, low-rank) expects. Function-preserving."""
     return Pipeline([
-        # First: a dead user of a conv output would block folding the BN after
-        # that conv, and folding dead constant subgraphs is wasted work.
-        eliminate_dead_code,
-        # Before fold_batchnorm: it folds only into constant weights, and capture
-        # can leave weight-side arithmetic (a transposed or reshaped weight) as nodes.
-        fold_constants,
+        *float_clean_up(),
         # Before any quantization pass (not in this list): folding rescales the
         # weights, so ranges and quantization parameters must be chosen after it.
         fold_batchnorm,
@@ -56,11 +64,9 @@ def ptq_float_steps(*, equalize: bool = True, equalization: Pass | None = None,
     """
     equalization = equalization if equalization is not None else equalize_cross_layer
     return [
-        # The canonical float clean-up first: a dead user of a conv output would block
-        # folding, and an imported graph's weight-side arithmetic (a transposed weight)
-        # must become a constant before fold_batchnorm can fold into it.
-        eliminate_dead_code,
-        fold_constants,
+        # The float clean-up first, so that an imported graph's transposed weight is a
+        # constant before fold_batchnorm (which folds into constants only).
+        *float_clean_up(),
         # Before fold_batchnorm: it reads each batch norm's shift and scale and rewrites the
         # shift; folding carries that into the bias (absorbing before equalization gives
         # the paper's result, see its module docstring).

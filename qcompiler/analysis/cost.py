@@ -46,6 +46,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from qcompiler.analysis.units import format_bytes, format_count, format_energy
 from qcompiler.ir import DTYPES, Graph, Node, Value
 
 
@@ -405,27 +406,3 @@ def _live_bytes_after_each_node(graph: Graph, nodes: list[Node]) -> list[int]:
 
 def _nbytes(value: Value) -> int:
     return value.numel * DTYPES[value.dtype].itemsize
-
-
-# ---- formatting -------------------------------------------------------------------------------
-
-
-def format_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)}"
-
-
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def format_energy(picojoules: float) -> str:
-    for unit, size in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-        if abs(picojoules) >= size:
-            return f"{picojoules / size:.2f} {unit}"
-    return f"{picojoules:.2f} pJ"

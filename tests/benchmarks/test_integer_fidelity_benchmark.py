@@ -25,7 +25,11 @@ def test_quick_run_reports_every_model_and_an_exact_simulation(tmp_path):
     for row in outputs:
         assert row["float64 outputs differing"] == 0 and row["float64 max steps"] == 0, row
         assert row["float64 top-1 interpreter=simulation"] == 1, row
-        assert 0 <= row["float32 outputs differing"] <= 1
+        # The float32 simulation: each op, fed the simulation's integers, is within one step
+        # of the integer kernel, and rarely off at all (measured 2-3e-6 of the elements, one
+        # step of float32 accumulation at a rounding boundary; 1e-4 leaves a 30x margin).
+        assert row["float32 per-op max steps"] <= 1, row
+        assert row["float32 per-op differing"] < 1e-4, row
     digits = payload["results"]["Digits accuracy (labelled test split)"][0]
     assert digits["accuracy interpreter %"] == digits["accuracy simulation float64 %"]
     if "mobilenet_v2" in models:  # the pretrained weights package is installed

@@ -44,10 +44,16 @@ def test_quick_benchmark_reports_every_variant(tmp_path):
         assert row["status"] == "ok" or row["status"].startswith("suspect: same graph as")
         for name in ("top1_agreement", "top5_containment", "mean_kl", "confident_top1_agreement"):
             assert math.isfinite(row[name]), (row["variant"], name)
-        assert 0 <= row["top1_agreement"] <= 1 and row["mean_kl"] >= 0
+        # Every variant still classifies like FP32 far above chance (1 in 1000): measured
+        # 0.44-0.78 top-1 agreement and KL 0.12-1.5 nats on the 32 quick crops; a broken
+        # quantizer gives near 0 and several nats (log 1000 = 6.9 for a uniform guess).
+        assert row["top1_agreement"] > 0.25 and row["mean_kl"] < 3.0, row
     fp32 = mobilenet[0]
     assert fp32["top1_agreement"] == 1.0 and fp32["mean_kl"] == pytest.approx(0.0, abs=1e-9)
-    for row in digits:
+    # Digits (labelled): measured FP32 97.5%, every W8A8 variant the same, W4A8 96.7-96.9%.
+    reference = digits[0]["accuracy_pct"]
+    assert reference > 90
+    for row in digits[1:]:
         if row["status"] == "ok":
-            assert 0 <= row["accuracy_pct"] <= 100
+            assert row["accuracy_pct"] > reference - (1.0 if row["preset"].startswith("int8") else 3.0), row
     assert all(isinstance(row["met"], bool) for row in targets)

@@ -5,8 +5,8 @@ and one negative test per rule that blocks it."""
 import numpy as np
 import pytest
 import torch
+from oracles import assert_same_function, run
 
-from qcompiler.backends.torch import to_torch
 from qcompiler.examples import models
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
@@ -62,11 +62,6 @@ def bn_matched_data(graph, clip_sigmas=None, seed=0):
     return torch.from_numpy(mean).view(1, -1, 1, 1) + z * std
 
 
-def run(graph, x):
-    with torch.no_grad():
-        return to_torch(graph)(x)
-
-
 def test_exact_where_relu_inputs_exceed_the_shift():
     graph = bn_consumer_graph()
     original = graph.copy()
@@ -80,7 +75,7 @@ def test_exact_where_relu_inputs_exceed_the_shift():
         original.values["bn.weight"].data[0])), abs=1e-6)
     for seed in range(3):
         x = bn_matched_data(graph, clip_sigmas=3.0, seed=seed)
-        torch.testing.assert_close(run(graph, x), run(original, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(run(graph, x)[0], run(original, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_close_on_unclipped_data_from_the_batchnorm_statistics():
@@ -89,7 +84,7 @@ def test_close_on_unclipped_data_from_the_batchnorm_statistics():
     original = graph.copy()
     assert absorb_high_bias(graph).modified
     x = bn_matched_data(graph, seed=5)
-    before, after = run(original, x), run(graph, x)
+    before, after = run(original, x)[0], run(graph, x)[0]
     differing = (after - before).abs() > 1e-4
     assert differing.float().mean() < 0.05
     assert (after - before).abs().mean() < 1e-3 * before.abs().mean()
@@ -108,7 +103,7 @@ def test_linear_consumer_without_bias_gets_one():
     bn = graph.values["bn"].producer
     z = torch.randn(8, CHANNELS, generator=torch.Generator().manual_seed(0)).clamp(-3, 3)
     x = torch.from_numpy(bn.inputs[3].data) + z * torch.from_numpy(np.sqrt(bn.inputs[4].data + 1e-5))
-    torch.testing.assert_close(run(graph, x), run(original, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run(graph, x)[0], run(original, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_padded_conv_is_refused_by_default_and_only_interior_is_exact_when_allowed():
@@ -121,7 +116,7 @@ def test_padded_conv_is_refused_by_default_and_only_interior_is_exact_when_allow
     original = graph.copy()
     assert absorb_high_bias(include_padded_convs=True)(graph).modified
     x = bn_matched_data(graph, clip_sigmas=3.0)
-    before, after = run(original, x), run(graph, x)
+    before, after = run(original, x)[0], run(graph, x)[0]
     torch.testing.assert_close(after[..., 1:-1, 1:-1], before[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
     assert (after[..., 0, :] - before[..., 0, :]).abs().max() > 1e-2  # the border moved
 
@@ -138,7 +133,7 @@ def test_relu6_is_left_alone_unless_replacement_is_allowed():
     result = absorb_high_bias(replace_relu6=True)(graph)
     assert result.modified and graph.values["relu6"].producer.op == "relu"
     x = bn_matched_data(graph, clip_sigmas=3.0)
-    torch.testing.assert_close(run(graph, x), run(relu_reference, x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run(graph, x)[0], run(relu_reference, x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_a_branch_after_the_relu_blocks_it():
@@ -234,8 +229,7 @@ def test_absorb_then_fold_then_equalize_on_the_digits_cnn():
     final = Pipeline([fold_batchnorm, equalize_cross_layer(replace_relu6=True)]).run(absorbed)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     # fold + CLE after absorption keep the function exactly (float32 rounding).
-    expected = run(absorbed, x)
-    torch.testing.assert_close(run(final, x), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert_same_function(absorbed, final, [(x,)], scale_relative=True)
 
 
 def photo_batch(size=224):
@@ -263,6 +257,6 @@ def test_pretrained_mobilenet_v2_stays_close_on_photographs():
         absorbed = graph.copy()
         result = absorb_high_bias(replace_relu6=True, include_padded_convs=include_padded_convs)(absorbed)
         assert sum("absorbed c > 0" in note for note in result.notes) == expected_count
-        reference = run(relu_reference(graph, absorbed), photos)
-        change = (run(absorbed, photos) - reference).abs().max() / reference.abs().max()
+        reference = run(relu_reference(graph, absorbed), photos)[0]
+        change = (run(absorbed, photos)[0] - reference).abs().max() / reference.abs().max()
         assert change < 0.1

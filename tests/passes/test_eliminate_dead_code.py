@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import run
 
-from qcompiler.backends.torch import to_torch
 from qcompiler.ir import Graph
 from qcompiler.ir.text import parse
 from qcompiler.passes import eliminate_dead_code
@@ -132,12 +132,6 @@ def test_random_graphs_keep_their_function_and_lose_exactly_the_dead_nodes(data)
     x = torch.linspace(-2, 2, 4)
     for a, b in zip(run(before, x), run(g, x), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
-
-
-def run(g: Graph, x: torch.Tensor) -> tuple:
-    with torch.no_grad():
-        out = to_torch(g)(x)
-    return out if isinstance(out, tuple) else (out,)
 
 
 def _reaches_outputs(g: Graph) -> set[str]:

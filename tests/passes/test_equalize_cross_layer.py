@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import assert_same_function
 
-from qcompiler.backends.torch import to_torch
 from qcompiler.examples import models
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
@@ -59,23 +59,13 @@ def inverted_residual_graph(seed=0, activation="relu"):
     return graph
 
 
-def run(graph, x):
-    with torch.no_grad():
-        return to_torch(graph)(x)
-
-
-def assert_same_function(before, after, inputs):
-    for x in inputs:
-        expected, actual = run(before, x), run(after, x)
-        # float32: relative 1e-5 of the output's scale (weights span e^+-2.5, so
-        # outputs do too; an absolute 1e-5 would be meaningless at that scale).
-        scale = float(expected.abs().max())
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
 def inputs_for(graph, count=3):
     generator = torch.Generator().manual_seed(0)
-    return [torch.randn(graph.inputs[0].shape, generator=generator) for _ in range(count)]
+    return [(torch.randn(graph.inputs[0].shape, generator=generator),) for _ in range(count)]
+
+
+# float32 to 1e-5 of the output's scale (weights span e^+-2.5, so outputs do too; an absolute
+# 1e-5 would be meaningless at that scale): scale_relative=True.
 
 
 def layer(graph, name):
@@ -88,7 +78,7 @@ def test_inverted_residual_is_equalized_and_keeps_its_function():
     result = equalize_cross_layer(graph)
     assert result.modified
     graph.verify()
-    assert_same_function(original, graph, inputs_for(graph))
+    assert_same_function(original, graph, inputs_for(graph), scale_relative=True)
     expand, dw, project = (layer(graph, n) for n in ("expand", "dw", "project"))
     assert "%expand -> %dw -> %project: converged" in "\n".join(result.notes)
     # At the fixed point each channel's range is the same in all three tied layers
@@ -133,7 +123,7 @@ def test_random_chains_keep_their_function(seed, steps):
     result = equalize_cross_layer(graph)
     assert result.modified
     graph.verify()
-    assert_same_function(original, graph, inputs_for(graph, 2))
+    assert_same_function(original, graph, inputs_for(graph, 2), scale_relative=True)
 
 
 def test_linear_chain_with_relu():
@@ -147,7 +137,7 @@ def test_linear_chain_with_relu():
     graph.outputs = [graph.add_node("linear", [h, w2], name="fc2").output]
     original = graph.copy()
     assert equalize_cross_layer(graph).modified
-    assert_same_function(original, graph, inputs_for(graph))
+    assert_same_function(original, graph, inputs_for(graph), scale_relative=True)
     np.testing.assert_allclose(output_channel_ranges(graph.values["fc1"].producer.inputs[1].data),
                                input_channel_ranges(graph.values["fc2"].producer.inputs[1].data),
                                rtol=1e-5)
@@ -200,7 +190,7 @@ def test_relu6_is_left_alone_unless_replacement_is_allowed():
     assert result.modified
     assert [n.op for n in graph].count("clamp") == 0
     assert any("replaced ReLU6 %relu6, %relu6_1 by ReLU" in n for n in result.notes)
-    assert_same_function(relu_reference, graph, inputs_for(graph))
+    assert_same_function(relu_reference, graph, inputs_for(graph), scale_relative=True)
 
 
 def test_batch_norm_in_the_way_says_to_fold_first():
@@ -249,7 +239,7 @@ def test_builtin_models_keep_their_function(factory, kwargs, chains):
         result = equalize_cross_layer(replace_relu6=replace_relu6)(graph)
         assert result.notes[0] == f"equalized {chains[replace_relu6]} chain(s)"
         graph.verify()
-        assert_same_function(relu_reference(folded, graph), graph, inputs_for(graph, 2))
+        assert_same_function(relu_reference(folded, graph), graph, inputs_for(graph, 2), scale_relative=True)
 
 
 @pytest.mark.slow  # ~10 s: traces the full ImageNet MobileNetV2
@@ -262,7 +252,7 @@ def test_pretrained_mobilenet_v2_keeps_its_function_and_evens_out_depthwise_rang
     assert result.notes[0] == "equalized 16 chain(s)"
     assert not any("did NOT converge" in n for n in result.notes)
     # Trained weights, same relative 1e-5 (measured ~3e-6 at 96x96).
-    assert_same_function(relu_reference(folded, graph), graph, inputs_for(graph, 2))
+    assert_same_function(relu_reference(folded, graph), graph, inputs_for(graph, 2), scale_relative=True)
 
     # The depthwise filters are why per-tensor INT8 fails on MobileNetV2 (Nagel et
     # al. 2019, fig. 2): their channel ranges span orders of magnitude. Measured

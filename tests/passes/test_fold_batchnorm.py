@@ -4,8 +4,8 @@ function; every BN that cannot be folded stays, with the reason in the notes."""
 import numpy as np
 import pytest
 import torch
+from oracles import assert_same_function, run
 
-from qcompiler.backends.torch import to_torch
 from qcompiler.ir import Graph, Value
 from qcompiler.passes import fold_batchnorm
 
@@ -27,20 +27,6 @@ def add_bn(g: Graph, x: Value, seed: int = 0, name: str = "bn"):
 
 def weight(g: Graph, name: str, shape, seed: int = 1):
     return g.add_constant(name, np.random.default_rng(seed).normal(0, 0.3, shape))
-
-
-def run(g: Graph, inputs):
-    with torch.no_grad():
-        out = to_torch(g)(*inputs)
-    return out if isinstance(out, tuple) else (out,)
-
-
-def assert_same_function(before: Graph, after: Graph, rtol=1e-5, atol=1e-5):
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        inputs = [torch.randn(v.shape, generator=generator) for v in before.inputs]
-        for a, b in zip(run(before, inputs), run(after, inputs), strict=True):
-            torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
 
 
 def count(g: Graph, op: str) -> int:
@@ -280,7 +266,7 @@ def test_every_batchnorm_of_builtin_models_folds(name):
         expected = model(*inputs)
     # Twenty-odd folded layers in a row round differently from conv-then-BN; the
     # relative error stays near float32 epsilon times depth.
-    torch.testing.assert_close(run(g, inputs)[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(run(g, *inputs)[0], expected, rtol=1e-4, atol=1e-5)
     assert fold_batchnorm(g).modified is False
 
 

@@ -2,29 +2,32 @@
 exactly the value the graph would have computed, unless the result would be big."""
 
 import numpy as np
-import torch
+import oracles
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import random_inputs, run
 
-from qcompiler.backends.torch import to_torch
 from qcompiler.ir import Graph
 from qcompiler.ir.text import parse
 from qcompiler.passes import fold_constants
 from qcompiler.passes.fold_constants import SMALL_RESULT_ELEMENTS
 
 
-def run(g: Graph, inputs) -> tuple:
-    with torch.no_grad():
-        out = to_torch(g)(*inputs)
-    return out if isinstance(out, tuple) else (out,)
-
-
-def assert_same_function(before: Graph, after: Graph):
-    generator = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(v.shape, generator=generator) for v in before.inputs]
-    for a, b in zip(run(before, inputs), run(after, inputs), strict=True):
-        # Bit for bit: the folded value was computed by the same torch function.
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
+def assert_folded_exactly(before: Graph, after: Graph):
+    """Every constant the pass made holds, bit for bit, what `before` computes for that value
+    (the same torch function computed it); and the function is the same to float32 rounding.
+    Not bit for bit: a folded constant is contiguous where the node's result was a view (a
+    transposed weight), and a kernel may sum a dot product in another order for another
+    layout (measured: 2 of 8 outputs 1.9e-6 apart on a Xeon with AVX-512, equal on AVX2)."""
+    folded = [v for v in after.constants if v.name in before.values
+              and not before.values[v.name].is_constant]
+    if folded:
+        probe = before.copy()
+        probe.outputs = [probe.values[v.name] for v in folded]
+        for value, computed in zip(folded, run(probe, *random_inputs(before, 0)), strict=True):
+            assert value.data.dtype == computed.numpy().dtype
+            assert np.array_equal(value.data, computed.numpy()), value.name
+    oracles.assert_same_function(before, after, rtol=1e-6, atol=1e-6)
 
 
 def test_weight_transpose_folds_and_keeps_its_name():
@@ -40,7 +43,7 @@ def test_weight_transpose_folds_and_keeps_its_name():
     assert [node.op for node in g] == ["linear"]
     assert [v.name for v in g.constants] == ["w_t"]   # the unused source weight went too
     np.testing.assert_array_equal(g.values["w_t"].data, np.arange(12).reshape(3, 4).T)
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
     assert fold_constants(g).modified is False
 
 
@@ -64,7 +67,7 @@ def test_a_chain_of_constant_nodes_folds_in_one_run():
           return %y
         }
         """))
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
 
 
 def test_nodes_that_depend_on_an_input_are_not_folded():
@@ -94,7 +97,7 @@ def test_a_constant_still_used_elsewhere_is_kept():
     before = g.copy()
     assert fold_constants(g).modified is True
     assert sorted(v.name for v in g.constants) == ["c", "neg"]
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
 
 
 def test_split_of_a_constant_folds_every_output():
@@ -111,7 +114,7 @@ def test_split_of_a_constant_folds_every_output():
     g.verify()
     assert [node.op for node in g] == ["mul"]
     assert g.outputs[1] is g.values["hi"] and g.values["hi"].is_constant
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
 
 
 def test_a_large_broadcast_is_not_folded_and_is_named_in_the_notes():
@@ -139,7 +142,7 @@ def test_a_small_broadcast_is_folded():
     before = g.copy()
     assert fold_constants(g).modified is True
     assert g.values["plane"].is_constant
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
 
 
 def test_folded_constants_are_new_arrays():
@@ -152,7 +155,7 @@ def test_folded_constants_are_new_arrays():
     before = g.copy()
     assert fold_constants(g).modified is True
     np.testing.assert_array_equal(kept, [1.0, -2.0, 3.0])
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)
 
 
 UNARY = [("relu", {}), ("tanh", {}), ("transpose", {"dim0": 0, "dim1": 1}),
@@ -184,4 +187,4 @@ def test_random_graphs_compute_the_same_after_folding(data):
     g.verify()
     assert result.modified == (foldable > 0)
     assert not any(all(v.is_constant for v in node.inputs) for node in g)
-    assert_same_function(before, g)
+    assert_folded_exactly(before, g)

@@ -8,11 +8,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from oracles import run
 from strategies import random_inputs
 
 import qcompiler as qc
 from qcompiler.analysis.cost import cost
-from qcompiler.backends.torch import to_torch
 from qcompiler.compression.dependency import PRODUCER_ROLES, Group, dependency_groups
 from qcompiler.errors import PassError
 from qcompiler.examples import models
@@ -20,12 +20,6 @@ from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph, QParams, Value
 from qcompiler.numerics.importance import kept_count
 from qcompiler.passes import remove_filters
-
-
-def run(g: Graph, inputs):
-    with torch.no_grad():
-        out = to_torch(g)(*inputs)
-    return out if isinstance(out, tuple) else (out,)
 
 
 def random_masks(groups: list[Group], seed: int = 0) -> dict[str, np.ndarray]:
@@ -73,7 +67,7 @@ def check_against_zeroed_model(model, inputs, exact_borders=False, seed=0, graph
     assert result.modified
     with torch.no_grad():
         expected = zeroed_module(model, groups, masks)(*inputs)
-    torch.testing.assert_close(run(small, inputs)[0], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run(small, *inputs)[0], expected, rtol=1e-5, atol=1e-5)
     assert cost(small).macs < 0.8 * cost(graph).macs
     return graph, small, groups, masks
 
@@ -161,7 +155,7 @@ def test_concat_and_split_offsets():
     assert next(n for n in small if n.name == "parts").attrs["sizes"] == [2, 1 + 6]
     assert small.values["cat"].shape == (2, 9, 5, 5)
     inputs = random_inputs(g)
-    for got, want in zip(run(small, inputs), run(zeroed_graph(g, groups, masks), inputs), strict=True):
+    for got, want in zip(run(small, *inputs), run(zeroed_graph(g, groups, masks), *inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -178,12 +172,12 @@ def test_bias_compensation_is_exact_in_the_interior_and_with_exact_borders():
     groups = dependency_groups(g)
     masks = {"conv1": [True, False, True, False, False, True]}
     inputs = random_inputs(g, seed=1)
-    want = run(zeroed_graph(g, groups, masks), inputs)[0]
+    want = run(zeroed_graph(g, groups, masks), *inputs)[0]
     interior = (slice(None), slice(None), slice(1, -1), slice(1, -1))
 
     folded = g.copy()
     notes = remove_filters(masks=masks)(folded).notes
-    got = run(folded, inputs)[0]
+    got = run(folded, *inputs)[0]
     torch.testing.assert_close(got[interior], want[interior], rtol=1e-5, atol=1e-5)
     assert (got - want).abs().max() > 1e-3  # zero padding: border taps saw 0, not the constant
     assert any("exact away from the borders only" in note for note in notes)
@@ -192,15 +186,15 @@ def test_bias_compensation_is_exact_in_the_interior_and_with_exact_borders():
     remove_filters(masks=masks, exact_borders=True)(exact)
     exact.verify()
     assert [n.name for n in exact if n.op == "add"] == ["conv2.border_add"]
-    torch.testing.assert_close(run(exact, inputs)[0], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(run(exact, *inputs)[0], want, rtol=1e-5, atol=1e-5)
 
     # Without compensation, removal equals zeroing the readers' input columns instead.
     plain = g.copy()
     remove_filters(masks=masks, compensate_bias=False)(plain)
     columns_zeroed = zeroed_graph(g, groups, masks, roles=("in",))
-    torch.testing.assert_close(run(plain, inputs)[0], run(columns_zeroed, inputs)[0],
+    torch.testing.assert_close(run(plain, *inputs)[0], run(columns_zeroed, *inputs)[0],
                                rtol=1e-5, atol=1e-5)
-    assert (run(plain, inputs)[0] - want)[interior].abs().max() > 1e-3
+    assert (run(plain, *inputs)[0] - want)[interior].abs().max() > 1e-3
 
 
 def test_compensation_creates_a_bias_for_a_reader_without_one():
@@ -214,7 +208,7 @@ def test_compensation_creates_a_bias_for_a_reader_without_one():
     remove_filters(masks=masks)(small)
     assert small.nodes[-1].inputs[2].name == "conv2.bias"
     inputs = random_inputs(g)
-    torch.testing.assert_close(run(small, inputs)[0], run(zeroed_graph(g, groups, masks), inputs)[0],
+    torch.testing.assert_close(run(small, *inputs)[0], run(zeroed_graph(g, groups, masks), *inputs)[0],
                                rtol=1e-5, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 import qcompiler as qc
 from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import dependency_groups
+from qcompiler.ir import structurally_equal
 from qcompiler.passes import remove_filters
 
 
@@ -81,7 +82,14 @@ def test_mean_is_closer_to_the_original_than_the_zeroed_filter_constant():
 
 
 def test_mean_without_compensation_needs_no_data():
-    remove_filters(compensate_with="mean", compensate_bias=False)  # nothing to measure: no error
+    _, graph, _, _ = setup()
+    # Nothing to measure without compensation: no data needed, no error, and the same result
+    # as removing the channels without compensation by the other constant.
+    configured = remove_filters(ratio=0.4, compensate_with="mean", compensate_bias=False)
+    result = configured(graph.copy())
+    assert result.modified
+    plain = remove_filters(ratio=0.4, compensate_bias=False)(graph.copy())
+    assert structurally_equal(result.graph, plain.graph)
 
 
 @pytest.mark.parametrize("criterion", ["l1", "fpgm", "activation"])

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles import run
 from strategies import graphs, random_inputs
-from test_remove_filters import conv, random_masks, run, zeroed_graph
+from test_remove_filters import conv, random_masks, zeroed_graph
 
 from qcompiler.compression.dependency import PRODUCER_ROLES, dependency_groups
 from qcompiler.ir import Graph
@@ -109,8 +110,8 @@ def test_random_networks_equal_the_original_with_channels_zeroed(graph, seed):
         result = remove_filters(masks=masks, compensate_bias=compensate, exact_borders=True)(small)
         small.verify()
         assert result.modified == bool(masks)
-        expected = run(zeroed_graph(graph, groups, masks, roles=roles), inputs)
-        for got, want in zip(run(small, inputs), expected, strict=True):
+        expected = run(zeroed_graph(graph, groups, masks, roles=roles), *inputs)
+        for got, want in zip(run(small, *inputs), expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -126,6 +127,6 @@ def test_random_ir_graphs_equal_the_original_with_reader_columns_zeroed(graph, s
     small.verify()
     assert result.modified == bool(masks)
     inputs = random_inputs(graph, seed)
-    expected = run(zeroed_graph(graph, groups, masks, roles=("in",)), inputs)
-    for got, want in zip(run(small, inputs), expected, strict=True):
+    expected = run(zeroed_graph(graph, groups, masks, roles=("in",)), *inputs)
+    for got, want in zip(run(small, *inputs), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

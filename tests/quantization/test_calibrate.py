@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import qcompiler as qc
 from qcompiler.errors import QuantizationError
-from qcompiler.ir import Graph
+from qcompiler.ir import Graph, structurally_equal
 from qcompiler.numerics.quant import choose_qparams, sqnr_db
 from qcompiler.passes import fold_batchnorm, insert_fake_quant
 from qcompiler.quantization.calibrate import calibrate
@@ -124,7 +124,11 @@ def test_bad_calibration_data_is_refused(fake_quant_graph, data, message):
 
 
 def test_numpy_batches_are_accepted(fake_quant_graph):
-    calibrate(fake_quant_graph, [np.ones((2, 3, 8, 8), np.float32)])
+    array = np.linspace(-1, 1, 384, dtype=np.float32).reshape(2, 3, 8, 8)
+    from_numpy = calibrate(fake_quant_graph, [array])
+    from_torch = calibrate(fake_quant_graph, [torch.from_numpy(array.copy())])
+    assert not find_uncalibrated(from_numpy)
+    assert structurally_equal(from_numpy, from_torch)
 
 
 def test_nan_in_an_activation_names_the_node():
