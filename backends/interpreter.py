@@ -23,10 +23,8 @@ import torch
 
 from qcompiler.backends.interpreter_ops import KERNELS, AccumulatorOverflowError
 from qcompiler.errors import IntegerOnlyError, QCompilerError
-from qcompiler.ir import DTYPES, Graph, Node
+from qcompiler.ir import DTYPES, FLOAT_DTYPES, Graph, Node
 from qcompiler.ir.ops import attrs_with_defaults, run_op
-
-FLOAT_DTYPES = {"f32", "f16", "f64"}
 
 
 def _float_values(node: Node) -> list[str]:

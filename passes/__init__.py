@@ -1,4 +1,7 @@
-"""Graph rewrites, one a file. Each is a callable `graph -> PassResult`."""
+"""Graph rewrites, one a file. Each is a function `graph -> PassResult`, or a frozen dataclass
+of options whose `__call__(graph)` returns one, and declares whether it works in place
+(`qcompiler.ir.pipeline`). A pass never imports another pass: what passes share lives in
+`qcompiler.ir` (the editing library, the op table) or a core package."""
 
 # Re-exported so pipelines read `qc.passes.fold_batchnorm` (hence the noqa).
 from qcompiler.passes.absorb_high_bias import absorb_high_bias  # noqa: F401

@@ -1,2 +1,2 @@
 """Structured compression: dependency groups, channel scores and surgery, and the
-budget search's cost and sensitivity models."""
+budget search's sensitivity, cost and greedy allocation."""

@@ -48,7 +48,13 @@ from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, dependency_groups
 from qcompiler.ir import Graph, Node
-from qcompiler.ir.edit import input_channel_axis, optional_input, output_channel_axis, set_layer_bias
+from qcompiler.ir.edit import (
+    input_channel_axis,
+    optional_input,
+    output_channel_axis,
+    set_layer_bias,
+    why_not_float_constant,
+)
 from qcompiler.ir.evaluate import Evaluator, input_batches
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
 from qcompiler.numerics import low_rank
@@ -183,8 +189,8 @@ def decomposable_layers(graph: Graph) -> list[Node]:
     layers = []
     for node in graph:
         weight = node.inputs[1] if node.op in OUT_IN_WEIGHTED_OPS else None
-        if (weight is not None and weight.is_constant and weight.qparams is None
-                and weight.dtype in ("f32", "f64") and node.attrs.get("groups", 1) == 1):
+        if (weight is not None and why_not_float_constant(weight, "decompose") is None
+                and node.attrs.get("groups", 1) == 1):
             layers.append(node)
     return layers
 

@@ -1,2 +1,3 @@
-"""Quantization: configuration, observers, calibration, sensitivity and the integer
-lowering rules. Passes that insert or refine quantizers live in `qcompiler.passes`."""
+"""Quantization: configuration, observers, the quantizers of a fake-quant graph, calibration
+(and its data-free variant), sensitivity, and integer lowering (driver, state and rules).
+Passes that insert, calibrate or refine quantizers live in `qcompiler.passes`."""

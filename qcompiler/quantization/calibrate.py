@@ -19,10 +19,11 @@ Quantization points are the fake_quant nodes, grouped by their scale constant
 Then `choose_qparams` (qcompiler.numerics.quant) turns each range into a scale and
 zero point, which fill the point's constants and the `qparams` of every member's
 output value. `fake_quant_bias` nodes read those scale constants when they run, so
-biases land on their int32 grid with nothing more to do here. The input graph is
-never modified: work happens on a copy, so an error (empty data, a batch of the
-wrong shape or dtype, NaN/Inf in a weight or an activation) leaves nothing
-half-calibrated.
+biases land on their int32 grid with nothing more to do here. `calibrate` never
+modifies its input: it works on a copy. `calibrate_in_place` (what the pass
+`qcompiler.passes.calibrate` runs on a pipeline's copy) measures everything before it
+writes anything, so an error (empty data, a batch of the wrong shape or dtype, NaN/Inf
+in a weight or an activation) leaves nothing half-calibrated either way.
 """
 
 from __future__ import annotations
