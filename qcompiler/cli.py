@@ -26,16 +26,14 @@ import inspect
 import sys
 import time
 import traceback
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import torch
 
-from qcompiler.analysis.cost import CostReport, cost
-from qcompiler.analysis.units import format_bytes, format_count, format_energy
+from qcompiler.analysis.cost import cost
+from qcompiler.analysis.units import cost_comparison, op_counts
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph
 from qcompiler.quantization.config import PRESETS
@@ -146,11 +144,6 @@ def capture(loaded: LoadedModel, out: TextIO) -> Graph:
 # ---- printing ---------------------------------------------------------------------------------
 
 
-def op_counts(graph: Graph) -> str:
-    counts = Counter(node.op for node in graph)
-    return ", ".join(f"{op} {n}" for op, n in counts.most_common())
-
-
 def ir_preview(graph: Graph, node_lines: int | None) -> str:
     """The IR text; with `node_lines`, constants are summarised and only the first nodes shown."""
     text = str(graph)
@@ -163,27 +156,6 @@ def ir_preview(graph: Graph, node_lines: int | None) -> str:
     if len(nodes) > node_lines:
         shown.append(f"  // ... {len(nodes) - node_lines} more nodes (--full-ir prints them)")
     return "\n".join(shown + lines[-2:]) + "\n"
-
-
-def cost_comparison(before: CostReport, after: CostReport) -> str:
-    rows = [("MACs", "macs", format_count), ("other ops", "ops", format_count),
-            ("params", "params", format_count), ("weight bytes", "weight_bytes", format_bytes),
-            ("peak activation bytes", "peak_activation_bytes", format_bytes),
-            ("energy (estimate)", "energy_pj", format_energy)]
-    nodes_before, nodes_after = len(before.per_node), len(after.per_node)
-    table = [("", "before", "after", "change"),
-             ("nodes", str(nodes_before), str(nodes_after), _change(nodes_before, nodes_after))]
-    for label, field, fmt in rows:
-        old, new = getattr(before, field), getattr(after, field)
-        table.append((label, fmt(old), fmt(new), _change(old, new)))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    return "\n".join(
-        "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)])
-        for row in table) + "\n"
-
-
-def _change(old: float, new: float) -> str:
-    return "0%" if old == new else (f"{(new - old) / old:+.1%}" if old else "new")
 
 
 def pass_report(records) -> str:
@@ -255,87 +227,10 @@ def run_demo(args, out: TextIO) -> int:
     out.write(f"max |captured graph - torch module|     = {max_abs_difference(before, reference):.3g}\n")
     out.write(f"max |after pipeline - before pipeline|  = {max_abs_difference(after, before):.3g}\n")
     if not args.float_only:
-        run_quantized_demo(spec, loaded, optimized, args.images, out)
+        from qcompiler.run_model import run_quantized_demo
+
+        run_quantized_demo(spec, loaded.module, loaded.example_inputs, optimized, args.images, out)
     return 0
-
-
-def demo_data(spec: str, loaded: LoadedModel, count: int) -> tuple[list, list, str]:
-    """Calibration and evaluation batches: disjoint photo crops for an ImageNet model, else
-    seeded random tensors shaped like the example inputs."""
-    batch = loaded.example_inputs[0].shape[0]
-    if spec in ("pretrained_mobilenet_v2", "mobilenet_v2"):
-        from qcompiler.examples.photos import calibration_pool, evaluation_pool
-
-        resolution = loaded.example_inputs[0].shape[-1]
-        calibration = list(calibration_pool(count, seed=0, batch_size=batch, size=resolution))
-        evaluation = list(evaluation_pool(count, seed=1, batch_size=batch, size=resolution))
-        return calibration, evaluation, f"{count} + {count} disjoint photo crops"
-    generator = torch.Generator().manual_seed(0)
-
-    def like(example):
-        if example.is_floating_point():
-            return torch.randn(example.shape, generator=generator)
-        return torch.randint(0, int(example.max()) + 1, example.shape, generator=generator)
-
-    batches = [tuple(like(x) for x in loaded.example_inputs) for _ in range(2 * max(1, count // batch))]
-    half = len(batches) // 2
-    return batches[:half], batches[half:], f"{half} + {half} random batches"
-
-
-def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, images: int,
-                       out: TextIO) -> None:
-    """Quantize (int8: per-channel weights, u8 activations), lower to integers, run the
-    integer interpreter, and compare FP32, fake-quant simulation and integers."""
-    from qcompiler.analysis.metrics import fidelity
-    from qcompiler.backends import interpreter
-    from qcompiler.quantize import lower_to_integer, quantize
-
-    calibration, evaluation, described = demo_data(spec, loaded, images)
-    out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
-    start = time.perf_counter()
-    quantized = quantize(float_graph, calibration, progress=False)
-    out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
-              "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
-    strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
-    start = time.perf_counter()
-    integer = lower_to_integer(quantized, strict=strict)
-    out.write(f"qc.lower_to_integer: {time.perf_counter() - start:.1f} s, {len(integer)} integer-graph "
-              f"nodes, ops: {op_counts(integer)}\n")
-    out.write("\n== cost: float vs integer graph ==\n")
-    out.write(cost_comparison(cost(float_graph), cost(integer)))
-
-    simulation = to_torch_module(quantized, exact=True)  # the simulation the integers must equal
-    reference, simulated, integers = [], [], []
-    seconds = 0.0
-    for batch in evaluation:
-        inputs = batch if isinstance(batch, tuple) else (batch,)
-        with torch.no_grad():
-            reference.append(loaded.module(*inputs).numpy())
-            simulated.append(simulation(*inputs).numpy())
-        start = time.perf_counter()
-        integers.append(np.asarray(interpreter.run(integer, *inputs, strict=strict)))
-        seconds += time.perf_counter() - start
-    reference, simulated, integers = (np.concatenate(x) for x in (reference, simulated, integers))
-    count = len(reference)
-    out.write(f"\n== fidelity on {count} evaluation inputs ==\n")
-    for name, candidate in (("fake-quant simulation", simulated), ("integer interpreter", integers)):
-        metrics = fidelity(reference, candidate)
-        out.write(f"{name:>22} vs FP32: top-1 agreement {metrics['top1_agreement']:.1%}, "
-                  f"top-5 containment {metrics['top5_containment']:.1%}, "
-                  f"mean KL {metrics['mean_kl']:.4f}\n")
-    differing = float(np.mean(simulated != integers))
-    agree = float(np.mean(simulated.argmax(-1) == integers.argmax(-1)))
-    out.write(f"interpreter vs simulation (qc.to_torch(qg, exact=True)): {differing:.2%} of "
-              "output elements differ, "
-              f"top-1 agreement {agree:.1%}\n")
-    out.write(f"interpreter speed: {count / seconds:.1f} inputs/s (numpy reference, not a fast "
-              "backend)\n")
-
-
-def to_torch_module(graph: Graph, exact: bool = False):
-    from qcompiler.backends.torch import to_torch
-
-    return to_torch(graph, trainable=False, exact=exact)
 
 
 def run_on_backend(args, out: TextIO) -> int:

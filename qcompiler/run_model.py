@@ -1,18 +1,28 @@
-"""`qcompiler run MODEL --backend interpreter`: quantize a model, lower it to integer ops, run
-it on the integer interpreter and print its outputs and their agreement with float and with
-the fake-quant simulation (`qcompiler.backends.simulation_agreement` measures it)."""
+"""Running a model on the integer path, for the CLI: `qcompiler run MODEL --backend
+interpreter` (`run_model_on_interpreter`: quantize a model, lower it to integer ops, run it
+on the integer interpreter and print its outputs and their agreement with float and with the
+fake-quant simulation, as `qcompiler.backends.simulation_agreement` measures it) and the
+quantized half of `qcompiler demo` (`run_quantized_demo`)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 import numpy as np
 import torch
 
+from qcompiler.analysis.cost import cost
+from qcompiler.analysis.metrics import fidelity
+from qcompiler.analysis.units import cost_comparison, op_counts
+from qcompiler.backends import interpreter
 from qcompiler.backends.simulation_agreement import Agreement, compare_with_simulation
+from qcompiler.backends.torch import to_torch
 from qcompiler.errors import IntegerOnlyError
-from qcompiler.quantize import quantize
+from qcompiler.ir import Graph
+from qcompiler.quantization.lowering import FALLBACK_OPS
+from qcompiler.quantize import lower_to_integer, quantize
 
 
 def _calibration_batches(example_inputs: tuple, count: int, seed: int) -> list[tuple]:
@@ -76,3 +86,73 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
     out.write(f"layers: {len(agreement.layers)} quantized activations; worst local disagreement "
               f"(each op on the simulation's inputs) {local:.3%} of elements\n")
     return agreement
+
+
+def demo_data(spec: str, example_inputs: tuple, count: int) -> tuple[list, list, str]:
+    """Calibration and evaluation batches: disjoint photo crops for an ImageNet model, else
+    seeded random tensors shaped like the example inputs."""
+    batch = example_inputs[0].shape[0]
+    if spec in ("pretrained_mobilenet_v2", "mobilenet_v2"):
+        from qcompiler.examples.photos import calibration_pool, evaluation_pool
+
+        resolution = example_inputs[0].shape[-1]
+        calibration = list(calibration_pool(count, seed=0, batch_size=batch, size=resolution))
+        evaluation = list(evaluation_pool(count, seed=1, batch_size=batch, size=resolution))
+        return calibration, evaluation, f"{count} + {count} disjoint photo crops"
+    generator = torch.Generator().manual_seed(0)
+
+    def like(example):
+        if example.is_floating_point():
+            return torch.randn(example.shape, generator=generator)
+        return torch.randint(0, int(example.max()) + 1, example.shape, generator=generator)
+
+    batches = [tuple(like(x) for x in example_inputs) for _ in range(2 * max(1, count // batch))]
+    half = len(batches) // 2
+    return batches[:half], batches[half:], f"{half} + {half} random batches"
+
+
+def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple, float_graph: Graph,
+                       images: int, out: TextIO) -> None:
+    """`qcompiler demo`'s second half: quantize (int8: per-channel weights, u8 activations),
+    lower to integers, run the integer interpreter, and compare FP32, fake-quant simulation and
+    integers."""
+    calibration, evaluation, described = demo_data(spec, example_inputs, images)
+    out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
+    start = time.perf_counter()
+    quantized = quantize(float_graph, calibration, progress=False)
+    out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
+              "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
+    strict = not any(node.op in FALLBACK_OPS for node in quantized)  # else float islands
+    start = time.perf_counter()
+    integer = lower_to_integer(quantized, strict=strict)
+    out.write(f"qc.lower_to_integer: {time.perf_counter() - start:.1f} s, {len(integer)} integer-graph "
+              f"nodes, ops: {op_counts(integer)}\n")
+    out.write("\n== cost: float vs integer graph ==\n")
+    out.write(cost_comparison(cost(float_graph), cost(integer)))
+
+    simulation = to_torch(quantized, trainable=False, exact=True)  # what the integers must equal
+    reference, simulated, integers = [], [], []
+    seconds = 0.0
+    for batch in evaluation:
+        inputs = batch if isinstance(batch, tuple) else (batch,)
+        with torch.no_grad():
+            reference.append(module(*inputs).numpy())
+            simulated.append(simulation(*inputs).numpy())
+        start = time.perf_counter()
+        integers.append(np.asarray(interpreter.run(integer, *inputs, strict=strict)))
+        seconds += time.perf_counter() - start
+    reference, simulated, integers = (np.concatenate(x) for x in (reference, simulated, integers))
+    count = len(reference)
+    out.write(f"\n== fidelity on {count} evaluation inputs ==\n")
+    for name, candidate in (("fake-quant simulation", simulated), ("integer interpreter", integers)):
+        metrics = fidelity(reference, candidate)
+        out.write(f"{name:>22} vs FP32: top-1 agreement {metrics['top1_agreement']:.1%}, "
+                  f"top-5 containment {metrics['top5_containment']:.1%}, "
+                  f"mean KL {metrics['mean_kl']:.4f}\n")
+    differing = float(np.mean(simulated != integers))
+    agree = float(np.mean(simulated.argmax(-1) == integers.argmax(-1)))
+    out.write(f"interpreter vs simulation (qc.to_torch(qg, exact=True)): {differing:.2%} of "
+              "output elements differ, "
+              f"top-1 agreement {agree:.1%}\n")
+    out.write(f"interpreter speed: {count / seconds:.1f} inputs/s (numpy reference, not a fast "
+              "backend)\n")
