@@ -274,8 +274,12 @@ def test_refuses_bad_options():
 @pytest.mark.slow
 def test_digits_cnn_w4a8_accuracy_is_at_least_round_to_nearest():
     """Per-tensor 4-bit weights (after BN folding), 8-bit activations: round-to-nearest loses
-    about 20 points on the trained digits CNN; AdaRound recovers them (measured: 77.7% ->
-    97.5% with all 512 calibration images, 96.1% with the default max_examples=64; FP32 97.5%)."""
+    about 20-50 points on the trained digits CNN; AdaRound recovers them (measured: 77.7% ->
+    97.5% with all 512 calibration images, 96.1% with the default max_examples=64; FP32 97.5%).
+    One AdaRound run's test accuracy moves by about a point with its row-sampling seed (one
+    test image is 0.28 points; on an AVX-512 Xeon seeds 0, 1, 2 gave 96.4%, 97.8% and 96.9%
+    against FP32 97.8%), so the claim is checked on every seed (10 points over nearest) and
+    on their mean (within 1 point of FP32)."""
     from qcompiler.examples.datasets import accuracy, train_digits_cnn
     from qcompiler.quantize import quantize
 
@@ -283,14 +287,17 @@ def test_digits_cnn_w4a8_accuracy_is_at_least_round_to_nearest():
     calibration = [split.train_images[i:i + 64] for i in range(0, 512, 64)]
     nearest = quantize(model, calibration, config=W4, equalize=False, bias_correction=False,
                        progress=False)
-    rounded = round_adaptive(nearest.copy(), calibration_data=calibration, max_examples=None,
-                             progress=False).graph
     with torch.no_grad():
         nearest_accuracy = accuracy(to_torch(nearest)(split.test_images), split.test_labels)
-        rounded_accuracy = accuracy(to_torch(rounded)(split.test_images), split.test_labels)
         float_accuracy = accuracy(model(split.test_images), split.test_labels)
-    assert rounded_accuracy >= nearest_accuracy + 10, (nearest_accuracy, rounded_accuracy)
-    assert rounded_accuracy >= float_accuracy - 1, (float_accuracy, rounded_accuracy)
+    rounded_accuracies = []
+    for seed in range(3):
+        rounded = round_adaptive(nearest.copy(), calibration_data=calibration, max_examples=None,
+                                 seed=seed, progress=False).graph
+        with torch.no_grad():
+            rounded_accuracies.append(accuracy(to_torch(rounded)(split.test_images), split.test_labels))
+    assert min(rounded_accuracies) >= nearest_accuracy + 10, (nearest_accuracy, rounded_accuracies)
+    assert np.mean(rounded_accuracies) >= float_accuracy - 1, (float_accuracy, rounded_accuracies)
 
 
 def test_reads_only_the_batches_that_hold_max_examples():
