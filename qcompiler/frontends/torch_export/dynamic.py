@@ -22,6 +22,7 @@ import logging
 import os
 import traceback
 
+import sympy
 import torch
 
 from qcompiler.ir.dims import Dim
@@ -70,7 +71,8 @@ def ir_dim(size, where: str):
     coefficient, symbol = expr.as_coeff_Mul()
     if symbol.is_Symbol and coefficient.is_Integer and int(coefficient) >= 1:
         return Dim(BATCH_SYMBOL, int(coefficient))
-    raise ValueError(f"{where}: its size {expr} is not a multiple of the batch size N "
+    named = expr.subs({s: sympy.Symbol(BATCH_SYMBOL) for s in expr.free_symbols})
+    raise ValueError(f"{where}: its size {named} is not a multiple of the batch size N "
                      "(the IR's symbolic sizes are N, 2*N, ...)")
 
 
