@@ -11,7 +11,9 @@
 
 A constant with at most `INLINE_LIMIT` elements prints its data (`dense<...>`);
 a larger one prints a content digest, and `parse` takes its data from the
-`constants` mapping. `_` is an absent optional input. Attributes print sorted
+`constants` mapping. `print_graph(graph, external_constants=True)` prints every
+constant as `external` (its data given to `parse` unchecked: a structure to fill
+with other weights of the same types). `_` is an absent optional input. Attributes print sorted
 by name, as Python literals. Quantization parameters follow a type as
 `q(bits=8, signed=True, ...)`. A symbolic dimension prints as its symbol, times its
 factor if any (`f32[N,3,224,224]`, `f32[N*4,16,8]`; `qcompiler.ir.dims`).
@@ -40,7 +42,7 @@ from qcompiler.ir.printer import (  # noqa: F401  (the text form's printer, as q
 
 _NAME = r"[A-Za-z0-9_.:/\-]+"
 _HEADER = re.compile(rf"^graph ({_NAME})\((.*)\) \{{$")
-_CONST = re.compile(rf"^%({_NAME}) = const (dense<(.*)>|sha1:([0-9a-f]+)) : (.*)$")
+_CONST = re.compile(rf"^%({_NAME}) = const (dense<(.*)>|sha1:([0-9a-f]+)|external) : (.*)$")
 _NODE = re.compile(rf"^(%{_NAME}(?:, %{_NAME})*) = ([a-z_0-9]+)\((.*?)\)(?: (\{{.*\}}))? : (.*)$")
 _RETURN = re.compile(r"^return(.*)$")
 _TYPE = re.compile(r"^(\w+)\[([A-Za-z0-9_*,]*)\]$")
@@ -132,8 +134,8 @@ def _parse_type(text: str, where: str) -> tuple[tuple[int, ...], str, QParams | 
 
 
 def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
-    """Read graph text back into a Graph. Constants printed as a digest take their data
-    from `constants` (name -> array); the digest is checked."""
+    """Read graph text back into a Graph. Constants printed as a digest or as `external` take
+    their data from `constants` (name -> array); a digest is checked."""
     constants = constants or {}
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
@@ -193,7 +195,8 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
                     raise ParseError(f"{where}: data given for %{name} has shape {list(data.shape)}, "
                                      f"but the text says {type_text.strip()}")
             else:
-                raise ParseError(f"{where}: constant %{name} is printed as a digest; pass its "
+                kind = "a digest" if digest is not None else "external"
+                raise ParseError(f"{where}: constant %{name} is printed as {kind}; pass its "
                                  "data in parse(text, constants={name: array})")
             if name in graph.values:
                 raise ParseError(f"{where}: value %{name} is defined twice")
