@@ -1,0 +1,370 @@
+"""An IR graph -> a Relax IRModule with one function, `main`, built through
+`relax.BlockBuilder`: one lowering function per IR op in the table `LOWERINGS` (the
+interpreter's KERNELS, for Relax), keyed by op name.
+
+Integer ops (docs/integer-spec.md, section 11) lower to the TE computes of `kernels.py`
+with `emit_te`, each named after its node (so profiles and generated code point back at
+the graph); per-channel numbers (weights, int32 bias, M0, shift) and lookup tables become
+Relax constants, per-tensor numbers (zero points, scalar multipliers, clamps) are baked
+into the kernel as immediates. Data movement on integer or float tensors is exact
+(reshape, permute, slice, split, pad, concat, gather). Float ops, of float graphs and of the
+reported float fall backs (`dequantize -> float op -> quantize`), are in `lower_float.py`.
+
+Shapes are static: the IR records every value's shape. (A symbolic batch dimension follows
+once the IR has one; the lowering reads shapes only through `_shape`.)
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from qcompiler.backends.tvm import kernels
+from qcompiler.backends.tvm.errors import LoweringError
+from qcompiler.backends.tvm.kernels import INT_DTYPES, Output
+from qcompiler.ir import DTYPES, Graph, Node, Value
+from qcompiler.ir.ops import attrs_with_defaults
+
+TVM_DTYPES = {**INT_DTYPES, "f32": "float32", "f16": "float16", "f64": "float64", "bool": "bool"}
+FLOAT_DTYPES = ("f32", "f16", "f64")
+
+
+@dataclass
+class LoweredGraph:
+    module: tvm.IRModule
+    # Float ops inside the integer region (dequantize -> op -> quantize), by node.
+    fall_backs: list[str] = field(default_factory=list)
+    # PrimFunc name -> the graph nodes whose lowering emitted it (for per-op profiles).
+    functions: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Lowering:
+    """The state of one lowering: the block builder and the Relax expression of every IR
+    value seen so far."""
+
+    def __init__(self, builder: relax.BlockBuilder):
+        self.builder = builder
+        self.exprs: dict[str, relax.Expr] = {}
+        self.functions: dict[str, list[str]] = {}
+
+    def __getitem__(self, value: Value | None) -> relax.Expr:
+        if value is None:
+            raise KeyError("absent optional input")
+        if value.name not in self.exprs:
+            if not value.is_constant:
+                raise LoweringError(f"value %{value.name} is used before it is computed")
+            self.exprs[value.name] = relax.const(np.ascontiguousarray(value.data))
+        return self.exprs[value.name]
+
+    def emit_te(self, node: Node, compute: Callable, *args: relax.Expr, **options) -> relax.Var:
+        """Emit `compute(*te_tensors, **options)` as a PrimFunc named after the node."""
+        name = "k_" + re.sub(r"[^A-Za-z0-9_]", "_", node.name)
+        var = self.builder.emit_te(functools.partial(compute, **options), *args,
+                                   primfunc_name_hint=name)
+        function = var_function_name(self.builder, var)
+        self.functions.setdefault(function, []).append(node.name)
+        return var
+
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        return self.builder.emit(expr)
+
+
+def var_function_name(builder: relax.BlockBuilder, var: relax.Var) -> str:
+    call = builder.lookup_binding(var)
+    return call.args[0].name_hint if call is not None else "?"
+
+
+def _shape(value: Value) -> list[int]:
+    return [int(d) for d in value.shape]
+
+
+def _scalar(attrs: dict, key: str) -> int:
+    return int(attrs[key])
+
+
+# ---- integer ops ----------------------------------------------------------------------------------
+
+
+def lower_quantize(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.quantize, ctx[node.inputs[0]], scale=attrs["scale"],
+                       zero_point=_scalar(attrs, "zero_point"), qmin=_scalar(attrs, "qmin"),
+                       qmax=_scalar(attrs, "qmax"), dtype=attrs["dtype"])
+
+
+def lower_dequantize(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.dequantize, ctx[node.inputs[0]], scale=attrs["scale"],
+                       zero_point=_scalar(attrs, "zero_point"))
+
+
+def _per_channel(ctx: Lowering, node: Node) -> list[relax.Expr]:
+    """weight, bias, multiplier, shift of a weighted integer op; all must be constants."""
+    for value in node.inputs[1:5]:
+        if value is None or not value.is_constant:
+            raise LoweringError(f"{node.describe()}: its weight, bias, multiplier and shift must "
+                                "be constants (the lowering bakes them into the library)")
+    return [ctx[v] for v in node.inputs[1:5]]
+
+
+def lower_qconv(ctx: Lowering, node: Node, attrs: dict):
+    spatial = len(node.inputs[0].shape) - 2
+    as_list = lambda v: [int(i) for i in (v if isinstance(v, list | tuple) else [v] * spatial)]
+    return ctx.emit_te(node, kernels.qconv, ctx[node.inputs[0]], *_per_channel(ctx, node),
+                       out_shape=_shape(node.output), stride=as_list(attrs["stride"]),
+                       padding=as_list(attrs["padding"]), dilation=as_list(attrs["dilation"]),
+                       groups=int(attrs["groups"]),
+                       input_zero_point=_scalar(attrs, "input_zero_point"), out=Output.of(attrs))
+
+
+def lower_qlinear(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.qlinear, ctx[node.inputs[0]], *_per_channel(ctx, node),
+                       input_zero_point=_scalar(attrs, "input_zero_point"), out=Output.of(attrs))
+
+
+def lower_qmatmul(ctx: Lowering, node: Node, attrs: dict):
+    a, b = node.inputs
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise LoweringError(f"{node.describe()}: qmatmul of a 1-D operand ({a.type_str} @ "
+                            f"{b.type_str}) has no lowering; reshape it to 2-D first")
+    return ctx.emit_te(node, kernels.qmatmul, ctx[a], ctx[b], out_shape=_shape(node.output),
+                       a_zero_point=_scalar(attrs, "a_zero_point"),
+                       b_zero_point=_scalar(attrs, "b_zero_point"),
+                       multiplier=_scalar(attrs, "multiplier"), shift=_scalar(attrs, "shift"),
+                       out=Output.of(attrs))
+
+
+def lower_qadd(ctx: Lowering, node: Node, attrs: dict):
+    a, b = node.inputs
+    return ctx.emit_te(node, kernels.qadd, ctx[a], ctx[b], out_shape=_shape(node.output),
+                       a_zero_point=_scalar(attrs, "a_zero_point"),
+                       a_multiplier=_scalar(attrs, "a_multiplier"),
+                       b_zero_point=_scalar(attrs, "b_zero_point"),
+                       b_multiplier=_scalar(attrs, "b_multiplier"), shift=_scalar(attrs, "shift"),
+                       out=Output.of(attrs))
+
+
+def lower_qmul(ctx: Lowering, node: Node, attrs: dict):
+    a, b = node.inputs
+    return ctx.emit_te(node, kernels.qmul, ctx[a], ctx[b], out_shape=_shape(node.output),
+                       a_zero_point=_scalar(attrs, "a_zero_point"),
+                       b_zero_point=_scalar(attrs, "b_zero_point"),
+                       multiplier=_scalar(attrs, "multiplier"), shift=_scalar(attrs, "shift"),
+                       out=Output.of(attrs))
+
+
+def lower_requantize(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.requantize, ctx[node.inputs[0]],
+                       input_zero_point=_scalar(attrs, "input_zero_point"),
+                       multiplier=_scalar(attrs, "multiplier"), shift=_scalar(attrs, "shift"),
+                       out=Output.of(attrs))
+
+
+def lower_qmean(ctx: Lowering, node: Node, attrs: dict):
+    dims = attrs["dim"] if isinstance(attrs["dim"], list | tuple) else [attrs["dim"]]
+    return ctx.emit_te(node, kernels.qmean, ctx[node.inputs[0]], dims=[int(d) for d in dims],
+                       keepdim=bool(attrs["keepdim"]),
+                       input_zero_point=_scalar(attrs, "input_zero_point"),
+                       multiplier=_scalar(attrs, "multiplier"), shift=_scalar(attrs, "shift"),
+                       out=Output.of(attrs))
+
+
+def pool_geometry(node: Node, attrs: dict) -> dict:
+    """kernel_size, stride, padding (and dilation) as lists of one int per spatial axis."""
+    spatial = len(node.inputs[0].shape) - 2
+    geometry = {}
+    for key in ("kernel_size", "stride", "padding", "dilation"):
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        if key == "stride" and (value is None or value == []):
+            value = attrs["kernel_size"]  # torch: stride defaults to the kernel size
+        geometry[key] = [int(v) for v in (value if isinstance(value, list | tuple) else [value] * spatial)]
+    return geometry
+
+
+def lower_qmax_pool(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.qmax_pool, ctx[node.inputs[0]], out_shape=_shape(node.output),
+                       **pool_geometry(node, attrs))
+
+
+def lower_qavg_pool(ctx: Lowering, node: Node, attrs: dict):
+    geometry = pool_geometry(node, attrs)
+    x_shape, out_shape = _shape(node.inputs[0]), _shape(node.output)
+    counts = np.ones((), np.int64)
+    for axis in range(len(geometry["kernel_size"])):
+        along = kernels.window_counts(x_shape[2 + axis], geometry["kernel_size"][axis],
+                                      geometry["stride"][axis], geometry["padding"][axis],
+                                      out_shape[2 + axis], bool(attrs["count_include_pad"]))
+        counts = np.multiply.outer(counts, along)
+    table_m = np.asarray(attrs["multipliers"], np.int64)
+    table_s = np.asarray(attrs["shifts"], np.int64)
+    if counts.min() < 1 or counts.max() > len(table_m):
+        raise LoweringError(f"{node.describe()}: window counts {counts.min()}..{counts.max()} "
+                            f"fall outside its {len(table_m)} multipliers")
+    multipliers = relax.const(table_m[counts - 1].astype(np.int32))
+    shifts = relax.const(table_s[counts - 1].astype(np.int32))
+    return ctx.emit_te(node, kernels.qavg_pool, ctx[node.inputs[0]], multipliers, shifts,
+                       out_shape=out_shape, kernel_size=geometry["kernel_size"],
+                       stride=geometry["stride"], padding=geometry["padding"],
+                       input_zero_point=_scalar(attrs, "input_zero_point"), out=Output.of(attrs))
+
+
+def lower_qlookup(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit_te(node, kernels.qlookup, ctx[node.inputs[0]], ctx[node.inputs[1]],
+                       input_min=_scalar(attrs, "input_min"))
+
+
+# ---- data movement (integer or float tensors) ------------------------------------------------------
+
+
+def lower_concat(ctx: Lowering, node: Node, attrs: dict):
+    rank = len(node.output.shape)
+    return ctx.emit(relax.op.concat([ctx[v] for v in node.inputs], axis=int(attrs["dim"]) % rank))
+
+
+def lower_reshape(ctx: Lowering, node: Node, attrs: dict):
+    return ctx.emit(relax.op.reshape(ctx[node.inputs[0]], _shape(node.output)))
+
+
+def lower_permute(ctx: Lowering, node: Node, attrs: dict):
+    rank = len(node.output.shape)
+    return ctx.emit(relax.op.permute_dims(ctx[node.inputs[0]], [int(d) % rank for d in attrs["dims"]]))
+
+
+def lower_transpose(ctx: Lowering, node: Node, attrs: dict):
+    rank = len(node.output.shape)
+    axes = list(range(rank))
+    first, second = int(attrs["dim0"]) % rank, int(attrs["dim1"]) % rank
+    axes[first], axes[second] = axes[second], axes[first]
+    return ctx.emit(relax.op.permute_dims(ctx[node.inputs[0]], axes))
+
+
+def _slice(x, *, axis: int, start: int, step: int, out_shape):
+    return te.compute(out_shape, lambda *i: x(*[i[d] * step + start if d == axis else i[d]
+                                                 for d in range(len(out_shape))]), name="slice")
+
+
+def lower_slice(ctx: Lowering, node: Node, attrs: dict):
+    x = node.inputs[0]
+    axis = int(attrs["axis"]) % len(x.shape)
+    start, _, step = slice(attrs["start"], attrs["end"], attrs["step"]).indices(x.shape[axis])
+    return ctx.emit_te(node, _slice, ctx[x], axis=axis, start=start, step=step,
+                       out_shape=_shape(node.output))
+
+
+def lower_split(ctx: Lowering, node: Node, attrs: dict):
+    axis = int(attrs["axis"]) % len(node.inputs[0].shape)
+    sizes = [v.shape[axis] for v in node.outputs]
+    if len(sizes) == 1:
+        return [ctx[node.inputs[0]]]
+    parts = ctx.emit(relax.op.split(ctx[node.inputs[0]], list(np.cumsum(sizes)[:-1].tolist()), axis))
+    return [ctx.emit(relax.TupleGetItem(parts, i)) for i in range(len(sizes))]
+
+
+def _pad(x, *, widths, mode: str, value):
+    """torch.nn.functional.pad on any dtype: widths [(before, after)] per axis."""
+    shape = [x.shape[d] + widths[d][0] + widths[d][1] for d in range(len(widths))]
+    fill = tirx.const(value, x.dtype)
+
+    def element(*index):
+        source, inside = [], []
+        for d, (before, _) in enumerate(widths):
+            size, position = x.shape[d], index[d] - before
+            if before == 0 and widths[d][1] == 0:
+                source.append(index[d])
+            elif mode == "constant":
+                inside.append(tirx.all(position >= 0, position < size))
+                source.append(tirx.max(tirx.min(position, size - 1), 0))
+            elif mode == "reflect":
+                mirrored = tirx.if_then_else(position < 0, -position, position)
+                source.append(tirx.if_then_else(mirrored >= size, 2 * (size - 1) - mirrored, mirrored))
+            elif mode == "replicate":
+                source.append(tirx.max(tirx.min(position, size - 1), 0))
+            else:  # circular
+                source.append(tirx.floormod(position, size))
+        read = x(*source)
+        return tirx.if_then_else(tirx.all(*inside), read, fill) if inside else read
+
+    return te.compute(shape, element, name="pad")
+
+
+def lower_pad(ctx: Lowering, node: Node, attrs: dict):
+    x = node.inputs[0]
+    pads = [int(p) for p in attrs["pads"]]
+    if any(p < 0 for p in pads):
+        raise LoweringError(f"{node.describe()}: negative padding (cropping) has no lowering; "
+                            "use slice")
+    if attrs["mode"] not in ("constant", "reflect", "replicate", "circular"):
+        raise LoweringError(f"{node.describe()}: pad mode {attrs['mode']!r} has no lowering")
+    widths = [(0, 0)] * len(x.shape)
+    for i in range(len(pads) // 2):
+        widths[len(x.shape) - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    dtype = DTYPES[x.dtype]
+    value = np.asarray(attrs["value"] if attrs["value"] is not None else 0).astype(dtype).item()
+    return ctx.emit_te(node, _pad, ctx[x], widths=widths, mode=attrs["mode"], value=value)
+
+
+def lower_embedding(ctx: Lowering, node: Node, attrs: dict):
+    ids, table = node.inputs
+    return ctx.emit(relax.op.take(ctx[table], ctx[ids], axis=0))
+
+
+INTEGER_LOWERINGS: dict[str, Callable] = {
+    "quantize": lower_quantize, "dequantize": lower_dequantize,
+    "qconv2d": lower_qconv, "qconv1d": lower_qconv, "qlinear": lower_qlinear,
+    "qmatmul": lower_qmatmul, "qadd": lower_qadd, "qmul": lower_qmul,
+    "requantize": lower_requantize, "qmean": lower_qmean, "qconcat": lower_concat,
+    "qmax_pool2d": lower_qmax_pool, "qmax_pool1d": lower_qmax_pool,
+    "qavg_pool2d": lower_qavg_pool, "qavg_pool1d": lower_qavg_pool, "qlookup": lower_qlookup,
+    "concat": lower_concat, "reshape": lower_reshape, "flatten": lower_reshape,
+    "permute": lower_permute, "transpose": lower_transpose, "slice": lower_slice,
+    "split": lower_split, "pad": lower_pad, "embedding": lower_embedding,
+}
+
+
+def _lowerings() -> dict[str, Callable]:
+    from qcompiler.backends.tvm.lower_float import FLOAT_LOWERINGS
+
+    return {**FLOAT_LOWERINGS, **INTEGER_LOWERINGS}
+
+
+def lower_graph(graph: Graph) -> LoweredGraph:
+    """The Relax module of `graph`: `main(*graph inputs) -> output or tuple of outputs`.
+    Raises LoweringError naming the first node without a lowering."""
+    lowerings = _lowerings()
+    for node in graph:
+        if node.op not in lowerings:
+            raise LoweringError(f"the TVM backend cannot lower {node.describe()}: op '{node.op}' "
+                                f"has no Relax lowering; it lowers {', '.join(sorted(lowerings))}")
+    builder = relax.BlockBuilder()
+    ctx = Lowering(builder)
+    params = []
+    for value in graph.inputs:
+        var = relax.Var(value.name, relax.TensorType(_shape(value), TVM_DTYPES[value.dtype]))
+        ctx.exprs[value.name] = var
+        params.append(var)
+    fall_backs = []
+    with builder.function("main", params):
+        with builder.dataflow():
+            for node in graph:
+                results = lowerings[node.op](ctx, node, attrs_with_defaults(node.op, node.attrs))
+                results = results if isinstance(results, list) else [results]
+                for value, expr in zip(node.outputs, results, strict=True):
+                    ctx.exprs[value.name] = expr
+                if node.op not in INTEGER_LOWERINGS and _in_integer_region(node):
+                    fall_backs.append(node.describe())
+            outputs = [ctx[v] for v in graph.outputs]
+            result = builder.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
+        builder.emit_func_output(result)
+    return LoweredGraph(builder.get(), fall_backs, ctx.functions)
+
+
+def _in_integer_region(node: Node) -> bool:
+    """A float op whose float input comes from a dequantize: a fall back (spec 9)."""
+    return any(v is not None and v.producer is not None and v.producer.op == "dequantize"
+               for v in node.inputs)
