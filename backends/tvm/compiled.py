@@ -241,7 +241,7 @@ def build(graph: Graph, target="host") -> CompiledModel:
                              "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
     spec = resolve_target(target)
     check_weight_range(graph, spec)
-    lowered = lower_graph(graph)
+    lowered = lower_graph(graph, spec.arch)
     tvm_target = spec.tvm_target()
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions)

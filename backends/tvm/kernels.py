@@ -101,56 +101,102 @@ def dequantize(q, *, scale: float, zero_point: int):
 # ---- accumulating ops --------------------------------------------------------------------------
 
 
-def pad_with(x, before, after, value, name="pad"):
-    """x with `before[i]`/`after[i]` extra positions on spatial axis i (axes 2..), holding
-    `value` (the zero point for convolutions, the dtype's minimum for max pooling)."""
-    if not any(before) and not any(after):
-        return x
-    spatial = len(before)
-    shape = list(x.shape[:2]) + [x.shape[2 + i] + before[i] + after[i] for i in range(spatial)]
-    fill = tirx.const(value, x.dtype)
+@dataclass(frozen=True)
+class WeightedConstants:
+    """The compile-time form of a weighted op's weight and bias (see `prepare_weighted`)."""
 
-    def element(n, c, *position):
-        inside = [tirx.all(position[i] >= before[i], position[i] < x.shape[2 + i] + before[i])
-                  for i in range(spatial)]
-        source = [position[i] - before[i] for i in range(spatial)]
-        return tirx.if_then_else(tirx.all(*inside), x(n, c, *source), fill)
+    weight: np.ndarray  # int8, input channels innermost: [O, *kernel, I] or [O, K]
+    bias: np.ndarray  # int32 [O]; with fold_zero_point, bias - z_x * sum_k w[o, k]
+    fold_zero_point: bool
 
-    return te.compute(shape, element, name=name)
+
+def prepare_weighted(weight: np.ndarray, bias: np.ndarray, input_zero_point: int,
+                     input_dtype: str) -> WeightedConstants:
+    # input_dtype and input_zero_point are those the kernel multiplies (after `as_signed`).
+    """Weights with the reduced input channel innermost (OIHW -> OHWI, OIW -> OWI), so the
+    accumulation is a contiguous int8 dot product LLVM vectorises (sdot on ARM with
+    +dotprod), and, when exact, the zero point folded into the bias:
+
+        sum_k (x - z_x) * w  =  sum_k x * w  -  z_x * sum_k w
+
+    Exact in int32 when no partial sum of `x * w` can reach 2**31 and the folded bias fits;
+    otherwise the kernel subtracts z_x from every operand (spec 2 as written)."""
+    channels_last = np.ascontiguousarray(np.moveaxis(weight, 1, -1)) if weight.ndim > 2 else weight
+    depth = int(np.prod(weight.shape[1:]))
+    limits = np.iinfo(np.dtype(INT_DTYPES[input_dtype]))
+    largest_weight = int(np.abs(weight.astype(np.int64)).max()) if weight.size else 0
+    worst = depth * max(abs(int(limits.min)), abs(int(limits.max))) * largest_weight
+    folded = bias.astype(np.int64) - int(input_zero_point) * weight.reshape(
+        weight.shape[0], -1).astype(np.int64).sum(axis=1)
+    if worst < 2**31 and np.abs(folded).max(initial=0) < 2**31 - worst:
+        return WeightedConstants(channels_last, folded.astype(np.int32), True)
+    return WeightedConstants(channels_last, bias.astype(np.int32), False)
+
+
+def as_signed(value):
+    """A uint8 value moved to int8 (value - 128): exact, and with the zero point moved by the
+    same 128, `x - z_x` is unchanged. ARM's sdot multiplies int8 by int8."""
+    return (value.astype("int32") - tirx.const(128, "int32")).astype("int8")
 
 
 def qconv(x, weight, bias, multiplier, shift, *, out_shape, stride, padding, dilation, groups,
-          input_zero_point: int, out: Output):
-    """qconv2d / qconv1d (spec 2-4) in NC[H]W / OI[H]W: grouped, strided, dilated, padded with
-    z_x. `bias`, `multiplier` and `shift` are int32 [C_out] tensors (per channel)."""
+          input_zero_point: int, fold_zero_point: bool, signed_input: bool, out: Output):
+    """qconv2d / qconv1d (spec 2-4): x in NC[H]W, `weight` channels-last [O, *kernel, I/groups]
+    and `bias` from `prepare_weighted`; grouped, strided, dilated, padded with z_x.
+    `multiplier` and `shift` are int32 [C_out]. The input is first copied channels-last
+    (padding included) so that the reduction reads both operands contiguously; with
+    `signed_input` a uint8 input becomes int8 on the way (`as_signed`, and `input_zero_point`
+    is then the moved one)."""
     spatial = len(out_shape) - 2
-    kernel = [int(k) for k in weight.shape[2:]]
-    per_group = int(weight.shape[1])
+    channels = int(x.shape[1])
+    kernel = [int(k) for k in weight.shape[1:-1]]
+    per_group = int(weight.shape[-1])
     out_per_group = int(out_shape[1]) // groups
-    padded = pad_with(x, padding, padding, int(input_zero_point), name="pad")
-    reduce_channel = te.reduce_axis((0, per_group), name="rc")
+    sizes = [int(x.shape[2 + i]) for i in range(spatial)]
+    fill = tirx.const(int(input_zero_point), "int8" if signed_input else x.dtype)
+
+    def channels_last(n, *index):
+        position, c = index[:-1], index[-1]
+        inside = [tirx.all(position[i] >= padding[i], position[i] < sizes[i] + padding[i])
+                  for i in range(spatial)]
+        source = [tirx.max(tirx.min(position[i] - padding[i], sizes[i] - 1), 0) for i in range(spatial)]
+        value = x(n, c, *source)
+        return tirx.if_then_else(tirx.all(*inside), as_signed(value) if signed_input else value, fill)
+
+    padded = te.compute([x.shape[0], *[sizes[i] + 2 * padding[i] for i in range(spatial)], channels],
+                        channels_last, name="pad_channels_last")
     reduce_kernel = [te.reduce_axis((0, kernel[i]), name=f"rk{i}") for i in range(spatial)]
+    reduce_channel = te.reduce_axis((0, per_group), name="rc")
 
     def accumulate(n, o, *position):
         channel = (o // out_per_group) * per_group + reduce_channel
         source = [position[i] * stride[i] + reduce_kernel[i] * dilation[i] for i in range(spatial)]
-        product = _offset(padded(n, channel, *source), input_zero_point) * \
-            weight(o, reduce_channel, *reduce_kernel).astype("int32")
-        return te.sum(product, axis=[reduce_channel, *reduce_kernel])
+        value = padded(n, *source, channel).astype("int32")
+        operand = value if fold_zero_point else value - tirx.const(int(input_zero_point), "int32")
+        return te.sum(operand * weight(o, *reduce_kernel, reduce_channel).astype("int32"),
+                      axis=[*reduce_kernel, reduce_channel])
 
     acc = te.compute(out_shape, accumulate, name="accumulate")
     return te.compute(out_shape, lambda n, o, *p: requantize_expr(
         acc(n, o, *p) + bias(o), multiplier(o), shift(o), out), name="requantize")
 
 
-def qlinear(x, weight, bias, multiplier, shift, *, input_zero_point: int, out: Output):
-    """qlinear: x [..., K] times weight [C, K]^T, per-channel requantization along the last axis."""
+def qlinear(x, weight, bias, multiplier, shift, *, input_zero_point: int, fold_zero_point: bool,
+            signed_input: bool, out: Output):
+    """qlinear: x [..., K] times weight [C, K]^T (bias from `prepare_weighted`), per-channel
+    requantization along the last axis; `signed_input` as for `qconv`."""
     depth = int(weight.shape[1])
+    if signed_input:
+        x = te.compute(x.shape, lambda *i: as_signed(x(*i)), name="as_signed")
     out_shape = [*x.shape[:-1], weight.shape[0]]
     k = te.reduce_axis((0, depth), name="k")
-    acc = te.compute(out_shape, lambda *i: te.sum(
-        _offset(x(*i[:-1], k), input_zero_point) * weight(i[-1], k).astype("int32"), axis=k),
-        name="accumulate")
+
+    def accumulate(*index):
+        value = x(*index[:-1], k).astype("int32")
+        operand = value if fold_zero_point else value - tirx.const(int(input_zero_point), "int32")
+        return te.sum(operand * weight(index[-1], k).astype("int32"), axis=k)
+
+    acc = te.compute(out_shape, accumulate, name="accumulate")
     return te.compute(out_shape, lambda *i: requantize_expr(
         acc(*i) + bias(i[-1]), multiplier(i[-1]), shift(i[-1]), out), name="requantize")
 

@@ -48,8 +48,10 @@ class Lowering:
     """The state of one lowering: the block builder and the Relax expression of every IR
     value seen so far."""
 
-    def __init__(self, builder: relax.BlockBuilder):
+    def __init__(self, builder: relax.BlockBuilder, signed_operands: bool):
         self.builder = builder
+        # Multiply uint8 inputs of weighted ops as int8 (ARM: sdot takes int8 x int8).
+        self.signed_operands = signed_operands
         self.exprs: dict[str, relax.Expr] = {}
         self.functions: dict[str, list[str]] = {}
 
@@ -102,28 +104,39 @@ def lower_dequantize(ctx: Lowering, node: Node, attrs: dict):
                        zero_point=_scalar(attrs, "zero_point"))
 
 
-def _per_channel(ctx: Lowering, node: Node) -> list[relax.Expr]:
-    """weight, bias, multiplier, shift of a weighted integer op; all must be constants."""
+def _weighted(ctx: Lowering, node: Node, attrs: dict) -> tuple[list[relax.Expr], dict]:
+    """weight, bias, multiplier and shift of a weighted integer op as Relax constants, the
+    weight and bias in the form `kernels.prepare_weighted` gives them, and the kernel's
+    options for its input (on ARM a uint8 input is multiplied as int8, `kernels.as_signed`)."""
     for value in node.inputs[1:5]:
         if value is None or not value.is_constant:
             raise LoweringError(f"{node.describe()}: its weight, bias, multiplier and shift must "
                                 "be constants (the lowering bakes them into the library)")
-    return [ctx[v] for v in node.inputs[1:5]]
+    weight, bias = node.inputs[1].data, node.inputs[2].data
+    signed = ctx.signed_operands and node.inputs[0].dtype == "u8"
+    zero_point = _scalar(attrs, "input_zero_point") - (128 if signed else 0)
+    prepared = kernels.prepare_weighted(weight, bias, zero_point, "i8" if signed else node.inputs[0].dtype)
+    constants = [relax.const(prepared.weight), relax.const(prepared.bias),
+                 ctx[node.inputs[3]], ctx[node.inputs[4]]]
+    options = {"input_zero_point": zero_point, "fold_zero_point": prepared.fold_zero_point,
+               "signed_input": signed}
+    return constants, options
 
 
 def lower_qconv(ctx: Lowering, node: Node, attrs: dict):
     spatial = len(node.inputs[0].shape) - 2
     as_list = lambda v: [int(i) for i in (v if isinstance(v, list | tuple) else [v] * spatial)]
-    return ctx.emit_te(node, kernels.qconv, ctx[node.inputs[0]], *_per_channel(ctx, node),
+    constants, options = _weighted(ctx, node, attrs)
+    return ctx.emit_te(node, kernels.qconv, ctx[node.inputs[0]], *constants,
                        out_shape=_shape(node.output), stride=as_list(attrs["stride"]),
                        padding=as_list(attrs["padding"]), dilation=as_list(attrs["dilation"]),
-                       groups=int(attrs["groups"]),
-                       input_zero_point=_scalar(attrs, "input_zero_point"), out=Output.of(attrs))
+                       groups=int(attrs["groups"]), out=Output.of(attrs), **options)
 
 
 def lower_qlinear(ctx: Lowering, node: Node, attrs: dict):
-    return ctx.emit_te(node, kernels.qlinear, ctx[node.inputs[0]], *_per_channel(ctx, node),
-                       input_zero_point=_scalar(attrs, "input_zero_point"), out=Output.of(attrs))
+    constants, options = _weighted(ctx, node, attrs)
+    return ctx.emit_te(node, kernels.qlinear, ctx[node.inputs[0]], *constants,
+                       out=Output.of(attrs), **options)
 
 
 def lower_qmatmul(ctx: Lowering, node: Node, attrs: dict):
@@ -333,16 +346,17 @@ def _lowerings() -> dict[str, Callable]:
     return {**FLOAT_LOWERINGS, **INTEGER_LOWERINGS}
 
 
-def lower_graph(graph: Graph) -> LoweredGraph:
-    """The Relax module of `graph`: `main(*graph inputs) -> output or tuple of outputs`.
-    Raises LoweringError naming the first node without a lowering."""
+def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
+    """The Relax module of `graph`: `main(*graph inputs) -> output or tuple of outputs`, with
+    kernels chosen for the architecture `arch` ("x86_64" or "aarch64"). Raises LoweringError
+    naming the first node without a lowering."""
     lowerings = _lowerings()
     for node in graph:
         if node.op not in lowerings:
             raise LoweringError(f"the TVM backend cannot lower {node.describe()}: op '{node.op}' "
                                 f"has no Relax lowering; it lowers {', '.join(sorted(lowerings))}")
     builder = relax.BlockBuilder()
-    ctx = Lowering(builder)
+    ctx = Lowering(builder, signed_operands=arch == "aarch64")
     params = []
     for value in graph.inputs:
         var = relax.Var(value.name, relax.TensorType(_shape(value), TVM_DTYPES[value.dtype]))
