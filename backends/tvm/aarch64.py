@@ -199,7 +199,7 @@ def run_in_qemu(directory, inputs: list[np.ndarray]) -> list[np.ndarray]:
         lines = []
         for index, array in enumerate(inputs):
             path = work / f"input{index}.bin"
-            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tofile(path)
+            np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C").tofile(path)
             kind = {"i": "int", "u": "uint", "f": "float", "b": "uint"}[array.dtype.kind]
             lines.append(" ".join(str(v) for v in (_CODES[kind], array.dtype.itemsize * 8, array.ndim,
                                                    *array.shape, path)))

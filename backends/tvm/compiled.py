@@ -121,7 +121,7 @@ class CompiledModel:
         for spec, array in zip(self.inputs, inputs, strict=True):
             if hasattr(array, "detach"):  # a torch tensor
                 array = array.detach().cpu().numpy()
-            array = np.ascontiguousarray(array)
+            array = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
             if list(array.shape) != spec["shape"] or array.dtype != DTYPES[spec["dtype"]]:
                 raise QCompilerError(f"input %{spec['name']} expects {spec['dtype']}{spec['shape']}, "
                                      f"got {array.dtype}{list(array.shape)}")

@@ -352,6 +352,10 @@ def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
     naming the first node without a lowering."""
     lowerings = _lowerings()
     for node in graph:
+        if node.op in ("fake_quant", "fake_quant_bias"):
+            raise LoweringError(f"the TVM backend cannot lower {node.describe()}: a fake-quant "
+                                "graph is a simulation; lower it to integers first "
+                                "(qc.lower_to_integer(graph)) or build the float graph")
         if node.op not in lowerings:
             raise LoweringError(f"the TVM backend cannot lower {node.describe()}: op '{node.op}' "
                                 f"has no Relax lowering; it lowers {', '.join(sorted(lowerings))}")

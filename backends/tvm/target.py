@@ -205,7 +205,7 @@ def _custom_target(config: dict) -> TargetSpec:
         raise TargetError(f"TVM target {config!r} is invalid: "
                           f"{str(error).strip().splitlines()[-1]}") from None
     mcpu = config.get("mcpu")
-    if mcpu is not None and not tvm.target.codegen.llvm_is_valid_cpu(tvm_target):
+    if mcpu is not None and not tvm.target.codegen.llvm_is_valid_cpu(str(mcpu), triple):
         raise TargetError(f"TVM target {config!r}: LLVM does not know the CPU {mcpu!r}")
     features = set(tvm.target.codegen.llvm_get_cpu_features(tvm_target))
     if arch == "x86_64":
@@ -235,19 +235,21 @@ def check_host_can_run(spec: TargetSpec, flags: frozenset[str] | None = None) ->
         raise TargetError(f"the model was built for {spec.name} ({spec.arch}) and this machine is "
                           f"{host_arch()}: run it there, or under qemu with "
                           "qcompiler.backends.tvm.aarch64.run_in_qemu")
+    flags = cpu_flags() if flags is None else flags
     missing = unsupported_features(spec, flags)
-    if spec.arch == "aarch64" and spec.isa == "dotprod" and "asimddp" not in (flags or cpu_flags()):
+    if spec.arch == "aarch64" and spec.isa == "dotprod" and "asimddp" not in flags:
         missing.append("asimddp")
     if missing:
         raise TargetError(f"this CPU ({cpu_model()}) cannot run code built for target "
                           f"{spec.name}: it lacks {', '.join(missing)}; build for 'host' "
-                          f"(detected: {host_isa_name()}) or run the model on a machine that has them")
+                          f"(detected: {isa_of(flags)}) or run the model on a machine that has them")
 
 
-def host_isa_name() -> str:
+def isa_of(flags: frozenset[str]) -> str:
+    """The SIMD level of a CPU of this host's architecture with these /proc/cpuinfo flags."""
     if host_arch() == "x86_64":
-        return x86_isa(cpu_flags())
-    return "dotprod" if "asimddp" in cpu_flags() else "neon"
+        return x86_isa(flags)
+    return "dotprod" if "asimddp" in flags else "neon"
 
 
 def quant_preset(target: str | dict | TargetSpec = "host") -> str:
