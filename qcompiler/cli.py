@@ -9,6 +9,10 @@
     qcompiler run MODEL               quantize to int8, lower to integers, run on the interpreter,
                                       print outputs and agreement with float and simulation
     qcompiler report MODEL --out F    quantize and write an HTML/markdown quantization report
+    qcompiler compile MODEL -o DIR    quantize with the target's preset, compile with TVM, write
+                                      the library and its manifest (cli_tvm.py)
+    qcompiler run DIR                 run a compiled model directory (--input x.npy)
+    qcompiler bench MODEL             latency of a backend (--backend tvm|interpreter|torch)
 
 MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/file.py:factory`,
 where `factory()` returns `(module, example_inputs)`.
@@ -254,7 +258,7 @@ def run_demo(args, out: TextIO) -> int:
     out.write(f"max |captured graph - torch module|     = {max_abs_difference(before, reference):.3g}\n")
     out.write(f"max |after pipeline - before pipeline|  = {max_abs_difference(after, before):.3g}\n")
     if not args.float_only:
-        run_quantized_demo(spec, loaded, optimized, args.images, out)
+        run_quantized_demo(spec, loaded, optimized, args.images, out, tvm=not args.no_tvm)
     return 0
 
 
@@ -282,18 +286,24 @@ def demo_data(spec: str, loaded: LoadedModel, count: int) -> tuple[list, list, s
 
 
 def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, images: int,
-                       out: TextIO) -> None:
-    """Quantize (int8: per-channel weights, u8 activations), lower to integers, run the
-    integer interpreter, and compare FP32, fake-quant simulation and integers."""
+                       out: TextIO, tvm: bool = True) -> None:
+    """Quantize (int8: per-channel weights, u8 activations, the weight range this machine's
+    TVM kernels take), lower to integers, run the integer interpreter, compare FP32,
+    fake-quant simulation and integers; then (`tvm`) compile with TVM and time it."""
     from qcompiler.analysis.metrics import fidelity
     from qcompiler.backends import interpreter
+    from qcompiler.backends.tvm import quant_preset
     from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
+    from qcompiler.quantization.config import QuantConfig
     from qcompiler.quantize import quantize
 
     calibration, evaluation, described = demo_data(spec, loaded, images)
     out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
+    preset = quant_preset("host")
+    out.write(f"preset {preset!r}: the int8 weight range this machine's TVM kernels take "
+              "(qc.backends.tvm.quant_preset('host'))\n")
     start = time.perf_counter()
-    quantized = quantize(float_graph, calibration, progress=False)
+    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=False)
     out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
               "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
@@ -330,6 +340,10 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
               f"top-1 agreement {agree:.1%}\n")
     out.write(f"interpreter speed: {count / seconds:.1f} inputs/s (numpy reference, not a fast "
               "backend)\n")
+    if tvm:
+        from qcompiler.cli_tvm import demo_section
+
+        demo_section(loaded, float_graph, integer, strict, calibration, evaluation, integers, out)
 
 
 def to_torch_module(graph: Graph, exact: bool = False):
@@ -340,7 +354,15 @@ def to_torch_module(graph: Graph, exact: bool = False):
 
 def run_on_backend(args, out: TextIO) -> int:
     from qcompiler.backends.simulation_agreement import run_model_on_interpreter
+    from qcompiler.cli_tvm import is_artifact, run_artifact, run_model_on_tvm
 
+    if is_artifact(args.model):  # a directory `qcompiler compile` wrote
+        return run_artifact(args, out)
+    if args.input or args.output:
+        raise UsageError("--input and --output go with a compiled model directory "
+                         "(qcompiler compile MODEL -o DIR; qcompiler run DIR --input x.npy)")
+    if args.backend == "tvm":
+        return run_model_on_tvm(args, out)
     loaded = load_model(args.model)
     strict = {"auto": None, "yes": True, "no": False}[args.strict]
     run_model_on_interpreter(loaded.module, loaded.example_inputs, strict=strict, out=out)
@@ -392,14 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after the float pipeline (skip quantization and the integer run)")
     demo.add_argument("--images", type=int, default=32, metavar="N",
                       help="calibration and evaluation inputs for the int8 part (default 32 each)")
+    demo.add_argument("--no-tvm", action="store_true",
+                      help="skip the TVM part (compile, check against the interpreter, latency)")
     demo.set_defaults(run=run_demo)
 
     run_command = commands.add_parser(
         "run", help="quantize a model to int8, lower it to integers and run it on a backend, "
-                    "printing outputs and agreement with float and with fake-quant simulation")
-    run_command.add_argument("model", metavar="MODEL", help=model_help)
-    run_command.add_argument("--backend", choices=["interpreter"], default="interpreter",
+                    "printing outputs and agreement with float and with fake-quant simulation; "
+                    "or run a compiled model directory (qcompiler compile)")
+    run_command.add_argument("model", metavar="MODEL", help=f"{model_help}; or a directory "
+                                                            "`qcompiler compile` wrote")
+    run_command.add_argument("--backend", choices=["interpreter", "tvm"], default="interpreter",
                              help="where to run the integer graph (default: the numpy interpreter)")
+    run_command.add_argument("--input", action="append", metavar="X.npy",
+                             help="a compiled model's input (.npy), once per input")
+    run_command.add_argument("--output", metavar="Y.npy", help="save a compiled model's outputs")
     run_command.add_argument("--strict", choices=["auto", "yes", "no"], default="auto",
                              help="integer-only (yes), float islands allowed (no), or try integer-only "
                                   "and fall back (auto, default)")
@@ -426,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show only the first N node lines of the IR (default: all)")
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
+
+    from qcompiler.cli_tvm import add_commands
+
+    add_commands(commands, model_help)
     return parser
 
 

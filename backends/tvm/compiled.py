@@ -185,9 +185,13 @@ class CompiledModel:
                 arrays.append(rng.integers(0, 10, spec["shape"]).astype(dtype))
         return arrays
 
-    def _profile(self, vm, arguments) -> list[OpTime]:
+    def _profile(self, vm, arguments, runs: int = 5) -> list[OpTime]:
+        """Per-kernel times from `runs` instrumented calls (each kernel's median over runs).
+        A Python callback brackets every kernel, so tiny kernels look slower than they are
+        and parallel ones pay for waking the thread pool each time."""
         started: list[float] = []
-        totals: dict[str, list[float]] = {}
+        seconds: list[dict[str, float]] = []  # one dict per run: kernel -> time
+        calls: list[dict[str, int]] = []
 
         def instrument(func, symbol, before, result, *args):
             if symbol.startswith("vm.builtin."):
@@ -195,18 +199,24 @@ class CompiledModel:
             if before:
                 started.append(time.perf_counter())
             else:
-                totals.setdefault(symbol, []).append(time.perf_counter() - started.pop())
+                seconds[-1][symbol] = seconds[-1].get(symbol, 0.0) + time.perf_counter() - started.pop()
+                calls[-1][symbol] = calls[-1].get(symbol, 0) + 1
             return 0
 
         vm.set_instrument(instrument)
         try:
-            vm["main"](*arguments)
+            for _ in range(runs):
+                seconds.append({})
+                calls.append({})
+                vm["main"](*arguments)
         finally:
             vm.set_instrument(lambda *args: 0)
-        overall = sum(sum(t) for t in totals.values()) or 1.0
+        medians = {name: float(np.median([run.get(name, 0.0) for run in seconds]))
+                   for name in seconds[0]}
+        overall = sum(medians.values()) or 1.0
         functions = self.manifest.get("functions", {})
-        rows = [OpTime(name, functions.get(name, []), len(times), sum(times) * 1e3, sum(times) / overall)
-                for name, times in totals.items()]
+        rows = [OpTime(name, functions.get(name, []), calls[0][name], value * 1e3, value / overall)
+                for name, value in medians.items()]
         return sorted(rows, key=lambda row: -row.total_ms)
 
     # ---- export ------------------------------------------------------------------------
