@@ -258,7 +258,8 @@ def run_demo(args, out: TextIO) -> int:
     out.write(f"max |captured graph - torch module|     = {max_abs_difference(before, reference):.3g}\n")
     out.write(f"max |after pipeline - before pipeline|  = {max_abs_difference(after, before):.3g}\n")
     if not args.float_only:
-        run_quantized_demo(spec, loaded, optimized, args.images, out, tvm=not args.no_tvm)
+        run_quantized_demo(spec, loaded, optimized, args.images, out, tvm=not args.no_tvm,
+                           rounds=args.rounds)
     return 0
 
 
@@ -286,7 +287,7 @@ def demo_data(spec: str, loaded: LoadedModel, count: int) -> tuple[list, list, s
 
 
 def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, images: int,
-                       out: TextIO, tvm: bool = True) -> None:
+                       out: TextIO, tvm: bool = True, rounds: int = 7) -> None:
     """Quantize (int8: per-channel weights, u8 activations, the weight range this machine's
     TVM kernels take), lower to integers, run the integer interpreter, compare FP32,
     fake-quant simulation and integers; then (`tvm`) compile with TVM and time it."""
@@ -343,7 +344,8 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
     if tvm:
         from qcompiler.cli_tvm import demo_section
 
-        demo_section(loaded, float_graph, integer, strict, calibration, evaluation, integers, out)
+        demo_section(loaded, float_graph, integer, strict, calibration, evaluation, integers, out,
+                     rounds=rounds)
 
 
 def to_torch_module(graph: Graph, exact: bool = False):
@@ -416,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="calibration and evaluation inputs for the int8 part (default 32 each)")
     demo.add_argument("--no-tvm", action="store_true",
                       help="skip the TVM part (compile, check against the interpreter, latency)")
+    demo.add_argument("--rounds", type=int, default=7, metavar="N",
+                      help="latency timing rounds per engine in the TVM part (default 7)")
     demo.set_defaults(run=run_demo)
 
     run_command = commands.add_parser(

@@ -21,11 +21,20 @@ from qcompiler.backends.tvm.lower import Lowering, _shape, pool_geometry
 from qcompiler.ir import Node
 
 
+def _along_channels(ctx: Lowering, value, rank: int):
+    """A per-channel vector shaped [1, C, 1, ...] to broadcast along axis 1: reshaped in numpy
+    when constant (TVM would otherwise fold it by compiling and running a kernel at build
+    time), in Relax otherwise."""
+    shape = [1, -1] + [1] * (rank - 2)
+    if value.is_constant:
+        return relax.const(np.ascontiguousarray(value.data.reshape(shape)))
+    return relax.op.reshape(ctx[value], shape)
+
+
 def _bias(ctx: Lowering, node: Node, result, rank: int):
     if len(node.inputs) < 3 or node.inputs[2] is None:
         return result
-    bias = relax.op.reshape(ctx[node.inputs[2]], [1, -1] + [1] * (rank - 2))
-    return ctx.emit(relax.op.add(result, bias))
+    return ctx.emit(relax.op.add(result, _along_channels(ctx, node.inputs[2], rank)))
 
 
 def _pairs(value, spatial):
@@ -62,9 +71,20 @@ def lower_matmul(ctx: Lowering, node: Node, attrs: dict):
 
 
 def lower_batch_norm(ctx: Lowering, node: Node, attrs: dict):
+    """Inference batch norm as torch's CPU kernel computes it: x * alpha + beta with
+    alpha = w / sqrt(var + eps) and beta = b - mean * alpha, per channel, in float32 (made at
+    compile time when the statistics are constants, as they are in an eval-mode graph)."""
     x, weight, bias, mean, var = node.inputs
-    shape = [1, -1] + [1] * (len(x.shape) - 2)
-    along = lambda v: relax.op.reshape(ctx[v], shape)
+    rank = len(x.shape)
+    if all(v is None or v.is_constant for v in (weight, bias, mean, var)):
+        channels = x.shape[1]
+        data = lambda v, fill: np.full(channels, fill, np.float32) if v is None else v.data
+        alpha = (data(weight, 1.0) / np.sqrt(data(var, 0.0) + np.float32(attrs["eps"]))).astype(np.float32)
+        beta = (data(bias, 0.0) - data(mean, 0.0) * alpha).astype(np.float32)
+        shape = [1, -1] + [1] * (rank - 2)
+        return ctx.emit(relax.op.add(relax.op.multiply(ctx[x], relax.const(alpha.reshape(shape))),
+                                     relax.const(beta.reshape(shape))))
+    along = lambda v: _along_channels(ctx, v, rank)
     epsilon = relax.const(np.float32(attrs["eps"]))
     normalized = relax.op.divide(relax.op.subtract(ctx[x], along(mean)),
                                  relax.op.sqrt(relax.op.add(along(var), epsilon)))
