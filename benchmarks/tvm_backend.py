@@ -72,7 +72,7 @@ def measure(name: str, mode: str, threads: int) -> dict:
     start = time.perf_counter()
     quantized = qc.quantize(model, calibration, config=qc.QuantConfig.preset(preset), progress=False)
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
-    integer = qc.lower_to_integer(quantized, strict=strict)
+    integer = qc.lower_to_integer(quantized, strict=strict, target=qc.backends.tvm.lowering_target("host"))
     quantize_seconds = time.perf_counter() - start
     start = time.perf_counter()
     int8_build = qc.backends.tvm.build(integer, "host")
@@ -135,7 +135,7 @@ def fall_back_agreement() -> list[dict]:
     calibration = data("bert_style", example, 8, seed=0)
     quantized = qc.quantize(model, calibration, progress=False,
                             config=qc.QuantConfig.preset(qc.backends.tvm.quant_preset("host")))
-    integer = qc.lower_to_integer(quantized, strict=False)
+    integer = qc.lower_to_integer(quantized, strict=False, target=qc.backends.tvm.lowering_target("host"))
     interpreter = Interpreter(integer, strict=False)
     inputs = data("bert_style", example, ISLAND_INPUTS, seed=3)
     rows = []

@@ -293,7 +293,7 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
     fake-quant simulation and integers; then (`tvm`) compile with TVM and time it."""
     from qcompiler.analysis.metrics import fidelity
     from qcompiler.backends import interpreter
-    from qcompiler.backends.tvm import quant_preset
+    from qcompiler.backends.tvm import lowering_target, quant_preset
     from qcompiler.passes.lower_to_integer import lower_graph_to_integer as lower_to_integer
     from qcompiler.quantization.config import QuantConfig
     from qcompiler.quantize import quantize
@@ -301,15 +301,15 @@ def run_quantized_demo(spec: str, loaded: LoadedModel, float_graph: Graph, image
     calibration, evaluation, described = demo_data(spec, loaded, images)
     out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
     preset = quant_preset("host")
-    out.write(f"preset {preset!r}: the int8 weight range this machine's TVM kernels take "
-              "(qc.backends.tvm.quant_preset('host'))\n")
+    out.write(f"preset {preset!r}: the int8 operand ranges this machine's TVM kernels take "
+              f"(qc.backends.tvm.quant_preset('host'); lowered with target={lowering_target('host')!r})\n")
     start = time.perf_counter()
     quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=False)
     out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
               "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
     start = time.perf_counter()
-    integer = lower_to_integer(quantized, strict=strict)
+    integer = lower_to_integer(quantized, strict=strict, target=lowering_target("host"))
     out.write(f"qc.lower_to_integer: {time.perf_counter() - start:.1f} s, {len(integer)} integer-graph "
               f"nodes, ops: {op_counts(integer)}\n")
     out.write("\n== cost: float vs integer graph ==\n")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import qcompiler as qc
-from qcompiler.backends.tvm import TARGET_NAMES, quant_preset
+from qcompiler.backends.tvm import TARGET_NAMES, lowering_target, quant_preset
 from qcompiler.backends.tvm import target as targets
 
 DEMO_THREADS = 2
@@ -55,6 +55,9 @@ def integer_graph_for(loaded, spec: str, target: str, preset: str | None, count:
     from qcompiler.pipelines import canonical_float_pipeline
 
     graph = canonical_float_pipeline().run(capture(loaded, out))
+    # The target's preset is lowered with the lowering target that checks its ranges; a preset
+    # given by hand is left to `build`, whose refusal names the preset to use instead.
+    lowering = lowering_target(target) if preset is None else "generic"
     preset = preset or quant_preset(target)
     calibration, evaluation, described = demo_data(spec, loaded, count)
     out.write(f"int8 preset {preset!r} (qc.backends.tvm.quant_preset({target!r})); calibration / "
@@ -63,7 +66,7 @@ def integer_graph_for(loaded, spec: str, target: str, preset: str | None, count:
     quantized = qc.quantize(graph, calibration, config=qc.QuantConfig.preset(preset), progress=False)
     _progress(out, "qc.quantize", start)
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
-    integer = qc.lower_to_integer(quantized, strict=strict)
+    integer = qc.lower_to_integer(quantized, strict=strict, target=lowering)
     return graph, integer, strict, evaluation
 
 

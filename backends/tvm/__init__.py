@@ -19,7 +19,7 @@ from qcompiler.backends.tvm.errors import (  # noqa: F401  (the package's public
     TVMBackendError,
     WeightRangeError,
 )
-from qcompiler.backends.tvm.target import TARGET_NAMES, quant_preset  # noqa: F401
+from qcompiler.backends.tvm.target import TARGET_NAMES, lowering_target, quant_preset  # noqa: F401
 
 
 def build(graph, target="host"):

@@ -19,8 +19,10 @@ this issue are generic TE computes that accumulate in int32 and never saturate, 
 `check_weight_range` refuses, at build time, a graph whose weights exceed its target's
 range whatever kernels are selected: so a graph accepted for `x86-avx2` today is one the
 tensorized `vpmaddubsw` kernels of the next issue compute exactly, and they cannot make an
-accepted graph silently wrong. The weights are chosen before calibration with the preset
-`quant_preset(target)` names (`"int8-avx2"` for 7 bits, `"int8"` otherwise).
+accepted graph silently wrong. The operand ranges are chosen before calibration with the
+preset `quant_preset(target)` names (`"int8-avx2"`: 7-bit weights, uint8 activations, for the
+vpmaddubsw targets; `"int8-aarch64"`: int8 activations for sdot; `"int8"` otherwise), and
+`lowering_target(target)` names the `qc.lower_to_integer` target that checks them.
 
 Nothing here touches TVM until a function needs it (target names and weight ranges are
 plain data, read by the CLI without importing TVM).
@@ -34,8 +36,6 @@ import platform
 from dataclasses import dataclass, field
 from functools import cache
 
-import numpy as np
-
 from qcompiler.backends.tvm.errors import TargetError, WeightRangeError
 
 FULL_INT8 = (-128, 127)
@@ -44,6 +44,13 @@ WEIGHTED_OPS = ("qconv2d", "qconv1d", "qlinear")
 
 # The preset (qcompiler.quantization.config.PRESETS) whose weights fit each range.
 PRESET_FOR_RANGE = {SEVEN_BIT: "int8-avx2", FULL_INT8: "int8"}
+# SIMD level -> (the preset to quantize with, the `lower_to_integer` target that checks its
+# operand ranges), as docs/integer-spec.md section 8 pairs them: uint8 activations and 7-bit
+# weights for vpmaddubsw, uint8 x int8 for VNNI, int8 x int8 for sdot. (The kernels here
+# are exact for either activation type; the ranges are what the fast kernels will need.)
+QUANTIZATION = {"avx2": ("int8-avx2", "x86"), "avx512": ("int8-avx2", "x86"), "vnni": ("int8", "generic"),
+                "neon": ("int8-aarch64", "aarch64"), "dotprod": ("int8-aarch64", "aarch64"),
+                "generic": ("int8", "generic")}
 
 _X86 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu"}
 _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
@@ -253,9 +260,15 @@ def isa_of(flags: frozenset[str]) -> str:
 
 
 def quant_preset(target: str | dict | TargetSpec = "host") -> str:
-    """The name of the QuantConfig preset whose weights `target`'s int8 kernels compute
-    exactly: `QuantConfig.preset(quant_preset("x86-avx2"))` has 7-bit weights."""
-    return PRESET_FOR_RANGE[resolve_target(target).weight_range]
+    """The name of the QuantConfig preset with the operand ranges `target`'s int8 kernels
+    need: `QuantConfig.preset(quant_preset("x86-avx2"))` has 7-bit weights."""
+    return QUANTIZATION[resolve_target(target).isa][0]
+
+
+def lowering_target(target: str | dict | TargetSpec = "host") -> str:
+    """The `qc.lower_to_integer(graph, target=...)` that checks those ranges: "x86" for the
+    vpmaddubsw targets, "aarch64" for ARM, "generic" otherwise."""
+    return QUANTIZATION[resolve_target(target).isa][1]
 
 
 def check_weight_range(graph, spec: TargetSpec) -> None:
@@ -278,11 +291,3 @@ def check_weight_range(graph, spec: TargetSpec) -> None:
             f"(qc.backends.tvm.quant_preset({spec.name!r})), or build for a target with "
             "full-range int8 kernels (x86-vnni, aarch64, aarch64-dotprod)")
 
-
-def weight_extremes(graph) -> tuple[int, int] | None:
-    """The smallest and largest int8 weight of the graph's weighted integer layers."""
-    arrays = [node.inputs[1].data for node in graph
-              if node.op in WEIGHTED_OPS and node.inputs[1] is not None and node.inputs[1].is_constant]
-    if not arrays:
-        return None
-    return (min(int(np.min(a)) for a in arrays), max(int(np.max(a)) for a in arrays))

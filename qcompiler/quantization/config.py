@@ -215,6 +215,9 @@ PRESETS: dict[str, QuantConfig] = {
     # full 8-bit weights (docs/integer-spec.md, section 8); the TVM backend refuses to build
     # a graph with wider weights for those targets (qc.backends.tvm.quant_preset names this).
     "int8-avx2": QuantConfig(weight=QScheme(7, symmetric=True, per_channel=True, narrow_range=True)),
+    # int8 activations for ARM's sdot (int8 x int8, docs/integer-spec.md section 8), which
+    # lower_to_integer(target="aarch64") requires.
+    "int8-aarch64": QuantConfig(activation=QScheme(8, signed=True)),
     # 4-bit weights: min/max wastes most of 15 levels on outliers, so clip by MSE.
     "w4a8": QuantConfig(weight=QScheme(4, symmetric=True, per_channel=True, narrow_range=True),
                         weight_observer="mse"),

@@ -39,7 +39,7 @@ def toolchain():
 @pytest.fixture(scope="module")
 def digits():
     model, (example,) = digits_cnn()
-    graph, _ = integer_graph(model, example, preset=qc.backends.tvm.quant_preset("aarch64"))
+    graph, _ = integer_graph(model, example, target="aarch64")
     return graph, example.numpy()
 
 
@@ -75,7 +75,7 @@ def test_an_exported_aarch64_artifact_loads_and_runs_in_qemu(digits, tmp_path):
 @pytest.mark.parametrize("name", MODELS)
 def test_integer_models_are_exact_on_aarch64_under_qemu(name):
     model, (example,) = factory(name)
-    graph, strict = integer_graph(model, example, preset=qc.backends.tvm.quant_preset("aarch64"))
+    graph, strict = integer_graph(model, example, target="aarch64")
     compiled = qc.backends.tvm.build(graph, "aarch64-dotprod")
     for x in batches(example, 2, seed=1):
         expected = qc.backends.interpreter.run(graph, x.numpy(), strict=strict)

@@ -26,7 +26,8 @@ def digits():
     model, (example,) = digits_cnn()
     calibration = [torch.randn(example.shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     config = qc.QuantConfig.preset(qc.backends.tvm.quant_preset("host"))
-    graph = qc.lower_to_integer(qc.quantize(model, calibration, config=config, progress=False))
+    graph = qc.lower_to_integer(qc.quantize(model, calibration, config=config, progress=False),
+                                target=qc.backends.tvm.lowering_target("host"))
     return graph, qc.backends.tvm.build(graph, "host"), example.numpy()
 
 

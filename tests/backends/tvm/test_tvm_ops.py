@@ -259,3 +259,23 @@ def test_quantize_rounds_float32_ties_half_to_even():
                      {"scale": float(np.float32(scale)), "zero_point": 3, "qmin": -128, "qmax": 127,
                       "dtype": "i8"}) for scale in (0.1, 0.7, 0.003, 3.0)]
     assert_exact(*graph_of(cases))
+
+
+def test_weighted_ops_without_the_folded_zero_point_are_exact():
+    """Where `sum x * w` plus the folded bias could leave int32, the kernels subtract the zero
+    point from every operand instead (spec 2 as written): a bias near -2**31 forces it."""
+    from qcompiler.backends.tvm.kernels import prepare_weighted
+
+    weight = np.full((2, 4), 127, np.int8)
+    bias = np.array([-2**31 + 100_000, 5], np.int32)
+    assert not prepare_weighted(weight, bias, 0, "u8").fold_zero_point
+    assert prepare_weighted(weight, np.zeros(2, np.int32), 0, "u8").fold_zero_point
+    x = np.array([[0, 255, 17, 255], [255, 255, 255, 255]], np.uint8)
+    output = {"output_zero_point": 0, "output_min": -128, "output_max": 127, "output_dtype": "i8"}
+    linear = OpCase("qlinear", [x], [None, weight, bias, np.full(2, 1 << 30, np.int32),
+                                     np.full(2, -1, np.int32)], {"input_zero_point": 0, **output})
+    conv = OpCase("qconv1d", [x.reshape(1, 2, 4)], [None, weight.reshape(2, 2, 2), bias,
+                                                    np.full(2, 1 << 30, np.int32), np.full(2, 20, np.int32)],
+                  {"stride": [1], "padding": [1], "dilation": [1], "groups": 1, "input_zero_point": 0,
+                   **output})
+    assert_exact(*graph_of([linear, conv]))

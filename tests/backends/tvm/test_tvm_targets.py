@@ -120,14 +120,23 @@ def test_full_range_weights_are_refused_for_vpmaddubsw_targets_naming_the_preset
         qc.backends.tvm.build(graph, name)  # full-range int8 kernels: accepted
 
 
-@pytest.mark.parametrize(("name", "preset"), [("x86-avx2", "int8-avx2"), ("x86-avx512", "int8-avx2"),
-                                              ("x86-vnni", "int8"), ("aarch64", "int8"),
-                                              ("aarch64-dotprod", "int8")])
-def test_quant_preset_gives_weights_the_target_computes_exactly(name, preset):
+@pytest.mark.parametrize(("name", "preset", "lowering"), [
+    ("x86-avx2", "int8-avx2", "x86"), ("x86-avx512", "int8-avx2", "x86"), ("x86-vnni", "int8", "generic"),
+    ("aarch64", "int8-aarch64", "aarch64"), ("aarch64-dotprod", "int8-aarch64", "aarch64")])
+def test_quant_preset_gives_operands_the_target_computes_exactly(name, preset, lowering):
+    """The preset's weights fit the target's range, and `lower_to_integer` with the matching
+    lowering target (which checks spec section 8's ranges) accepts the quantized graph."""
+    from qcompiler.examples.models import digits_cnn
+
     assert qc.backends.tvm.quant_preset(name) == preset
+    assert qc.backends.tvm.lowering_target(name) == lowering
     weights = qc.QuantConfig.preset(preset).weight
     assert targets.resolve_target(name).weight_range[0] <= weights.qmin
     assert weights.qmax <= targets.resolve_target(name).weight_range[1]
+    model, inputs = digits_cnn()
+    quantized = qc.quantize(model, [inputs[0]], config=qc.QuantConfig.preset(preset), progress=False,
+                            equalize=False, bias_correction=False)
+    qc.backends.tvm.build(qc.lower_to_integer(quantized, target=lowering), name)
 
 
 def test_a_fake_quant_graph_is_refused_naming_the_node():
