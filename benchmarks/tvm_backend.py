@@ -180,7 +180,7 @@ def main() -> None:
         tables["BERT-style float fall backs, TVM vs interpreter on the same integers"] = (
             islands, ["island", "op", "outputs", "differing", "fraction", "largest difference (steps)"])
     notes = [f"TVM target: {spec.describe()}; {args.threads} threads for every engine",
-             "TVM kernels are untuned generic TE computes (outer loops parallel, int8 reductions "
+             "TVM kernels are untuned generic TE computes (one thread; int8 reductions "
              "channels-last so LLVM vectorizes them; nothing tiled or tensorized)",
              "latency ranges (fastest-slowest round) are in the JSON"]
     command = f"python benchmarks/tvm_backend.py{' --quick' if args.quick else ''}"

@@ -246,8 +246,8 @@ def demo_section(loaded, float_graph, integer, strict: bool, calibration, evalua
     for name, latency in latencies.items():
         out.write(f"  {name:<{width}}  {latency.median_ms:9.2f} ms  ({latency.min_ms:.2f}-"
                   f"{latency.max_ms:.2f})\n")
-    out.write("TVM's kernels here are generic TE computes (scalar loops with the outermost loop "
-              "parallelized, nothing tiled or tensorized): bit-exact, not yet fast; tiled, "
+    out.write("TVM's kernels here are generic TE computes (one thread, LLVM's own vectorizing, "
+              "nothing tiled, parallelized or tensorized): bit-exact, not yet fast; tiled, "
               "vectorized, VNNI/sdot-tensorized kernels are the next issue.\n")
 
 

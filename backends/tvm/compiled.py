@@ -9,8 +9,8 @@ times, profiles and exports the result.
 
 The Relax pipeline is TVM's CPU default without operator fusion: every node stays its own
 PrimFunc, named after the node, so a per-op profile maps straight back to the graph and
-a kernel of `kernels.py` is exactly what runs. Untuned kernels are scalar loops; their
-outermost loop is parallelised (`schedule.py`) and nothing more, which is the next issue.
+a kernel of `kernels.py` is exactly what runs. The kernels are untuned (`schedule.py`);
+making them fast is the next issue.
 """
 
 from __future__ import annotations
@@ -187,8 +187,7 @@ class CompiledModel:
 
     def _profile(self, vm, arguments, runs: int = 5) -> list[OpTime]:
         """Per-kernel times from `runs` instrumented calls (each kernel's median over runs).
-        A Python callback brackets every kernel, so tiny kernels look slower than they are
-        and parallel ones pay for waking the thread pool each time."""
+        A Python callback brackets every kernel, so tiny kernels look slower than they are."""
         started: list[float] = []
         seconds: list[dict[str, float]] = []  # one dict per run: kernel -> time
         calls: list[dict[str, int]] = []
