@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler.backends.tvm import artifact
-from qcompiler.backends.tvm.errors import TVMBackendError
+from qcompiler.backends.tvm.errors import ArtifactError, TargetError, TVMBackendError
 from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import DTYPES, Graph
@@ -90,6 +90,7 @@ class CompiledModel:
         self.target = spec
         self.manifest = manifest
         self._vm = None
+        self.loaded_from: Path | None = None  # the directory `load` read it from
         self._export_dir: Path | None = None  # the exported library, for running in qemu
         self._temporary: tempfile.TemporaryDirectory | None = None
 
@@ -159,9 +160,12 @@ class CompiledModel:
 
     def benchmark(self, repeat: int = 10, number: int = 1, profile: bool = False) -> BenchmarkResult:
         """Time `repeat` measurements of `number` calls on seeded inputs (after one warm-up
-        call); `profile` adds a per-kernel table from one more, instrumented call."""
+        call); `profile` adds a per-kernel table from five more, instrumented calls."""
         import tvm
 
+        if self.target.is_cross:
+            raise TargetError(f"the model was built for {self.target.name} ({self.target.arch}); "
+                              "timings under qemu mean nothing: benchmark it on such a machine")
         if repeat < 1 or number < 1:
             raise QCompilerError(f"benchmark needs repeat >= 1 and number >= 1, got {repeat}, {number}")
         vm = self._machine()
@@ -229,9 +233,11 @@ class CompiledModel:
 
             fcompile = cross_compiler()
 
+        if self.loaded_from is not None:
+            raise TVMBackendError(f"this model was loaded from {self.loaded_from}; copy that "
+                                  "directory instead of exporting it again")
+
         def write_library(path: Path) -> None:
-            if not hasattr(self._module, "export_library"):
-                raise TVMBackendError("a loaded model cannot be exported again; copy its directory")
             self._module.export_library(str(path), fcompile=fcompile)
 
         return artifact.write(directory, self.manifest, write_library)
@@ -259,7 +265,13 @@ def build(graph: Graph, target="host") -> CompiledModel:
 
 def load(directory) -> CompiledModel:
     """A model exported by `CompiledModel.export_library`, loaded with TVM's runtime alone."""
+    import tvm
+
     manifest, library = artifact.read(directory)
+    built_with = manifest.get("versions", {}).get("tvm")
+    if built_with != tvm.__version__:
+        raise ArtifactError(f"{directory} was compiled with TVM {built_with} and this is TVM "
+                            f"{tvm.__version__}: compile the model again")
     spec = artifact.target_of(manifest)
     if spec.is_cross:
         module = None  # run_in_qemu loads it inside the emulator
@@ -267,6 +279,7 @@ def load(directory) -> CompiledModel:
         check_host_can_run(spec)
         module = artifact.load_library(library)
     model = CompiledModel(module, spec, manifest)
+    model.loaded_from = Path(directory)
     if spec.is_cross:
         model._export_dir = Path(directory)
     return model

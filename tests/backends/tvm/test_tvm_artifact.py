@@ -43,6 +43,8 @@ def test_export_and_load_give_the_same_integers(digits, exported):
     expected = qc.backends.interpreter.run(graph, x)
     assert np.array_equal(loaded.run(x), expected) and np.array_equal(compiled.run(x), expected)
     assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "model.so"]
+    with pytest.raises(qc.QCompilerError, match="was loaded from .*; copy that directory"):
+        loaded.export_library(exported.parent / "again")
 
 
 def test_manifest_describes_inputs_outputs_target_and_versions(digits, exported):
@@ -117,6 +119,10 @@ def _damage(directory: Path, how: str) -> str:
         data = json.loads(manifest.read_text())
         manifest.write_text(json.dumps({**data, "format_version": 99}))
         return f"{manifest} has format version 99; this qcompiler reads version 1: compile the model again"
+    if how == "other tvm":
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "versions": {**data["versions"], "tvm": "0.1"}}))
+        return f"{directory} was compiled with TVM 0.1 and this is TVM "
     if how == "no library":
         library.unlink()
         return f"{directory} is incomplete: the library model.so is missing; compile the model again"
@@ -127,8 +133,8 @@ def _damage(directory: Path, how: str) -> str:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["no manifest", "bad json", "foreign json", "future version", "no library",
-                                 "truncated library"])
+@pytest.mark.parametrize("how", ["no manifest", "bad json", "foreign json", "future version", "other tvm",
+                                 "no library", "truncated library"])
 def test_a_damaged_artifact_is_named(exported, tmp_path, how):
     import shutil
 
