@@ -39,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import set_threads, write_results  # noqa: E402
 
 import qcompiler as qc  # noqa: E402
-from qcompiler.analysis.latency import compare_latencies, onnxruntime_engines, torch_engine  # noqa: E402
+from qcompiler.analysis.latency import (  # noqa: E402
+    compare_latencies,
+    onnxruntime_engines,
+    torch_engine,
+    torch_threads,
+)
 from qcompiler.backends.interpreter import Interpreter  # noqa: E402
 from qcompiler.backends.tvm import target as targets  # noqa: E402
 from qcompiler.examples import models  # noqa: E402
@@ -90,7 +95,7 @@ def measure(name: str, mode: str, threads: int) -> dict:
         elements += expected.size
 
     x = example.numpy()
-    engines = {"torch eager FP32": torch_engine(model, (example,), threads)}
+    engines = {"torch eager FP32": torch_engine(model, (example,))}
     try:
         ort_fp32, ort_int8 = onnxruntime_engines(model, (example,), calibration, threads)
         engines.update({"onnxruntime FP32": ort_fp32, "onnxruntime INT8": ort_int8})
@@ -99,7 +104,8 @@ def measure(name: str, mode: str, threads: int) -> dict:
     engines.update({"TVM FP32 (untuned)": lambda: float_build.run(x),
                     "TVM INT8 (untuned)": lambda: int8_build.run(x),
                     "interpreter": lambda: qc.backends.interpreter.run(integer, x, strict=strict)})
-    latencies = compare_latencies(engines, rounds=ROUNDS[mode])
+    with torch_threads(threads):
+        latencies = compare_latencies(engines, rounds=ROUNDS[mode])
     row = {"model": name, "batch": int(example.shape[0]), "preset": preset,
            "quantize_s": round(quantize_seconds, 1), "tvm_int8_build_s": round(int8_seconds, 1),
            "tvm_fp32_build_s": round(float_seconds, 1),

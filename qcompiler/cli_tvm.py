@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-import torch
 
 import qcompiler as qc
 from qcompiler.backends.tvm import TARGET_NAMES, lowering_target, quant_preset
@@ -30,10 +29,9 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "a
 
 
 def set_threads(threads: int) -> None:
-    """TVM reads TVM_NUM_THREADS when its thread pool starts (at the first run); torch and
-    onnxruntime take the count per call site."""
+    """TVM reads TVM_NUM_THREADS when its thread pool starts (at the first run); torch's
+    count is set around the timing (`torch_threads`), onnxruntime's per session."""
     os.environ["TVM_NUM_THREADS"] = str(threads)
-    torch.set_num_threads(threads)
 
 
 def describe_cpu() -> str:
@@ -153,7 +151,7 @@ def run_model_on_tvm(args, out: TextIO) -> int:
 
 
 def run_bench(args, out: TextIO) -> int:
-    from qcompiler.analysis.latency import compare_latencies, torch_engine
+    from qcompiler.analysis.latency import compare_latencies, torch_engine, torch_threads
     from qcompiler.cli import UsageError, capture, load_model
     from qcompiler.pipelines import canonical_float_pipeline
 
@@ -164,14 +162,15 @@ def run_bench(args, out: TextIO) -> int:
     out.write(f"CPU: {describe_cpu()}; {args.threads} threads\n")
     inputs = loaded.example_inputs
     if args.backend == "torch":
-        engine, label = torch_engine(loaded.module, inputs, args.threads), "torch eager FP32"
+        engine, label = torch_engine(loaded.module, inputs), "torch eager FP32"
     elif args.float:
         graph = canonical_float_pipeline().run(capture(loaded, out))
         engine, label = _engine(args, graph, inputs, True, out)
     else:
         _, graph, strict, _ = integer_graph_for(loaded, args.model, args.target, args.preset, 8, out)
         engine, label = _engine(args, graph, inputs, strict, out)
-    latency = compare_latencies({label: engine}, rounds=args.repeat)[label]
+    with torch_threads(args.threads):
+        latency = compare_latencies({label: engine}, rounds=args.repeat)[label]
     out.write(f"{label}: {latency} per call, batch {inputs[0].shape[0]}, median of {args.repeat} "
               "rounds\n")
     if args.profile and args.backend == "tvm":
@@ -200,7 +199,7 @@ def demo_section(loaded, float_graph, integer, strict: bool, calibration, evalua
                  interpreter_outputs: np.ndarray, out: TextIO, rounds: int = 7) -> None:
     """Compile the demo's integer graph for this machine, check it against the interpreter's
     outputs and time it beside torch, onnxruntime FP32/INT8 and the interpreter."""
-    from qcompiler.analysis.latency import compare_latencies, onnxruntime_engines, torch_engine
+    from qcompiler.analysis.latency import compare_latencies, onnxruntime_engines, torch_engine, torch_threads
 
     set_threads(DEMO_THREADS)
     spec = targets.resolve_target("host")
@@ -223,7 +222,7 @@ def demo_section(loaded, float_graph, integer, strict: bool, calibration, evalua
 
     first = evaluation[0] if isinstance(evaluation[0], tuple) else (evaluation[0],)
     arrays = [x.numpy() for x in first]
-    engines = {"torch eager FP32": torch_engine(loaded.module, first, DEMO_THREADS)}
+    engines = {"torch eager FP32": torch_engine(loaded.module, first)}
     start = time.perf_counter()
     try:
         fp32, int8 = onnxruntime_engines(loaded.module, first, calibration, DEMO_THREADS)
@@ -239,7 +238,8 @@ def demo_section(loaded, float_graph, integer, strict: bool, calibration, evalua
     out.write(f"timing {len(engines)} engines ({rounds} rounds each; load average {load:.1f} on "
               f"{os.cpu_count()} cores: other work on the machine slows 2-thread engines)...\n")
     out.flush()
-    latencies = compare_latencies(engines, rounds=rounds)
+    with torch_threads(DEMO_THREADS):
+        latencies = compare_latencies(engines, rounds=rounds)
     batch = first[0].shape[0]
     out.write(f"\nlatency, batch {batch}, {DEMO_THREADS} threads, median of {rounds} rounds (min-max):\n")
     width = max(len(name) for name in latencies)

@@ -112,6 +112,9 @@ def test_run_model_on_tvm_agrees_with_the_interpreter():
 
 
 def test_demo_tvm_section_is_bit_exact_and_times_every_engine():
+    import torch
+
+    threads = torch.get_num_threads()
     code, out = run(["demo", "--model", "digits_cnn", "--lines", "1", "--images", "8", "--rounds", "2"])
     assert code == 0
     section = out[out.index("== TVM backend"):]
@@ -122,3 +125,4 @@ def test_demo_tvm_section_is_bit_exact_and_times_every_engine():
                    "TVM FP32 (ours, untuned)", "TVM INT8 (ours, untuned)", "integer interpreter (numpy)"):
         assert re.search(rf"^  {re.escape(engine)} +\d+\.\d\d ms  \(", section, re.MULTILINE), engine
     assert "latency, batch 4, 2 threads, median of 2 rounds (min-max):" in section
+    assert torch.get_num_threads() == threads  # timed at 2 threads, then restored

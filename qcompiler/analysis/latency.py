@@ -16,7 +16,8 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +60,20 @@ def compare_latencies(engines: dict[str, Callable[[], object]], rounds: int = 7,
             for name, t in times.items()}
 
 
-def torch_engine(module: torch.nn.Module, inputs: tuple, threads: int) -> Callable[[], object]:
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set for the block and restored after it (the count is
+    process-wide: a caller in the same process, a test session, keeps its own)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def torch_engine(module: torch.nn.Module, inputs: tuple) -> Callable[[], object]:
+    """Eager torch on `inputs`; time it inside `torch_threads(n)`."""
 
     def run():
         with torch.inference_mode():
