@@ -366,7 +366,7 @@ def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
         var = relax.Var(value.name, relax.TensorType(_shape(value), TVM_DTYPES[value.dtype]))
         ctx.exprs[value.name] = var
         params.append(var)
-    fall_backs = []
+    fall_backs, dequantized = [], set()  # dequantized: float values computed from integers
     with builder.function("main", params):
         with builder.dataflow():
             for node in graph:
@@ -374,15 +374,14 @@ def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
                 results = results if isinstance(results, list) else [results]
                 for value, expr in zip(node.outputs, results, strict=True):
                     ctx.exprs[value.name] = expr
-                if node.op not in INTEGER_LOWERINGS and _in_integer_region(node):
-                    fall_backs.append(node.describe())
+                from_integers = node.op == "dequantize" or any(
+                    v is not None and v.name in dequantized for v in node.inputs)
+                if from_integers and node.op != "quantize":
+                    dequantized.update(v.name for v in node.outputs if v.dtype in FLOAT_DTYPES)
+                    if node.op not in INTEGER_LOWERINGS:  # float arithmetic on them: spec 9
+                        fall_backs.append(node.describe())
             outputs = [ctx[v] for v in graph.outputs]
             result = builder.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
         builder.emit_func_output(result)
     return LoweredGraph(builder.get(), fall_backs, ctx.functions)
 
-
-def _in_integer_region(node: Node) -> bool:
-    """A float op whose float input comes from a dequantize: a fall back (spec 9)."""
-    return any(v is not None and v.producer is not None and v.producer.op == "dequantize"
-               for v in node.inputs)

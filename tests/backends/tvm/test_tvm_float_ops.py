@@ -97,3 +97,21 @@ def test_float_ops_match_torch():
         expected = qc.to_torch(graph)(*[torch.from_numpy(a) for a in inputs])
     for value, got, want in zip(graph.outputs, actual, expected, strict=True):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4, err_msg=value.name)
+
+
+def test_float_fall_backs_are_reported_through_chains_and_data_movement():
+    """Every float op computing on dequantized integers is a reported fall back (spec 9), also
+    behind a reshape; the island's integers equal the interpreter's (strict=False)."""
+    graph = Graph("island")
+    x = graph.add_input("x", (2, 8), "u8")
+    value = graph.add_node("dequantize", [x], {"scale": 0.1, "zero_point": 3}).output
+    value = graph.add_node("reshape", [value], {"shape": [2, 2, 4]}).output
+    value = graph.add_node("softmax", [value], {"dim": 2}, name="attention").output
+    value = graph.add_node("tanh", [value], name="squash").output
+    graph.outputs.append(graph.add_node("quantize", [value], {"scale": 0.01, "zero_point": 0, "qmin": 0,
+                                                             "qmax": 255, "dtype": "u8"}).output)
+    compiled = qc.backends.tvm.build(graph.verify(), "host")
+    assert [f.split(" at ")[0] for f in compiled.fall_backs] == ["node %attention (softmax)",
+                                                                  "node %squash (tanh)"]
+    x = np.arange(16, dtype=np.uint8).reshape(2, 8) * 9
+    assert np.array_equal(compiled.run(x), qc.backends.interpreter.run(graph, x, strict=False))
