@@ -61,7 +61,7 @@ class Lowering:
         if value.name not in self.exprs:
             if not value.is_constant:
                 raise LoweringError(f"value %{value.name} is used before it is computed")
-            self.exprs[value.name] = relax.const(np.ascontiguousarray(value.data))
+            self.exprs[value.name] = constant(value.data)
         return self.exprs[value.name]
 
     def emit_te(self, node: Node, compute: Callable, *args: relax.Expr, **options) -> relax.Var:
@@ -75,6 +75,13 @@ class Lowering:
 
     def emit(self, expr: relax.Expr) -> relax.Var:
         return self.builder.emit(expr)
+
+
+def constant(array) -> relax.Expr:
+    """A Relax constant of exactly this array's dtype (relax.const alone turns int64 into
+    int32 and float64 into float32)."""
+    array = np.ascontiguousarray(array)
+    return relax.const(array, str(array.dtype))
 
 
 def var_function_name(builder: relax.BlockBuilder, var: relax.Var) -> str:
@@ -116,7 +123,7 @@ def _weighted(ctx: Lowering, node: Node, attrs: dict) -> tuple[list[relax.Expr],
     signed = ctx.signed_operands and node.inputs[0].dtype == "u8"
     zero_point = _scalar(attrs, "input_zero_point") - (128 if signed else 0)
     prepared = kernels.prepare_weighted(weight, bias, zero_point, "i8" if signed else node.inputs[0].dtype)
-    constants = [relax.const(prepared.weight), relax.const(prepared.bias),
+    constants = [constant(prepared.weight), constant(prepared.bias),
                  ctx[node.inputs[3]], ctx[node.inputs[4]]]
     options = {"input_zero_point": zero_point, "fold_zero_point": prepared.fold_zero_point,
                "signed_input": signed}
@@ -219,8 +226,8 @@ def lower_qavg_pool(ctx: Lowering, node: Node, attrs: dict):
     if counts.min() < 1 or counts.max() > len(table_m):
         raise LoweringError(f"{node.describe()}: window counts {counts.min()}..{counts.max()} "
                             f"fall outside its {len(table_m)} multipliers")
-    multipliers = relax.const(table_m[counts - 1].astype(np.int32))
-    shifts = relax.const(table_s[counts - 1].astype(np.int32))
+    multipliers = constant(table_m[counts - 1].astype(np.int32))
+    shifts = constant(table_s[counts - 1].astype(np.int32))
     return ctx.emit_te(node, kernels.qavg_pool, ctx[node.inputs[0]], multipliers, shifts,
                        out_shape=out_shape, kernel_size=geometry["kernel_size"],
                        stride=geometry["stride"], padding=geometry["padding"],

@@ -17,7 +17,7 @@ from tvm import relax, te, tirx
 
 from qcompiler.backends.tvm.errors import LoweringError
 from qcompiler.backends.tvm.kernels import window_counts
-from qcompiler.backends.tvm.lower import Lowering, _shape, pool_geometry
+from qcompiler.backends.tvm.lower import Lowering, _shape, constant, pool_geometry
 from qcompiler.ir import Node
 
 
@@ -27,7 +27,7 @@ def _along_channels(ctx: Lowering, value, rank: int):
     time), in Relax otherwise."""
     shape = [1, -1] + [1] * (rank - 2)
     if value.is_constant:
-        return relax.const(np.ascontiguousarray(value.data.reshape(shape)))
+        return constant(value.data.reshape(shape))
     return relax.op.reshape(ctx[value], shape)
 
 
@@ -82,10 +82,10 @@ def lower_batch_norm(ctx: Lowering, node: Node, attrs: dict):
         alpha = (data(weight, 1.0) / np.sqrt(data(var, 0.0) + np.float32(attrs["eps"]))).astype(np.float32)
         beta = (data(bias, 0.0) - data(mean, 0.0) * alpha).astype(np.float32)
         shape = [1, -1] + [1] * (rank - 2)
-        return ctx.emit(relax.op.add(relax.op.multiply(ctx[x], relax.const(alpha.reshape(shape))),
-                                     relax.const(beta.reshape(shape))))
+        return ctx.emit(relax.op.add(relax.op.multiply(ctx[x], constant(alpha.reshape(shape))),
+                                     constant(beta.reshape(shape))))
     along = lambda v: _along_channels(ctx, v, rank)
-    epsilon = relax.const(np.float32(attrs["eps"]))
+    epsilon = constant(np.float32(attrs["eps"]))
     normalized = relax.op.divide(relax.op.subtract(ctx[x], along(mean)),
                                  relax.op.sqrt(relax.op.add(along(var), epsilon)))
     if weight is not None:
@@ -99,7 +99,7 @@ def lower_layer_norm(ctx: Lowering, node: Node, attrs: dict):
     x = node.inputs[0]
     normalized = [int(d) for d in attrs["normalized_shape"]]
     axes = list(range(len(x.shape) - len(normalized), len(x.shape)))
-    ones = lambda fill: relax.const(np.full(normalized, fill, np.float32))
+    ones = lambda fill: constant(np.full(normalized, fill, np.float32))
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     return ctx.emit(relax.op.nn.layer_norm(ctx[x], ones(1.0) if weight is None else ctx[weight],
@@ -108,7 +108,7 @@ def lower_layer_norm(ctx: Lowering, node: Node, attrs: dict):
 
 
 def _float_const(value: float):
-    return relax.const(np.float32(value))
+    return constant(np.float32(value))
 
 
 def lower_clamp(ctx: Lowering, node: Node, attrs: dict):
@@ -188,7 +188,7 @@ def lower_pool(ctx: Lowering, node: Node, attrs: dict):
                                   geometry["stride"][axis], geometry["padding"][axis],
                                   out_shape[2 + axis], bool(attrs["count_include_pad"]))
             counts = np.multiply.outer(counts, along.astype(np.float32))
-    return ctx.emit_te(node, _float_pool, ctx[node.inputs[0]], relax.const(counts),
+    return ctx.emit_te(node, _float_pool, ctx[node.inputs[0]], constant(counts),
                        out_shape=out_shape, kind=kind, **geometry)
 
 

@@ -42,6 +42,9 @@ def float_op_graph() -> Graph:
     add("linear", [flat, const("wl", 5, 196), const("bl", 5)])
     add("matmul", [image, const("m", 7, 3)])
     add("embedding", [tokens, const("table", 10, 3)])
+    # int64 and float64 constants keep their dtype (relax.const alone would narrow them).
+    add("add", [tokens, graph.add_constant("big", np.array([2**40, -2**35, 7, 0, 1], np.int64))])
+    add("mul", [graph.add_input("wide", (3,), "f64"), graph.add_constant("exact", np.float64([1 + 2**-40]), "f64")])
     variance = graph.add_constant("var", np.abs(rng.standard_normal(4)).astype(np.float32) + 0.5)
     add("batch_norm", [image, const("g", 4), const("bb", 4), const("mu", 4), variance], {"eps": 1e-3})
     add("layer_norm", [image, const("lw", 7), const("lb", 7)], {"normalized_shape": [7]})
@@ -91,12 +94,16 @@ def test_float_ops_match_torch():
     rng = np.random.default_rng(1)
     inputs = [rng.standard_normal((2, 4, 7, 7)).astype(np.float32),
               rng.standard_normal((2, 4, 9)).astype(np.float32),
-              rng.integers(0, 10, (2, 5)).astype(np.int64)]
+              rng.integers(0, 10, (2, 5)).astype(np.int64), np.float64([1.0, 3.0, 2.0**30])]
     actual = qc.backends.tvm.build(graph, "host").run(*inputs)
     with torch.no_grad():
         expected = qc.to_torch(graph)(*[torch.from_numpy(a) for a in inputs])
     for value, got, want in zip(graph.outputs, actual, expected, strict=True):
-        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4, err_msg=value.name)
+        assert got.dtype == want.numpy().dtype, value.name
+        if value.dtype in ("i64", "f64"):  # exact: no float32 or int32 on the way
+            np.testing.assert_array_equal(got, want.numpy(), err_msg=value.name)
+        else:
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4, err_msg=value.name)
 
 
 def test_float_fall_backs_are_reported_through_chains_and_data_movement():
