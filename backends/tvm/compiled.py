@@ -147,6 +147,9 @@ class CompiledModel:
         if self.target.is_cross:
             from qcompiler.backends.tvm.aarch64 import run_in_qemu
 
+            if self.target.arch != "aarch64":  # qemu-aarch64 runs aarch64 code only
+                check_host_can_run(self.target)
+
             if self._export_dir is None:
                 self._temporary = tempfile.TemporaryDirectory(prefix="qcompiler-tvm-")
                 self._export_dir = self.export_library(Path(self._temporary.name) / "model")

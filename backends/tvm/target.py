@@ -239,9 +239,10 @@ def check_host_can_run(spec: TargetSpec, flags: frozenset[str] | None = None) ->
     """Raise TargetError (instead of letting the code die of SIGILL) when this machine cannot
     execute code built for `spec`."""
     if spec.is_cross:
+        emulated = (", or under qemu-aarch64 (CompiledModel.run does that)"
+                    if spec.arch == "aarch64" else "")
         raise TargetError(f"the model was built for {spec.name} ({spec.arch}) and this machine is "
-                          f"{host_arch()}: run it there, or under qemu with "
-                          "qcompiler.backends.tvm.aarch64.run_in_qemu")
+                          f"{host_arch()}: run it on an {spec.arch} machine{emulated}")
     flags = cpu_flags() if flags is None else flags
     missing = unsupported_features(spec, flags)
     if spec.arch == "aarch64" and spec.isa == "dotprod" and "asimddp" not in flags:
