@@ -44,7 +44,8 @@ def float_op_graph() -> Graph:
     add("embedding", [tokens, const("table", 10, 3)])
     # int64 and float64 constants keep their dtype (relax.const alone would narrow them).
     add("add", [tokens, graph.add_constant("big", np.array([2**40, -2**35, 7, 0, 1], np.int64))])
-    add("mul", [graph.add_input("wide", (3,), "f64"), graph.add_constant("exact", np.float64([1 + 2**-40]), "f64")])
+    wide = graph.add_input("wide", (3,), "f64")
+    add("mul", [wide, graph.add_constant("exact", np.float64([1 + 2**-40]), "f64")])
     variance = graph.add_constant("var", np.abs(rng.standard_normal(4)).astype(np.float32) + 0.5)
     add("batch_norm", [image, const("g", 4), const("bb", 4), const("mu", 4), variance], {"eps": 1e-3})
     add("layer_norm", [image, const("lw", 7), const("lb", 7)], {"normalized_shape": [7]})
