@@ -188,7 +188,9 @@ def main() -> None:
     notes = [f"TVM target: {spec.describe()}; {args.threads} threads for every engine",
              "TVM kernels are untuned generic TE computes (one thread; int8 reductions "
              "channels-last so LLVM vectorizes them; nothing tiled or tensorized)",
-             "latency ranges (fastest-slowest round) are in the JSON"]
+             "latency ranges (fastest-slowest round) are in the JSON; on a shared machine the "
+             "engines with spinning 2-thread pools (torch eager above all) suffer most from other "
+             "work: read them with the load average of the machine line"]
     command = f"python benchmarks/tvm_backend.py{' --quick' if args.quick else ''}"
     write_results(f"tvm_backend{'_quick' if args.quick else ''}", "TVM backend: latency, compile time, "
                   "exactness", tables, command, notes, settings={"threads": args.threads, "mode": mode})
