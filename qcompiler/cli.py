@@ -9,6 +9,10 @@
     qcompiler run MODEL               quantize to int8, lower to integers, run on the interpreter,
                                       print outputs and agreement with float and simulation
     qcompiler report MODEL --out F    quantize and write an HTML/markdown quantization report
+    qcompiler compile MODEL -o DIR    quantize with the target's preset, compile with TVM, write
+                                      the library and its manifest (cli_tvm.py)
+    qcompiler run DIR                 run a compiled model directory (--input x.npy)
+    qcompiler bench MODEL             latency of a backend (--backend tvm|interpreter|torch)
 
 MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/file.py:factory`,
 where `factory()` returns `(module, example_inputs)`.
@@ -21,125 +25,17 @@ Errors print one message, never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import sys
-import time
-import traceback
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import torch
 
 from qcompiler.analysis.cost import cost
 from qcompiler.analysis.units import cost_comparison, op_counts
+from qcompiler.cli_models import UsageError, builtin_models, capture, load_model
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph
 from qcompiler.quantization.config import PRESETS
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line, exit code 2."""
-
-
-def builtin_models() -> dict:
-    from qcompiler.examples import models
-
-    return {**models.BUILTIN_MODELS, "pretrained_mobilenet_v2": models.pretrained_mobilenet_v2}
-
-
-@dataclass
-class LoadedModel:
-    description: str
-    module: torch.nn.Module
-    example_inputs: tuple
-
-
-def load_model(spec: str) -> LoadedModel:
-    """A built-in name or `path/to/file.py:factory` -> the module and its example inputs."""
-    if spec.lower().endswith(".onnx"):
-        raise UsageError(f"{spec}: ONNX models are not supported yet; give a built-in model name "
-                         "or path/to/file.py:factory returning (module, example_inputs)")
-    builtins = builtin_models()
-    if spec in builtins:
-        factory, description = builtins[spec], f"built-in model '{spec}'"
-    elif ":" in spec or spec.endswith(".py"):
-        factory, description = _factory_from_file(spec)
-    else:
-        raise UsageError(f"unknown model '{spec}'; built-in models are: {', '.join(sorted(builtins))}; "
-                         "or give path/to/file.py:factory")
-    try:
-        result = factory()
-    except FileNotFoundError as error:  # e.g. the pretrained weights package is not installed
-        raise UsageError(f"{description}: {error}") from None
-    except Exception as error:
-        raise UsageError(f"{description} raised {type(error).__name__}: {error}"
-                         f"{_user_frame(error)}") from None
-    return LoadedModel(description, *_check_factory_result(result, description))
-
-
-def _factory_from_file(spec: str):
-    path_text, _, factory_name = spec.rpartition(":") if ":" in spec else (spec, "", "")
-    path = Path(path_text)
-    if not path.is_file():
-        raise UsageError(f"no such file: {path_text}")
-    if not factory_name:
-        raise UsageError(f"{spec}: name the factory function too, as {path_text}:FACTORY")
-    module_spec = importlib.util.spec_from_file_location(f"qcompiler_user_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise UsageError(f"{path_text}: not a Python file")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:
-        raise UsageError(f"importing {path_text} failed: {type(error).__name__}: {error}"
-                         f"{_user_frame(error)}") from None
-    factory = getattr(module, factory_name, None)
-    if not callable(factory):
-        defined = sorted(name for name, value in vars(module).items()
-                         if inspect.isfunction(value) and value.__module__ == module.__name__)
-        raise UsageError(f"{path_text} has no function '{factory_name}' "
-                         f"(it defines: {', '.join(defined) or 'no functions'})")
-    return factory, f"{path_text}:{factory_name}"
-
-
-def _user_frame(error: BaseException) -> str:
-    frames = traceback.extract_tb(error.__traceback__)
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-
-
-def _check_factory_result(result, description: str) -> tuple[torch.nn.Module, tuple]:
-    expected = "(torch.nn.Module, tuple of example input tensors)"
-    if not (isinstance(result, tuple | list) and len(result) == 2):
-        raise UsageError(f"{description} must return {expected}, got {_kind(result)}")
-    module, inputs = result
-    if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"{description} must return {expected}; its first item is {_kind(module)}")
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    if not (isinstance(inputs, tuple | list) and inputs
-            and all(isinstance(x, torch.Tensor) for x in inputs)):
-        raise UsageError(f"{description} must return {expected}; its second item is "
-                         f"{_kind(inputs)}")
-    return module.eval(), tuple(inputs)
-
-
-def _kind(value) -> str:
-    if isinstance(value, tuple | list):
-        return f"a {type(value).__name__} of {len(value)}: ({', '.join(type(v).__name__ for v in value)})"
-    return f"a {type(value).__name__}"
-
-
-def capture(loaded: LoadedModel, out: TextIO) -> Graph:
-    import qcompiler
-
-    start = time.perf_counter()
-    graph = qcompiler.trace(loaded.module, loaded.example_inputs)
-    out.write(f"captured {loaded.description}: {len(graph)} nodes, {len(graph.constants)} constants "
-              f"in {time.perf_counter() - start:.2f} s\n")
-    return graph
-
 
 # ---- printing ---------------------------------------------------------------------------------
 
@@ -229,13 +125,22 @@ def run_demo(args, out: TextIO) -> int:
     if not args.float_only:
         from qcompiler.run_model import run_quantized_demo
 
-        run_quantized_demo(spec, loaded.module, loaded.example_inputs, optimized, args.images, out)
+        run_quantized_demo(spec, loaded.module, loaded.example_inputs, optimized, args.images, out,
+                           tvm=not args.no_tvm, rounds=args.rounds)
     return 0
 
 
 def run_on_backend(args, out: TextIO) -> int:
+    from qcompiler.cli_tvm import is_artifact, run_artifact, run_model_on_tvm
     from qcompiler.run_model import run_model_on_interpreter
 
+    if is_artifact(args.model):  # a directory `qcompiler compile` wrote
+        return run_artifact(args, out)
+    if args.input or args.output:
+        raise UsageError("--input and --output go with a compiled model directory "
+                         "(qcompiler compile MODEL -o DIR; qcompiler run DIR --input x.npy)")
+    if args.backend == "tvm":
+        return run_model_on_tvm(args, out)
     loaded = load_model(args.model)
     strict = {"auto": None, "yes": True, "no": False}[args.strict]
     run_model_on_interpreter(loaded.module, loaded.example_inputs, strict=strict, out=out)
@@ -287,14 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after the float pipeline (skip quantization and the integer run)")
     demo.add_argument("--images", type=int, default=32, metavar="N",
                       help="calibration and evaluation inputs for the int8 part (default 32 each)")
+    demo.add_argument("--no-tvm", action="store_true",
+                      help="skip the TVM part (compile, check against the interpreter, latency)")
+    demo.add_argument("--rounds", type=int, default=7, metavar="N",
+                      help="latency timing rounds per engine in the TVM part (default 7)")
     demo.set_defaults(run=run_demo)
 
     run_command = commands.add_parser(
         "run", help="quantize a model to int8, lower it to integers and run it on a backend, "
-                    "printing outputs and agreement with float and with fake-quant simulation")
-    run_command.add_argument("model", metavar="MODEL", help=model_help)
-    run_command.add_argument("--backend", choices=["interpreter"], default="interpreter",
+                    "printing outputs and agreement with float and with fake-quant simulation; "
+                    "or run a compiled model directory (qcompiler compile)")
+    run_command.add_argument("model", metavar="MODEL", help=f"{model_help}; or a directory "
+                                                            "`qcompiler compile` wrote")
+    run_command.add_argument("--backend", choices=["interpreter", "tvm"], default="interpreter",
                              help="where to run the integer graph (default: the numpy interpreter)")
+    run_command.add_argument("--input", action="append", metavar="X.npy",
+                             help="a compiled model's input (.npy), once per input")
+    run_command.add_argument("--output", metavar="Y.npy", help="save a compiled model's outputs")
     run_command.add_argument("--strict", choices=["auto", "yes", "no"], default="auto",
                              help="integer-only (yes), float islands allowed (no), or try integer-only "
                                   "and fall back (auto, default)")
@@ -321,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show only the first N node lines of the IR (default: all)")
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
+
+    from qcompiler.cli_tvm import add_commands
+
+    add_commands(commands, model_help)
     return parser
 
 

@@ -20,7 +20,9 @@ from qcompiler.backends import interpreter
 from qcompiler.backends.simulation_agreement import Agreement, compare_with_simulation
 from qcompiler.backends.torch import to_torch
 from qcompiler.errors import IntegerOnlyError
+from qcompiler.examples.batches import demo_data
 from qcompiler.ir import Graph
+from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.lowering import FALLBACK_OPS
 from qcompiler.quantize import lower_to_integer, quantize
 
@@ -88,43 +90,26 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
     return agreement
 
 
-def demo_data(spec: str, example_inputs: tuple, count: int) -> tuple[list, list, str]:
-    """Calibration and evaluation batches: disjoint photo crops for an ImageNet model, else
-    seeded random tensors shaped like the example inputs."""
-    batch = example_inputs[0].shape[0]
-    if spec in ("pretrained_mobilenet_v2", "mobilenet_v2"):
-        from qcompiler.examples.photos import calibration_pool, evaluation_pool
-
-        resolution = example_inputs[0].shape[-1]
-        calibration = list(calibration_pool(count, seed=0, batch_size=batch, size=resolution))
-        evaluation = list(evaluation_pool(count, seed=1, batch_size=batch, size=resolution))
-        return calibration, evaluation, f"{count} + {count} disjoint photo crops"
-    generator = torch.Generator().manual_seed(0)
-
-    def like(example):
-        if example.is_floating_point():
-            return torch.randn(example.shape, generator=generator)
-        return torch.randint(0, int(example.max()) + 1, example.shape, generator=generator)
-
-    batches = [tuple(like(x) for x in example_inputs) for _ in range(2 * max(1, count // batch))]
-    half = len(batches) // 2
-    return batches[:half], batches[half:], f"{half} + {half} random batches"
-
-
 def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple, float_graph: Graph,
-                       images: int, out: TextIO) -> None:
-    """`qcompiler demo`'s second half: quantize (int8: per-channel weights, u8 activations),
-    lower to integers, run the integer interpreter, and compare FP32, fake-quant simulation and
-    integers."""
+                       images: int, out: TextIO, tvm: bool = True, rounds: int = 7) -> None:
+    """`qcompiler demo`'s second half: quantize (int8: per-channel weights, u8 activations, the
+    weight range this machine's TVM kernels take), lower to integers, run the integer
+    interpreter, and compare FP32, fake-quant simulation and integers; then (`tvm`) compile
+    with TVM, check it against the interpreter and time it beside torch and onnxruntime."""
+    from qcompiler.backends.tvm import lowering_target, quant_preset
+
     calibration, evaluation, described = demo_data(spec, example_inputs, images)
     out.write(f"\n== int8 post-training quantization (calibrate / evaluate on {described}) ==\n")
+    preset = quant_preset("host")
+    out.write(f"preset {preset!r}: the int8 operand ranges this machine's TVM kernels take "
+              f"(qc.backends.tvm.quant_preset('host'); lowered with target={lowering_target('host')!r})\n")
     start = time.perf_counter()
-    quantized = quantize(float_graph, calibration, progress=False)
+    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=False)
     out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
               "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
     strict = not any(node.op in FALLBACK_OPS for node in quantized)  # else float islands
     start = time.perf_counter()
-    integer = lower_to_integer(quantized, strict=strict)
+    integer = lower_to_integer(quantized, strict=strict, target=lowering_target("host"))
     out.write(f"qc.lower_to_integer: {time.perf_counter() - start:.1f} s, {len(integer)} integer-graph "
               f"nodes, ops: {op_counts(integer)}\n")
     out.write("\n== cost: float vs integer graph ==\n")
@@ -156,3 +141,8 @@ def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple
               f"top-1 agreement {agree:.1%}\n")
     out.write(f"interpreter speed: {count / seconds:.1f} inputs/s (numpy reference, not a fast "
               "backend)\n")
+    if tvm:
+        from qcompiler.cli_tvm import demo_section
+
+        demo_section(module, float_graph, integer, strict, calibration, evaluation, integers, out,
+                     rounds=rounds)

@@ -210,6 +210,14 @@ PRESETS: dict[str, QuantConfig] = {
     "int8": QuantConfig(),
     # The strict case of Nagel et al. 2019: per-tensor weights too (CLE matters here).
     "int8-per-tensor": QuantConfig(weight=replace(_INT8_WEIGHTS, per_channel=False)),
+    # Weights limited to 7 bits ([-63, 63]) for x86 int8 kernels built on vpmaddubsw (AVX2, and
+    # AVX-512 without VNNI), which add pairs of u8 x s8 products in int16 and saturate with
+    # full 8-bit weights (docs/integer-spec.md, section 8); the TVM backend refuses to build
+    # a graph with wider weights for those targets (qc.backends.tvm.quant_preset names this).
+    "int8-avx2": QuantConfig(weight=QScheme(7, symmetric=True, per_channel=True, narrow_range=True)),
+    # int8 activations for ARM's sdot (int8 x int8, docs/integer-spec.md section 8), which
+    # lower_to_integer(target="aarch64") requires.
+    "int8-aarch64": QuantConfig(activation=QScheme(8, signed=True)),
     # 4-bit weights: min/max wastes most of 15 levels on outliers, so clip by MSE.
     "w4a8": QuantConfig(weight=QScheme(4, symmetric=True, per_channel=True, narrow_range=True),
                         weight_observer="mse"),

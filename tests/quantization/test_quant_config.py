@@ -95,7 +95,8 @@ def test_exclusions():
      r"QuantConfig.exclude_nodes takes a collection of names, got the string 'conv1'; "
      r"write \['conv1'\]"),
     (lambda: QuantConfig.preset("int4"),
-     "unknown QuantConfig preset 'int4'; valid presets: int8, int8-per-tensor, w4a8, w8a16"),
+     "unknown QuantConfig preset 'int4'; valid presets: int8, int8-per-tensor, int8-avx2, int8-aarch64, "
+     "w4a8, w8a16"),
 ])
 def test_invalid_configs_are_refused_with_clear_messages(make, message):
     with pytest.raises(QuantizationError, match=message):

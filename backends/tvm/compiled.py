@@ -1,0 +1,288 @@
+"""Compile a lowered graph with `tvm.compile` for a target, and the `CompiledModel` that runs,
+times, profiles and exports the result.
+
+    compiled = build(integer_graph, target="host")
+    y = compiled.run(x)                                   # numpy in, numpy out
+    result = compiled.benchmark(repeat=20, number=5, profile=True)
+    compiled.export_library("out/")                       # library + manifest.json
+    again = load("out/")                                  # no qcompiler passes needed
+
+The Relax pipeline is TVM's CPU default without operator fusion: every node stays its own
+PrimFunc, named after the node, so a per-op profile maps straight back to the graph and
+a kernel of `kernels.py` is exactly what runs. The kernels are untuned (`schedule.py`);
+making them fast is the next issue.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qcompiler.backends.tvm import artifact
+from qcompiler.backends.tvm.errors import ArtifactError, TargetError, TVMBackendError
+from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
+from qcompiler.errors import QCompilerError
+from qcompiler.ir import DTYPES, Graph
+
+
+def _threads() -> int:
+    """TVM's thread pool reads TVM_NUM_THREADS once, when it starts; unset, it uses half the
+    hardware threads and pins them (half the speed on a 2-core VM). Default: every core."""
+    return int(os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1)))
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Latency of one call of the model, in milliseconds, over `repeat` measurements of the
+    mean of `number` calls each; `per_op` (when profiled) lists the kernels by total time."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeat: int
+    number: int
+    threads: int
+    target: str
+    per_op: list[OpTime] = field(default_factory=list)
+
+    @property
+    def spread_ms(self) -> float:
+        return self.max_ms - self.min_ms
+
+    def __str__(self) -> str:
+        text = (f"{self.median_ms:.3f} ms median (min {self.min_ms:.3f}, max {self.max_ms:.3f}; "
+                f"{self.repeat} x {self.number} calls, {self.threads} threads, target {self.target})")
+        if self.per_op:
+            text += "\n" + format_profile(self.per_op)
+        return text
+
+
+@dataclass(frozen=True)
+class OpTime:
+    function: str  # the PrimFunc
+    nodes: list[str]  # the graph nodes it computes
+    calls: int
+    total_ms: float  # per model call
+    share: float  # of all kernel time
+
+
+def format_profile(rows: list[OpTime], top: int = 15) -> str:
+    lines = [f"{'kernel':<40} {'ms':>9} {'share':>6}  nodes"]
+    for row in rows[:top]:
+        nodes = ", ".join(row.nodes[:2]) + (f" (+{len(row.nodes) - 2})" if len(row.nodes) > 2 else "")
+        lines.append(f"{row.function[:40]:<40} {row.total_ms:9.3f} {row.share:6.1%}  {nodes}")
+    if len(rows) > top:
+        lines.append(f"... {len(rows) - top} more kernels, "
+                     f"{sum(r.total_ms for r in rows[top:]):.3f} ms together")
+    return "\n".join(lines)
+
+
+class CompiledModel:
+    """A graph compiled for a target: `run`, `benchmark`, `export_library`."""
+
+    def __init__(self, module, spec: TargetSpec, manifest: dict):
+        self._module = module  # tvm.runtime.Executable (fresh build) or loaded runtime.Module
+        self.target = spec
+        self.manifest = manifest
+        self._vm = None
+        self.loaded_from: Path | None = None  # the directory `load` read it from
+        self._export_dir: Path | None = None  # the exported library, for running in qemu
+        self._temporary: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def inputs(self) -> list[dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.manifest["outputs"]
+
+    @property
+    def fall_backs(self) -> list[str]:
+        return self.manifest["fall_backs"]
+
+    def __repr__(self) -> str:
+        return (f"<CompiledModel {self.manifest['graph']} for {self.target.name}: "
+                f"{len(self.inputs)} input(s), {len(self.outputs)} output(s)>")
+
+    # ---- running ---------------------------------------------------------------------
+
+    def checked_inputs(self, inputs) -> list[np.ndarray]:
+        """The inputs as contiguous numpy arrays of exactly the compiled shapes and dtypes."""
+        if len(inputs) != len(self.inputs):
+            expected = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in self.inputs)
+            raise QCompilerError(f"{self.manifest['graph']} takes {len(self.inputs)} input(s) "
+                                 f"({expected}), got {len(inputs)}")
+        arrays = []
+        for spec, array in zip(self.inputs, inputs, strict=True):
+            if hasattr(array, "detach"):  # a torch tensor
+                array = array.detach().cpu().numpy()
+            array = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+            if list(array.shape) != spec["shape"] or array.dtype != DTYPES[spec["dtype"]]:
+                raise QCompilerError(f"input %{spec['name']} expects {spec['dtype']}{spec['shape']}, "
+                                     f"got {array.dtype}{list(array.shape)}")
+            arrays.append(array)
+        return arrays
+
+    def _machine(self):
+        if self._vm is None:
+            import tvm
+            from tvm import relax
+
+            check_host_can_run(self.target)
+            _threads()
+            self._vm = relax.VirtualMachine(self._module, tvm.cpu())
+        return self._vm
+
+    def run(self, *inputs):
+        """The outputs for these inputs (numpy arrays or tensors): one array for a
+        single-output model, else a tuple. A model built for another architecture runs under
+        qemu (`aarch64.run_in_qemu`)."""
+        arrays = self.checked_inputs(inputs)
+        if self.target.is_cross:
+            from qcompiler.backends.tvm.aarch64 import run_in_qemu
+
+            if self.target.arch != "aarch64":  # qemu-aarch64 runs aarch64 code only
+                check_host_can_run(self.target)
+
+            if self._export_dir is None:
+                self._temporary = tempfile.TemporaryDirectory(prefix="qcompiler-tvm-")
+                self._export_dir = self.export_library(Path(self._temporary.name) / "model")
+            outputs = run_in_qemu(self._export_dir, arrays)
+        else:
+            import tvm
+
+            result = self._machine()["main"](*[tvm.runtime.tensor(a) for a in arrays])
+            outputs = [result.numpy()] if len(self.outputs) == 1 else [r.numpy() for r in result]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def benchmark(self, repeat: int = 10, number: int = 1, profile: bool = False) -> BenchmarkResult:
+        """Time `repeat` measurements of `number` calls on seeded inputs (after one warm-up
+        call); `profile` adds a per-kernel table from five more, instrumented calls."""
+        import tvm
+
+        if self.target.is_cross:
+            raise TargetError(f"the model was built for {self.target.name} ({self.target.arch}); "
+                              "timings under qemu mean nothing: benchmark it on such a machine")
+        if repeat < 1 or number < 1:
+            raise QCompilerError(f"benchmark needs repeat >= 1 and number >= 1, got {repeat}, {number}")
+        vm = self._machine()
+        arguments = [tvm.runtime.tensor(a) for a in self.example_inputs()]
+        timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
+        seconds = np.asarray(timer(*arguments).results, np.float64) * 1e3
+        per_op = self._profile(vm, arguments) if profile else []
+        return BenchmarkResult(float(np.median(seconds)), float(seconds.min()), float(seconds.max()),
+                               repeat, number, _threads(), self.target.name, per_op)
+
+    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        """Seeded inputs of the compiled shapes: standard normal floats; integer inputs
+        (token ids) in [0, 10)."""
+        rng = np.random.default_rng(seed)
+        arrays = []
+        for spec in self.inputs:
+            dtype = DTYPES[spec["dtype"]]
+            if np.issubdtype(dtype, np.floating):
+                arrays.append(rng.standard_normal(spec["shape"]).astype(dtype))
+            else:
+                arrays.append(rng.integers(0, 10, spec["shape"]).astype(dtype))
+        return arrays
+
+    def _profile(self, vm, arguments, runs: int = 5) -> list[OpTime]:
+        """Per-kernel times from `runs` instrumented calls (each kernel's median over runs).
+        A Python callback brackets every kernel, so tiny kernels look slower than they are."""
+        started: list[float] = []
+        seconds: list[dict[str, float]] = []  # one dict per run: kernel -> time
+        calls: list[dict[str, int]] = []
+
+        def instrument(func, symbol, before, result, *args):
+            if symbol.startswith("vm.builtin."):
+                return 0
+            if before:
+                started.append(time.perf_counter())
+            else:
+                seconds[-1][symbol] = seconds[-1].get(symbol, 0.0) + time.perf_counter() - started.pop()
+                calls[-1][symbol] = calls[-1].get(symbol, 0) + 1
+            return 0
+
+        vm.set_instrument(instrument)
+        try:
+            for _ in range(runs):
+                seconds.append({})
+                calls.append({})
+                vm["main"](*arguments)
+        finally:
+            vm.set_instrument(lambda *args: 0)
+        medians = {name: float(np.median([run.get(name, 0.0) for run in seconds]))
+                   for name in seconds[0]}
+        overall = sum(medians.values()) or 1.0
+        functions = self.manifest.get("functions", {})
+        rows = [OpTime(name, functions.get(name, []), calls[0][name], value * 1e3, value / overall)
+                for name, value in medians.items()]
+        return sorted(rows, key=lambda row: -row.total_ms)
+
+    # ---- export ------------------------------------------------------------------------
+
+    def export_library(self, directory) -> Path:
+        """Write the library and its manifest into `directory`, atomically (a reader sees the
+        old complete artifact or the new one, never half of one). Returns the directory."""
+        fcompile = None
+        if self.target.arch == "aarch64":
+            from qcompiler.backends.tvm.aarch64 import cross_compiler
+
+            fcompile = cross_compiler()
+
+        if self.loaded_from is not None:
+            raise TVMBackendError(f"this model was loaded from {self.loaded_from}; copy that "
+                                  "directory instead of exporting it again")
+
+        def write_library(path: Path) -> None:
+            self._module.export_library(str(path), fcompile=fcompile)
+
+        return artifact.write(directory, self.manifest, write_library)
+
+
+def build(graph: Graph, target="host") -> CompiledModel:
+    """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
+    of `target.TARGET_NAMES` or a TVM target dict."""
+    import tvm
+
+    from qcompiler.backends.tvm.lower import lower_graph
+    from qcompiler.backends.tvm.schedule import cpu_pipeline
+
+    if not isinstance(graph, Graph):
+        raise QCompilerError(f"qc.backends.tvm.build takes an IR Graph, got {type(graph).__name__}; "
+                             "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
+    spec = resolve_target(target)
+    check_weight_range(graph, spec)
+    lowered = lower_graph(graph, spec.arch)
+    tvm_target = spec.tvm_target()
+    executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
+    manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions)
+    return CompiledModel(executable, spec, manifest)
+
+
+def load(directory) -> CompiledModel:
+    """A model exported by `CompiledModel.export_library`, loaded with TVM's runtime alone."""
+    import tvm
+
+    manifest, library = artifact.read(directory)
+    built_with = manifest.get("versions", {}).get("tvm")
+    if built_with != tvm.__version__:
+        raise ArtifactError(f"{directory} was compiled with TVM {built_with} and this is TVM "
+                            f"{tvm.__version__}: compile the model again")
+    spec = artifact.target_of(manifest)
+    if spec.is_cross:
+        module = None  # run_in_qemu loads it inside the emulator
+    else:
+        check_host_can_run(spec)
+        module = artifact.load_library(library)
+    model = CompiledModel(module, spec, manifest)
+    model.loaded_from = Path(directory)
+    if spec.is_cross:
+        model._export_dir = Path(directory)
+    return model

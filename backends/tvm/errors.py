@@ -1,0 +1,25 @@
+"""Errors of the TVM backend. Each names what is at fault (the node, the target, the file) and
+says what to do; all are `QCompilerError`s, so the CLI prints them as one line."""
+
+from qcompiler.errors import QCompilerError
+
+
+class TVMBackendError(QCompilerError):
+    """Base class of the TVM backend's errors."""
+
+
+class LoweringError(TVMBackendError):
+    """A node of the graph has no Relax lowering (the message names the node and its op)."""
+
+
+class TargetError(TVMBackendError):
+    """An unknown target name, a target this host cannot run, or a missing cross toolchain."""
+
+
+class WeightRangeError(TargetError):
+    """The graph's int8 weights exceed what the target's int8 kernels compute exactly
+    (docs/integer-spec.md, section 8); the message names the quantization preset to use."""
+
+
+class ArtifactError(TVMBackendError):
+    """A compiled-model directory is missing, incomplete or corrupted."""

@@ -1,0 +1,72 @@
+"""An IR graph -> a Relax IRModule with one function, `main`, built through
+`relax.BlockBuilder`: one lowering function per IR op, keyed by op name (the interpreter's
+KERNELS, for Relax): integer ops in `lower_integer.py`, float ops (of float graphs and of
+the reported float fall backs, `dequantize -> float op -> quantize`) in `lower_float.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from qcompiler.backends.tvm.errors import LoweringError
+from qcompiler.backends.tvm.lower_common import FLOAT_DTYPES, TVM_DTYPES, Lowering, shape_of
+from qcompiler.backends.tvm.lower_float import FLOAT_LOWERINGS
+from qcompiler.backends.tvm.lower_integer import INTEGER_LOWERINGS
+from qcompiler.ir import Graph
+from qcompiler.ir.ops import attrs_with_defaults
+
+LOWERINGS = {**FLOAT_LOWERINGS, **INTEGER_LOWERINGS}
+
+
+@dataclass
+class LoweredGraph:
+    module: tvm.IRModule
+    # Float ops inside the integer region (dequantize -> op -> quantize), by node.
+    fall_backs: list[str] = field(default_factory=list)
+    # PrimFunc name -> the graph nodes whose lowering emitted it (for per-op profiles).
+    functions: dict[str, list[str]] = field(default_factory=dict)
+
+
+
+def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
+    """The Relax module of `graph`: `main(*graph inputs) -> output or tuple of outputs`, with
+    kernels chosen for the architecture `arch` ("x86_64" or "aarch64"). Raises LoweringError
+    naming the first node without a lowering."""
+    lowerings = LOWERINGS
+    for node in graph:
+        if node.op in ("fake_quant", "fake_quant_bias"):
+            raise LoweringError(f"the TVM backend cannot lower {node.describe()}: a fake-quant "
+                                "graph is a simulation; lower it to integers first "
+                                "(qc.lower_to_integer(graph)) or build the float graph")
+        if node.op not in lowerings:
+            raise LoweringError(f"the TVM backend cannot lower {node.describe()}: op '{node.op}' "
+                                f"has no Relax lowering; it lowers {', '.join(sorted(lowerings))}")
+    builder = relax.BlockBuilder()
+    ctx = Lowering(builder, signed_operands=arch == "aarch64")
+    params = []
+    for value in graph.inputs:
+        var = relax.Var(value.name, relax.TensorType(shape_of(value), TVM_DTYPES[value.dtype]))
+        ctx.exprs[value.name] = var
+        params.append(var)
+    fall_backs, dequantized = [], set()  # dequantized: float values computed from integers
+    with builder.function("main", params):
+        with builder.dataflow():
+            for node in graph:
+                results = lowerings[node.op](ctx, node, attrs_with_defaults(node.op, node.attrs))
+                results = results if isinstance(results, list) else [results]
+                for value, expr in zip(node.outputs, results, strict=True):
+                    ctx.exprs[value.name] = expr
+                from_integers = node.op == "dequantize" or any(
+                    v is not None and v.name in dequantized for v in node.inputs)
+                if from_integers and node.op != "quantize":
+                    dequantized.update(v.name for v in node.outputs if v.dtype in FLOAT_DTYPES)
+                    if node.op not in INTEGER_LOWERINGS:  # float arithmetic on them: spec 9
+                        fall_backs.append(node.describe())
+            outputs = [ctx[v] for v in graph.outputs]
+            result = builder.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
+        builder.emit_func_output(result)
+    return LoweredGraph(builder.get(), fall_backs, ctx.functions)
+
