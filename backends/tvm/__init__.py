@@ -22,12 +22,14 @@ from qcompiler.backends.tvm.errors import (  # noqa: F401  (the package's public
 from qcompiler.backends.tvm.target import TARGET_NAMES, lowering_target, quant_preset  # noqa: F401
 
 
-def build(graph, target="host"):
+def build(graph, target="host", *, batch=None):
     """Compile `graph` for `target` (a name of TARGET_NAMES or a TVM target dict); returns a
-    `CompiledModel` (`.run`, `.benchmark`, `.export_library`)."""
+    `CompiledModel` (`.run`, `.benchmark`, `.export_library`). A graph with a symbolic batch
+    (`f32[N,...]`, what qc.trace captures) is compiled at batch size `batch`, which it then
+    requires: the Relax lowering takes static shapes (a static graph needs no `batch`)."""
     from qcompiler.backends.tvm.compiled import build as build_graph
 
-    return build_graph(graph, target)
+    return build_graph(graph, target, batch=batch)
 
 
 def load(directory):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler.backends.tvm import artifact
-from qcompiler.backends.tvm.errors import ArtifactError, TargetError, TVMBackendError
+from qcompiler.backends.tvm.errors import ArtifactError, LoweringError, TargetError, TVMBackendError
 from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import DTYPES, Graph
@@ -246,9 +246,10 @@ class CompiledModel:
         return artifact.write(directory, self.manifest, write_library)
 
 
-def build(graph: Graph, target="host") -> CompiledModel:
+def build(graph: Graph, target="host", *, batch: int | None = None) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
-    of `target.TARGET_NAMES` or a TVM target dict."""
+    of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
+    `batch` (`Graph.at_batch`; the Relax lowering takes static shapes)."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
@@ -257,6 +258,13 @@ def build(graph: Graph, target="host") -> CompiledModel:
     if not isinstance(graph, Graph):
         raise QCompilerError(f"qc.backends.tvm.build takes an IR Graph, got {type(graph).__name__}; "
                              "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
+    if not graph.is_static:
+        if batch is None:
+            symbolic = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs if not v.is_static)
+            raise LoweringError(f"graph {graph.name} has a symbolic batch ({symbolic}) and the TVM "
+                                "lowering compiles static shapes: pass the batch size to compile "
+                                "for, qc.backends.tvm.build(graph, target, batch=8)")
+        graph = graph.at_batch(batch)
     spec = resolve_target(target)
     check_weight_range(graph, spec)
     lowered = lower_graph(graph, spec.arch)

@@ -28,7 +28,7 @@ def digits():
     config = qc.QuantConfig.preset(qc.backends.tvm.quant_preset("host"))
     graph = qc.lower_to_integer(qc.quantize(model, calibration, config=config, progress=False),
                                 target=qc.backends.tvm.lowering_target("host"))
-    return graph, qc.backends.tvm.build(graph, "host"), example.numpy()
+    return graph, qc.backends.tvm.build(graph, "host", batch=len(example)), example.numpy()
 
 
 @pytest.fixture(scope="module")
