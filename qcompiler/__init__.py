@@ -5,10 +5,16 @@ from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
 from qcompiler.budget import BudgetError, BudgetResult, search_budget
 from qcompiler.errors import (
+    CalibrationDataError,
     CaptureError,
+    InputError,
+    IntegerOnlyError,
+    MissingDependencyError,
+    OptionError,
     ParseError,
     PassError,
     QCompilerError,
+    QuantizationError,
     UnsupportedOpError,
     VerificationError,
 )
@@ -25,6 +31,8 @@ from qcompiler.report import write_report
 __all__ = [
     "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
+    "CalibrationDataError", "InputError", "IntegerOnlyError", "MissingDependencyError",
+    "OptionError", "QuantizationError",
     "backends", "cost", "parse", "passes", "to_torch", "trace",
     "QOverride", "QScheme", "QuantConfig", "quantize",
     "lower_to_integer",

@@ -44,3 +44,34 @@ class IntegerOnlyError(QCompilerError):
 
 class BudgetError(QCompilerError):
     """A compression budget (`qc.search_budget`) cannot be met by the chosen method."""
+
+
+class OptionError(QCompilerError, ValueError):
+    """An option of a pass or of a workflow (`qc.quantize`, `qc.finetune`, `qc.search_budget`,
+    `qc.sensitivity_analysis`, ...) has a value or a type it cannot take; the message names
+    the option and what it accepts. A ValueError too, for code written before it existed."""
+
+
+class InputError(QCompilerError, ValueError):
+    """An input given to a backend (the integer interpreter) does not fit the graph: wrong
+    count, shape or dtype, or NaN / Inf where the graph quantizes it."""
+
+
+class MissingDependencyError(QCompilerError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the
+    package and the pip extra that installs it."""
+
+
+def import_optional(module: str, extra: str, purpose: str):
+    """Import `module` (an optional dependency) or raise MissingDependencyError saying how to
+    install it: `pip install "qcompiler[<extra>]"` (from a checkout: `pip install -c
+    constraints.txt -e ".[<extra>]"`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{purpose} needs the package '{module.split('.')[0]}', which is not installed "
+            f"({error}); install qcompiler's '{extra}' extra: pip install -c constraints.txt "
+            f"-e \".[{extra}]\" from a checkout, or pip install \"qcompiler[{extra}]\"") from None

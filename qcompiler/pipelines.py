@@ -15,6 +15,7 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir.pipeline import Pass, Pipeline
 from qcompiler.passes.absorb_high_bias import absorb_high_bias
 from qcompiler.passes.calibrate import calibrate
+from qcompiler.passes.convert_batchnorm_to_conv import convert_batchnorm_to_conv
 from qcompiler.passes.correct_bias import correct_bias
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code
 from qcompiler.passes.equalize_cross_layer import equalize_cross_layer
@@ -107,6 +108,10 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
     statistics: dict | None = {} if data_free else None
     return [
         *ptq_float_steps(equalize=equalize, equalization=equalization, statistics=statistics),
+        # After folding (a batch norm that folds costs nothing) and equalization (which does
+        # not pass through a batch norm): the batch norms left (after a ReLU, on an input)
+        # become depthwise 1x1 convs, which integer lowering handles like any layer.
+        convert_batchnorm_to_conv,
         # After every weight rewrite: calibration reads the final weights.
         insert_fake_quant(config=config),
         # Weight ranges from the final weights; activation ranges from the float graph on

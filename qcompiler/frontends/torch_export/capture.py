@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import operator
 import traceback
+import warnings
 
 import torch
 from torch import fx, nn
@@ -130,7 +131,11 @@ def _first_line(error: BaseException) -> str:
 
 def _export(model: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
     try:
-        return torch.export.export(model, inputs)
+        with warnings.catch_warnings():
+            # nn.LSTM / GRU / RNN re-assign their weight list in forward; torch.export warns
+            # about it, but the weights are parameters it lifts all the same.
+            warnings.filterwarnings("ignore", message=r"The tensor attributes self\._flat_weights")
+            return torch.export.export(model, inputs)
     except Exception as export_error:
         try:
             with torch.no_grad():

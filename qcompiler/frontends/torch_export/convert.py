@@ -22,9 +22,10 @@ from torch import fx, nn
 from torch.export.graph_signature import OutputKind
 
 from qcompiler.errors import CaptureError, UnsupportedOpError, VerificationError
+from qcompiler.frontends.torch_export.hints import unsupported_hint
 from qcompiler.frontends.torch_export.ops import HANDLERS, IDENTITY_OPS
 from qcompiler.ir import Graph, Value
-from qcompiler.ir.ops import OPS, TORCH_DTYPES, ir_dtype
+from qcompiler.ir.ops import TORCH_DTYPES, ir_dtype
 
 # Stack frames from these are torch's, not the user's (fx runs generated code as <eval_with_key>).
 TORCH_PATHS = (os.path.dirname(torch.__file__), "<eval_with_key>")
@@ -146,7 +147,8 @@ class Converter:
         else:
             handler = HANDLERS.get(self.aten_name)
             if handler is None:
-                self.unsupported("the IR has no mapping for it")
+                self.unsupported(f"the IR has no mapping for it; "
+                                 f"{unsupported_hint(self.aten_name, HANDLERS)}")
             result = handler(self, _bind(target, args, kwargs))
         self._check(node, result)
         if in_place:  # defensive: torch already points later readers at this node
@@ -225,8 +227,7 @@ class Converter:
     def unsupported(self, why: str):
         target = self.node.target
         raise UnsupportedOpError(f"unsupported op aten.{target._overloadpacket.__name__}."
-                                 f"{target._overloadname} ({self._where()}): {why}. "
-                                 f"The IR ops are: {', '.join(sorted(OPS))}")
+                                 f"{target._overloadname} ({self._where()}): {why}")
 
     def emit(self, op: str, inputs: list, attrs: dict | None = None, part: str | None = None):
         """Append an IR node for the current aten node; returns its output (a tuple if several)."""
