@@ -77,7 +77,7 @@ from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only, remove_if_unused, single_user_chain
 from qcompiler.ir.ops import OPS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
-from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.quantizers import INTEGER_BIAS_OPS, quantize_layer_bias, source_fake_quants
 
 
@@ -89,6 +89,9 @@ class InsertFakeQuant:
 
     name: ClassVar[str] = "insert_fake_quant"
     in_place: ClassVar[bool] = True  # rewrites the graph it is given
+
+    def __post_init__(self):
+        object.__setattr__(self, "config", as_quant_config(self.config, "insert_fake_quant(config=)"))
 
     def __call__(self, graph: Graph) -> PassResult:
         for node in graph:
@@ -103,7 +106,7 @@ class InsertFakeQuant:
 def insert_fake_quant(graph: Graph | None = None, /, *, config: QuantConfig | None = None):
     """`insert_fake_quant(graph)` runs with the int8 preset; `insert_fake_quant(config=...)`
     returns the configured pass."""
-    configured = InsertFakeQuant(config if config is not None else QuantConfig())
+    configured = InsertFakeQuant(as_quant_config(config))
     return configured if graph is None else configured(graph)
 
 

@@ -46,10 +46,17 @@ class BudgetError(QCompilerError):
     """A compression budget (`qc.search_budget`) cannot be met by the chosen method."""
 
 
-class OptionError(QCompilerError, ValueError):
+class OptionError(QCompilerError, ValueError, TypeError):
     """An option of a pass or of a workflow (`qc.quantize`, `qc.finetune`, `qc.search_budget`,
-    `qc.sensitivity_analysis`, ...) has a value or a type it cannot take; the message names
-    the option and what it accepts. A ValueError too, for code written before it existed."""
+    `qc.sensitivity_analysis`, `qc.Pipeline`...) has a value or a type it cannot take; the
+    message names the option and what it accepts. It is a ValueError and a TypeError too, as
+    the errors these checks raised before it existed."""
+
+
+class OutputPathError(OptionError):
+    """An output path that cannot be written: its directory is missing (qcompiler does not
+    create directories) or is a file, it is not writable, or the path is a directory. Checked
+    before the work that produces the output starts."""
 
 
 class InputError(QCompilerError, ValueError):

@@ -23,7 +23,7 @@ from qcompiler.passes.fold_batchnorm import fold_batchnorm
 from qcompiler.passes.fold_constants import fold_constants
 from qcompiler.passes.insert_fake_quant import insert_fake_quant
 from qcompiler.passes.round_adaptive import round_adaptive
-from qcompiler.quantization.config import QuantConfig
+from qcompiler.quantization.config import QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import EqualizeKeepingStatistics, RecordBatchnormStatistics
 
 
@@ -99,7 +99,7 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
     adaround: options of `round_adaptive` (e.g. `{}` for its defaults) to run AdaRound; None
         leaves round-to-nearest.
     """
-    config = config if config is not None else QuantConfig.preset("int8")
+    config = as_quant_config(config)
     data_free = calibration_data is None
     if data_free and adaround is not None:
         raise QuantizationError("AdaRound fits each layer's rounding on calibration data; "

@@ -44,13 +44,14 @@ from qcompiler.analysis.report_render import (
     Image,
     Paragraph,
     Table,
+    check_output_path,
     new_figure,
     png_bytes,
     render_html,
     render_markdown,
     write_atomically,
 )
-from qcompiler.errors import QuantizationError
+from qcompiler.errors import OutputPathError, QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import Evaluator, graph_inputs, is_fake_quant
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
@@ -73,10 +74,8 @@ def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_d
 
     equalization: the CLE pass whose effect is shown (default `equalize_cross_layer` with its
     default options; e.g. `equalize_cross_layer(replace_relu6=True)` for ReLU6 networks)."""
-    path = Path(path)
+    path = check_report_path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".html", ".htm", ".md"):
-        raise ValueError(f"report path {path} must end in .html, .htm or .md")
     if not isinstance(float_graph, Graph) or not isinstance(quantized_graph, Graph):
         raise QuantizationError("write_report takes the float Graph and the quantized Graph "
                                 f"(got {type(float_graph).__name__} and {type(quantized_graph).__name__})")
@@ -103,6 +102,15 @@ def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_d
     else:
         write_atomically(path, render_html(title, blocks))
     return path
+
+
+def check_report_path(path) -> Path:
+    """The report's path, checked before any work: a .html, .htm or .md file that can be
+    written (its directory exists and is writable)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm", ".md"):
+        raise OutputPathError(f"report path {path} must end in .html, .htm or .md")
+    return check_output_path(path, "report")
 
 
 def _number(value) -> str:
@@ -324,6 +332,7 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
     from qcompiler.quantization.config import QuantConfig
     from qcompiler.quantize import quantize
 
+    check_report_path(out)  # before minutes of work
     if photos is not None:
         calibration, evaluation = _photo_pools(example_inputs, photos, batch_size)
         example_inputs = (next(iter(calibration)),)

@@ -15,6 +15,7 @@ Input order follows torch's functional API (`conv2d(x, weight, bias)`,
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -348,11 +349,18 @@ def moves_values_only(op: str, attrs: dict) -> bool:
 
 
 
+def _unknown_op(op: str) -> VerificationError:
+    close = difflib.get_close_matches(op, list(OPS), n=3, cutoff=0.75)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return VerificationError(f"unknown op '{op}'; {hint}the {len(OPS)} IR ops are listed in "
+                             "qcompiler.ir.ops.OPS (docs/ops.md)")
+
+
 def attrs_with_defaults(op: str, attrs: dict) -> dict:
     """The full attribute dict of an op, defaults filled in; unknown or missing ones raise."""
     spec = OPS.get(op)
     if spec is None:
-        raise VerificationError(f"unknown op '{op}'; the IR ops are: {', '.join(sorted(OPS))}")
+        raise _unknown_op(op)
     unknown = set(attrs) - set(spec.attrs)
     if unknown:
         raise VerificationError(f"op '{op}' has no attribute(s) {sorted(unknown)}; "
@@ -398,7 +406,7 @@ def infer_types(op: str, inputs: list, attrs: dict) -> list[tuple[tuple[int, ...
     """Output (shape, dtype) pairs of an op applied to IR values, by running it on meta tensors."""
     spec = OPS.get(op)
     if spec is None:
-        raise VerificationError(f"unknown op '{op}'; the IR ops are: {', '.join(sorted(OPS))}")
+        raise _unknown_op(op)
     if not spec.min_inputs <= len(inputs) <= spec.max_inputs:
         raise VerificationError(f"op '{op}' takes {spec.min_inputs}..{spec.max_inputs} inputs, "
                                 f"got {len(inputs)}")

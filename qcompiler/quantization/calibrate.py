@@ -41,7 +41,7 @@ from qcompiler.ir.evaluate import Evaluator, graph_runs, is_fake_quant
 from qcompiler.ir.ops import FAKE_QUANT_OPS, WEIGHTED_OPS
 from qcompiler.numerics.integer_params import weight_scales_fitting_bias
 from qcompiler.numerics.quant import choose_qparams
-from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import range_activations_data_free
 from qcompiler.quantization.observers import make_observer
 from qcompiler.quantization.quantizers import bias_scale_sources, fake_quant_nodes, observed_name
@@ -141,7 +141,7 @@ def calibrate_in_place(work: Graph, calibration_data: Iterable | None,
     points. Everything is measured before anything is written, so an error leaves `work` as
     it was. What a reader should know (infinities left out of ranges, near-dead channels
     given a coarser weight scale) is appended to `notes`."""
-    config = config if config is not None else QuantConfig()
+    config = as_quant_config(config)
     points = quant_points(work, config)
     if not points:
         raise QuantizationError(f"graph {work.name} has no fake_quant nodes to calibrate; "

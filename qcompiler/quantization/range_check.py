@@ -61,7 +61,7 @@ class RangeRecord:
         sample = flat[::max(1, flat.size // _SAMPLE)]
         sample = sample[sample != 0]
         if sample.size:
-            self.typical.append(float(np.median(sample)))
+            self.typical.append(float(np.median(sample.astype(np.float64))))
         return array
 
     def problem(self, low: float, high: float, bits: int) -> tuple[float, float] | None:

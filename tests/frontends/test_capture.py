@@ -312,16 +312,27 @@ def test_in_place_op_on_a_buffer_leaves_the_model_untouched():
     torch.testing.assert_close(qc.to_torch(graph)(x), x * 3.0, **TOLERANCE)
 
 
-def test_inputs_sharing_memory_stay_separate_and_dict_outputs_are_flattened():
+def test_inputs_sharing_memory_stay_separate_and_nested_outputs_are_flattened():
     class TwoInputs(nn.Module):
         def forward(self, x, y):
-            return {"sum": x + 2 * y, "x": x}
+            return x + 2 * y, [x, y]
     x = torch.randn(2, 4)
     graph = qc.trace(TwoInputs().eval(), (x, x))  # torch.export alone would fuse x and y
     a, b = torch.randn(2, 4), torch.randn(2, 4)
-    total, first = qc.to_torch(graph)(a, b)
+    total, first, second = qc.to_torch(graph)(a, b)
     torch.testing.assert_close(total, a + 2 * b, **TOLERANCE)
     torch.testing.assert_close(first, a, **TOLERANCE)
+    torch.testing.assert_close(second, b, **TOLERANCE)
+
+
+def test_dict_outputs_are_refused_rather_than_losing_their_keys():
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"sum": x + 1, "pair": (x, x * 2)}
+    with pytest.raises(CaptureError, match=r"^Named\.forward returns a dict with keys \['sum', 'pair'\] "
+                       r"as the output; the IR's outputs are a flat list of tensors, so the names "
+                       r"would be lost\. Return a tuple in a fixed order"):
+        qc.trace(Named().eval(), (torch.randn(2, 4),))
 
 
 def test_captured_types_are_checked_against_torch(monkeypatch):

@@ -54,7 +54,9 @@ def trace(model: nn.Module, example_inputs: tuple) -> Graph:
         raise CaptureError(f"{type(model).__name__} is in training mode (modules {shown}); call "
                            "model.eval() before qc.trace: dropout and batch_norm compute something "
                            "else in training mode")
-    program = _decomposed(_export(model, inputs))
+    program = _export(model, inputs)
+    _check_outputs(model, program.call_spec.out_spec)
+    program = _decomposed(program)
     return Converter(program, model).run().verify()
 
 
@@ -154,6 +156,22 @@ def _export(model: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
             "data-dependent branch (decide it from shapes or constructor arguments). torch.cond "
             "would make the model exportable, but the IR has no control flow, so qc.trace would "
             "still refuse it") from export_error
+
+
+def _check_outputs(model: nn.Module, spec, path: str = "the output") -> None:
+    """Outputs must be tensors, or tuples / lists of them (flattened in order into the graph
+    outputs; named tuples such as max's (values, indices) keep their order): a dict's keys
+    (or a dataclass's field names) would be lost without a word."""
+    if spec is None or spec.type is None or issubclass(spec.type, (tuple, list)):
+        for index, child in enumerate(spec.children() if spec is not None else []):
+            _check_outputs(model, child, f"{path}[{index}]")
+        return
+    kind = spec.type.__name__
+    keys = f" with keys {list(spec.context)}" if isinstance(spec.context, (list, tuple)) else ""
+    raise CaptureError(
+        f"{type(model).__name__}.forward returns a {kind}{keys} as {path}; the IR's outputs are "
+        "a flat list of tensors, so the names would be lost. Return a tuple in a fixed order "
+        "(e.g. wrap the model: `return out['logits'], out['hidden']`)")
 
 
 def _is_view(node: fx.Node) -> bool:
