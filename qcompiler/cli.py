@@ -263,7 +263,7 @@ def run_report(args, out: TextIO) -> int:
         path = report_for_model(loaded.module, loaded.example_inputs, args.out, config=args.config,
                                 equalize=not args.no_equalize,
                                 bias_correction=not args.no_bias_correction, photos=args.photos,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, log=out)
     except ValueError as error:  # bad option values (preset name, photo count)
         raise UsageError(str(error)) from None
     out.write(f"wrote {path}\n")

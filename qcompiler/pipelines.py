@@ -127,7 +127,7 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
         # quants; it changes biases only, which weight qparams do not depend on (activation
         # ranges are not re-measured). Measured input means when there is data; else the
         # analytical, data-free correction from the statistics.
-        *([correct_bias(calibration_data=calibration_data) if not data_free
+        *([correct_bias(calibration_data=calibration_data, progress=progress) if not data_free
            else correct_bias(statistics=statistics)] if bias_correction else []),
     ]
 

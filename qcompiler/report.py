@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -317,7 +318,8 @@ def _fidelity(fidelity) -> list[Block]:
 
 def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, config: str = "int8",
                      equalize: bool = True, bias_correction: bool = True, photos: int | None = None,
-                     batch_size: int = 8, progress: bool | None = None) -> Path:
+                     batch_size: int = 8, progress: bool | None = None,
+                     log: TextIO | None = None) -> Path:
     """Quantize `module` with `qc.quantize` and write its report to `out` (for
     `qcompiler report MODEL --out report.html`).
 
@@ -325,12 +327,20 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
     photo pool (`qcompiler.examples.photos`; for image models taking one [N, 3, S, S] input) in batches of
     `batch_size`, and measure fidelity to FP32 on as many held-out crops; without it, the
     example inputs are the only calibration batch (a smoke test: ranges then describe those
-    inputs alone)."""
+    inputs alone). log: where to say what each step does and how long it should take
+    (`qcompiler.progress`); the long steps also draw tqdm bars on a terminal."""
     from qcompiler.analysis import metrics
     from qcompiler.backends.torch import to_torch
     from qcompiler.frontends.torch_export.capture import trace
+    from qcompiler.progress import about, expected_seconds, float_run_seconds
     from qcompiler.quantization.config import QuantConfig
+    from qcompiler.quantization.sensitivity import quantized_layers
     from qcompiler.quantize import quantize
+
+    def say(line: str) -> None:
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
 
     check_report_path(out)  # before minutes of work
     if photos is not None:
@@ -338,7 +348,14 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
         example_inputs = (next(iter(calibration)),)
     else:
         calibration = evaluation = [tuple(example_inputs)]
+    say("capturing the model (torch.export)")
     graph = trace(module, tuple(example_inputs))
+    calibration = list(calibration)
+    float_run = float_run_seconds(graph, calibration[0])
+    steps = {"calibrate": len(calibration), **({"correct_bias": len(calibration)}
+                                                if bias_correction else {})}
+    say(f"quantizing ({config}): calibration{' and bias correction' if bias_correction else ''} "
+        f"on {len(calibration)} batch(es), {about(expected_seconds(float_run, steps))}")
     quantized = quantize(graph, calibration, config=QuantConfig.preset(config), equalize=equalize,
                          bias_correction=bias_correction, progress=progress)
     fidelity = None
@@ -349,6 +366,11 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
         label = (f"{config}{' + CLE' if equalize else ''}{' + bias correction' if bias_correction else ''}")
         fidelity = {label: metrics.fidelity(torch.cat([p[0] for p in pairs]),
                                             torch.cat([p[1] for p in pairs]))}
+    layers = len(quantized_layers(quantized))
+    batches = min(len(calibration), 2)  # write_report's sensitivity_batches
+    expected = expected_seconds(float_run, {"fake_quant_run": (layers + 1) * batches})
+    say(f"per-layer sensitivity: {layers} layers, each quantized network run on {batches} "
+        f"batch(es), {about(expected)}")
     return write_report(out, graph, quantized, calibration, fidelity, progress=progress,
                         title=f"Quantization report: {graph.name} ({config})")
 
