@@ -18,13 +18,17 @@ MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/fil
 where `factory()` returns `(module, example_inputs)`.
 
 Exit codes: 0 success; 1 qcompiler failed on a model it was given (capture or pass error,
-message printed); 2 bad usage or bad input (missing file or factory, wrong return value).
+message printed); 2 bad usage or bad input (missing file or factory, wrong return value, an
+option out of range, an output path that cannot be written); 3 an internal error (a bug:
+please report it; QC_TRACEBACK=1 prints the traceback); 130 interrupted.
 Errors print one message, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
 from typing import TextIO
 
@@ -33,7 +37,7 @@ import torch
 from qcompiler.analysis.cost import cost
 from qcompiler.analysis.units import cost_comparison, op_counts
 from qcompiler.cli_models import UsageError, builtin_models, capture, load_model
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import OptionError, QCompilerError
 from qcompiler.ir import Graph
 from qcompiler.quantization.config import PRESETS
 
@@ -148,14 +152,15 @@ def run_on_backend(args, out: TextIO) -> int:
 
 
 def run_report(args, out: TextIO) -> int:
-    from qcompiler.report import report_for_model
+    from qcompiler.report import check_report_path, report_for_model
 
+    check_report_path(args.out)  # before loading and quantizing the model
     loaded = load_model(args.model)
     try:
         path = report_for_model(loaded.module, loaded.example_inputs, args.out, config=args.config,
                                 equalize=not args.no_equalize,
                                 bias_correction=not args.no_bias_correction, photos=args.photos,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, log=out)
     except ValueError as error:  # bad option values (preset name, photo count)
         raise UsageError(str(error)) from None
     out.write(f"wrote {path}\n")
@@ -175,22 +180,48 @@ def run_inspect(args, out: TextIO) -> int:
     return 0
 
 
+def _count(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qcompiler")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(sorted(builtin_models()))
     model_help = f"a built-in model ({names}) or path/to/file.py:factory returning (module, example_inputs)"
-    parser = argparse.ArgumentParser(prog="qcompiler", description=__doc__.split("\n\n")[0].strip())
+    summary, commands_text, model_text, codes = __doc__.strip().split("\n\n")[:4]
+    parser = argparse.ArgumentParser(
+        prog="qcompiler", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{summary}\n\ncommands:\n{commands_text}",
+        epilog=f"{model_text}\nBuilt-in models: {names}.\n\n{codes}")
+    parser.add_argument("--version", action="version", version=f"qcompiler {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="capture MobileNetV2, run the canonical float pipeline, "
                                             "report before/after")
     demo.add_argument("--model", help=f"{model_help}; default: pretrained MobileNetV2 if its weights "
                                       "are installed, else random-init MobileNetV2")
-    demo.add_argument("--lines", type=int, default=12, metavar="N",
+    demo.add_argument("--lines", type=_count(0), default=12, metavar="N",
                       help="IR node lines to show before and after (default 12)")
     demo.add_argument("--full-ir", action="store_true", help="print the whole IR before and after")
     demo.add_argument("--float-only", action="store_true",
                       help="stop after the float pipeline (skip quantization and the integer run)")
-    demo.add_argument("--images", type=int, default=32, metavar="N",
+    demo.add_argument("--images", type=_count(1), default=32, metavar="N",
                       help="calibration and evaluation inputs for the int8 part (default 32 each)")
     demo.add_argument("--no-tvm", action="store_true",
                       help="skip the TVM part (compile, check against the interpreter, latency)")
@@ -221,17 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="report path: .html (self-contained) or .md")
     report.add_argument("--config", default="int8", choices=list(PRESETS),
                         help="QuantConfig preset (default int8)")
-    report.add_argument("--photos", type=int, default=None, metavar="N",
+    report.add_argument("--photos", type=_count(1), default=None, metavar="N",
                         help="calibrate on N photo crops and measure fidelity on N held-out ones "
                              "(image models); default: the example inputs only")
-    report.add_argument("--batch-size", type=int, default=8, help="photo batch size (default 8)")
+    report.add_argument("--batch-size", type=_count(1), default=8, metavar="N",
+                        help="photo batch size (default 8)")
     report.add_argument("--no-equalize", action="store_true", help="skip cross-layer equalization")
     report.add_argument("--no-bias-correction", action="store_true", help="skip bias correction")
     report.set_defaults(run=run_report)
 
     inspect_command = commands.add_parser("inspect", help="print a model's IR and cost summary")
     inspect_command.add_argument("model", metavar="MODEL", help=model_help)
-    inspect_command.add_argument("--lines", type=int, default=None, metavar="N",
+    inspect_command.add_argument("--lines", type=_count(0), default=None, metavar="N",
                          help="show only the first N node lines of the IR (default: all)")
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
@@ -247,9 +279,19 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         return args.run(args, out)
-    except UsageError as error:
+    except (UsageError, OptionError) as error:  # bad input, options or output paths
         print(f"qcompiler: error: {error}", file=sys.stderr)
         return 2
     except QCompilerError as error:
         print(f"qcompiler: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line, the traceback on request
+        if os.environ.get("QC_TRACEBACK"):
+            raise
+        print(f"qcompiler: internal error: {type(error).__name__}: {error} (a bug in qcompiler; "
+              "please report it with the command line; QC_TRACEBACK=1 prints the traceback)",
+              file=sys.stderr)
+        return 3

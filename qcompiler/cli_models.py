@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -100,6 +101,14 @@ def _check_factory_result(result, description: str) -> tuple[torch.nn.Module, tu
             and all(isinstance(x, torch.Tensor) for x in inputs)):
         raise UsageError(f"{description} must return {expected}; its second item is "
                          f"{_kind(inputs)}")
+    training = [name or type(module).__name__ for name, m in module.named_modules() if m.training]
+    if training:
+        # qc.trace refuses a training-mode model (dropout, batch statistics); a factory is
+        # meant for inference, so the CLI switches it and says so.
+        print(f"qcompiler: note: {description} returned {type(module).__name__} in training mode "
+              f"({', '.join(training[:3])}{', ...' if len(training) > 3 else ''}); switched it to "
+              "eval mode (model.eval()): dropout off, batch norms use their running statistics",
+              file=sys.stderr)
     return module.eval(), tuple(inputs)
 
 

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from qcompiler.analysis.cost import cost
 from qcompiler.analysis.metrics import fidelity
@@ -22,6 +23,7 @@ from qcompiler.backends.torch import to_torch
 from qcompiler.errors import IntegerOnlyError
 from qcompiler.examples.batches import demo_data
 from qcompiler.ir import Graph
+from qcompiler.progress import about, expected_seconds, float_run_seconds, show_bars
 from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.lowering import FALLBACK_OPS
 from qcompiler.quantize import lower_to_integer, quantize
@@ -55,7 +57,7 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
     out = out or sys.stdout
     batches = _calibration_batches(example_inputs, calibration_batches, seed)
     fake_quant = quantize(module, batches, bias_correction=False, example_inputs=example_inputs,
-                             progress=False)
+                          progress=None)
     modes = [strict] if strict is not None else [True, False]
     for mode in modes:
         try:
@@ -103,8 +105,14 @@ def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple
     preset = quant_preset("host")
     out.write(f"preset {preset!r}: the int8 operand ranges this machine's TVM kernels take "
               f"(qc.backends.tvm.quant_preset('host'); lowered with target={lowering_target('host')!r})\n")
+    float_run = float_run_seconds(float_graph, calibration[0])
+    expected = expected_seconds(float_run, {"calibrate": len(calibration),
+                                            "correct_bias": len(calibration)})
+    out.write(f"qc.quantize: calibration and bias correction on {len(calibration)} batches, "
+              f"{about(expected)} (estimated from one float run: {float_run:.2f} s)\n")
+    out.flush()
     start = time.perf_counter()
-    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=False)
+    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=None)
     out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
               "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
     strict = not any(node.op in FALLBACK_OPS for node in quantized)  # else float islands
@@ -118,7 +126,13 @@ def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple
     simulation = to_torch(quantized, trainable=False, exact=True)  # what the integers must equal
     reference, simulated, integers = [], [], []
     seconds = 0.0
-    for batch in evaluation:
+    expected = expected_seconds(float_run, {"interpreter": len(evaluation),
+                                            "exact_simulation": len(evaluation)})
+    out.write(f"\nevaluating {len(evaluation)} batches on the integer interpreter and the float64 "
+              f"simulation, {about(expected)}\n")
+    out.flush()
+    for batch in tqdm(evaluation, desc="interpreter + simulation", disable=not show_bars(None),
+                      leave=False):
         inputs = batch if isinstance(batch, tuple) else (batch,)
         with torch.no_grad():
             reference.append(module(*inputs).numpy())

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from qcompiler.errors import QuantizationError
+from qcompiler.errors import OptionError, QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
 from qcompiler.numerics.integer_params import fake_quantize_bias
 from qcompiler.numerics.quant import fake_quantize, quantize
@@ -55,7 +55,7 @@ class LoweringState:
 
     def __init__(self, graph: Graph, target: str, strict: bool):
         if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+            raise OptionError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
         self.old: Graph = graph
         self.new: Graph = Graph(graph.name)
         self.target: str = target

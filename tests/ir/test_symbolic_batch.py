@@ -202,24 +202,34 @@ def test_inputs_without_the_batch_stay_static():
 def test_a_model_that_fixes_its_batch_is_refused_naming_the_line(forward, message):
     model = _Lambda(forward, fc=nn.Linear(12, 3)).eval()
     with pytest.raises(CaptureError, match=message):
-        qc.trace(model, (torch.randn(4, 3, 4),))
+        qc.trace(model, (torch.randn(4, 3, 4),), dynamic_batch=True)
     assert qc.trace(model, (torch.randn(4, 3, 4),), dynamic_batch=False).inputs[0].shape == (4, 3, 4)
+    with pytest.warns(UserWarning, match=message.split(" at ")[0] + r".*Captured _Lambda at the "
+                      r"example inputs' batch size, 4, instead of any batch"):
+        graph = qc.trace(model, (torch.randn(4, 3, 4),))  # the default: static, with a warning
+    assert graph.inputs[0].shape == (4, 3, 4)
 
 
 @pytest.mark.parametrize("forward, message", [
     (lambda m, x: x.unbind(0)[0], r"fixes the batch dimension to 3 at .*: `\(lambda m, x: x\.unbind\(0\)"),
     (lambda m, x: torch.cat([x, m.row]), r"node %cat .*: its size N \+ 1 is not a multiple of the "
-                                         r"batch size N .*dynamic_batch=False"),
-    (lambda m, x: x[:2] * 2, r"unsupported op aten\.slice\.Tensor \(node %slice .*\): slicing along the "
-                             r"batch dimension \(N\) has no IR form at an unknown batch size"),
-    (lambda m, x: x + torch.zeros(x.shape[0], 4), r"unsupported op aten\.zeros\.default .*its arguments "
-                                                  r"depend on the batch size"),
+                                         r"batch size N .*the graph needs a fixed batch size"),
+    (lambda m, x: x[:2] * 2, r"unsupported op aten\.slice\.Tensor \(node %slice .*\) at any batch "
+                             r"size: slicing along the batch dimension \(N\)"
+                             r" has no IR form at an unknown batch size"),
+    (lambda m, x: x + torch.zeros(x.shape[0], 4), r"unsupported op aten\.zeros\.default .* at any "
+                                                  r"batch size: its arguments depend on the batch size"),
+    (lambda m, x: m.row.expand(x.shape[0], 4) + x, r"aten\.expand\.default .* at any batch size: its "
+                                                    r"arguments depend on the batch size"),
 ])
 def test_ops_that_need_a_fixed_batch_are_named(forward, message):
     model = _Lambda(forward).eval()
     model.register_buffer("row", torch.randn(1, 4))
     with pytest.raises((CaptureError, UnsupportedOpError), match=message):
-        qc.trace(model, (torch.randn(3, 4),))
+        qc.trace(model, (torch.randn(3, 4),), dynamic_batch=True)
+    with pytest.warns(UserWarning, match="instead of any batch"):
+        graph = qc.trace(model, (torch.randn(3, 4),))  # the default: static, with a warning
+    assert graph.is_static
 
 
 def test_interpreter_runs_any_batch_and_checks_the_inputs_agree():
