@@ -25,7 +25,8 @@ def test_every_pass_is_listed():
                       "correct_bias", "decompose_low_rank",
                       "eliminate_dead_code", "equalize_cross_layer", "fold_batchnorm", "fold_constants",
                       "insert_fake_quant", "lower_to_integer", "merge_similar_neurons",
-                      "recalibrate_batchnorm", "remove_filters", "round_adaptive", "sparsify_weights"]
+                      "quantize_weights_low_bit", "recalibrate_batchnorm", "remove_filters",
+                      "round_adaptive", "sparsify_weights"]
 
 
 @pytest.mark.parametrize("name", PASSES)
@@ -56,6 +57,7 @@ def configured(name, batches):
         "correct_bias": passes.correct_bias(calibration_data=batches),
         "decompose_low_rank": passes.decompose_low_rank(rank=0.5),
         "merge_similar_neurons": passes.merge_similar_neurons(ratio=0.25),
+        "quantize_weights_low_bit": passes.quantize_weights_low_bit(scheme="ternary"),
         "recalibrate_batchnorm": passes.recalibrate_batchnorm(calibration_data=batches),
         "remove_filters": passes.remove_filters(ratio=0.25),
         "round_adaptive": passes.round_adaptive(calibration_data=batches, iterations=2, rows=64),
