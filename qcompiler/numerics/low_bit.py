@@ -85,3 +85,12 @@ def quantize(weight: np.ndarray, scheme: str, bits: int = 4) -> np.ndarray:
     if scheme == "power_of_two":
         return power_of_two(weight, bits)[0]
     raise OptionError(f"unknown low-bit scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+
+
+def storage_bits(shape: tuple[int, ...], scheme: str, bits: int = 4) -> int:
+    """Bits a low-bit kernel stores for a weight of `shape`: binary 1 bit an entry plus a
+    float32 alpha per channel; ternary 2 bits an entry (three codes) plus alpha; power of two
+    `bits` an entry plus an 8-bit top exponent n1 per channel."""
+    entries, channels = int(np.prod(shape)), shape[0]
+    per_entry, per_channel = {"binary": (1, 32), "ternary": (2, 32), "power_of_two": (bits, 8)}[scheme]
+    return entries * per_entry + channels * per_channel
