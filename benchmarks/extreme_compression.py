@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-mobilenet", action="store_true")
+    parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     set_threads(1)
     torch.manual_seed(0)
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/extreme_compression.py" + (" --quick" if args.quick else "") + \
         (" --no-mobilenet" if args.no_mobilenet else "")
     json_path, md_path = write_results(name, "Extreme compression: pruning, clustering, Huffman",
-                                       tables, command, notes, settings=digits_settings)
+                                       tables, command, notes, settings=digits_settings,
+                                       results_dir=args.results_dir)
     with md_path.open("a") as out:
         out.write("\n## Per-layer storage (digits CNN), shaped like Deep Compression's Table 2\n\n")
         out.write("\n\n".join(f"```\n{t}\n```" for t in tables_text) + "\n")

@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from qcompiler.compression.layer_weights import layer_weights
+from qcompiler.compression.layer_weights import check_layer_options, layer_weights
 from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.edit import require_float_graph
@@ -56,19 +56,13 @@ class cluster_weights:  # lower case: with its options it reads like a function 
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if isinstance(self.bits, Graph):
-            raise OptionError("cluster_weights takes options, not a graph: run "
-                              "cluster_weights(bits=...)(graph), or put it in a Pipeline")
+        check_layer_options("cluster_weights", self.bits, self.layers, self.ignore)
         clustering.check_bits(self.bits)
         if self.bias_bits is not None:
             clustering.check_bits(self.bias_bits, "cluster_weights (bias_bits)")
         if self.init not in clustering.INITS:
             raise OptionError(f"cluster_weights: unknown init {self.init!r}; choose one of "
                               f"{', '.join(clustering.INITS)}")
-        for option in ("layers", "ignore"):
-            if isinstance(getattr(self, option), str):
-                raise OptionError(f"cluster_weights: {option} must be a tuple of names, got the "
-                                  f"string {getattr(self, option)!r}")
 
     def __call__(self, graph: Graph) -> PassResult:
         require_float_graph(graph, "cluster_weights")

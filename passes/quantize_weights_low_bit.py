@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from qcompiler.compression.layer_weights import layer_weights
+from qcompiler.compression.layer_weights import check_layer_options, layer_weights
 from qcompiler.errors import OptionError
 from qcompiler.ir import Graph
 from qcompiler.ir.edit import require_float_graph
@@ -54,17 +54,11 @@ class quantize_weights_low_bit:  # lower case: with its options it reads like a 
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if isinstance(self.scheme, Graph):
-            raise OptionError("quantize_weights_low_bit takes options, not a graph: run "
-                              "quantize_weights_low_bit(scheme=...)(graph)")
+        check_layer_options("quantize_weights_low_bit", self.scheme, self.layers, self.ignore)
         if self.scheme not in low_bit.SCHEMES:
             raise OptionError(f"quantize_weights_low_bit: unknown scheme {self.scheme!r}; choose one "
                               f"of {', '.join(low_bit.SCHEMES)}")
         low_bit.power_of_two_range(np.ones(1), self.bits)  # checks bits
-        for option in ("layers", "ignore"):
-            if isinstance(getattr(self, option), str):
-                raise OptionError(f"quantize_weights_low_bit: {option} must be a tuple of names, "
-                                  f"got the string {getattr(self, option)!r}")
 
     def projections(self, graph: Graph) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """Weight name -> this pass's quantizer, for the weights it rewrites in `graph`: what

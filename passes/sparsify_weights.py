@@ -38,7 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from qcompiler.compression import saliency
-from qcompiler.compression.layer_weights import layer_weights
+from qcompiler.compression.layer_weights import check_layer_options, layer_weights
 from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.edit import require_float_graph
@@ -62,9 +62,7 @@ class sparsify_weights:  # lower case: with its options it reads like a function
     ignore: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if isinstance(self.sparsity, Graph):
-            raise OptionError("sparsify_weights takes options, not a graph: run "
-                              "sparsify_weights(sparsity=...)(graph), or put it in a Pipeline")
+        check_layer_options("sparsify_weights", self.sparsity, self.layers, self.ignore)
         sparsity_math.check_sparsity(self.sparsity, "sparsify_weights")
         if self.scope not in ("global", "local"):
             raise OptionError(f"sparsify_weights: scope must be 'global' or 'local', got {self.scope!r}")
@@ -74,10 +72,6 @@ class sparsify_weights:  # lower case: with its options it reads like a function
         if self.criterion != "magnitude" and not self.calibration_data:
             raise OptionError(f"sparsify_weights: criterion {self.criterion!r} needs "
                               "calibration_data (batches of inputs, optionally with labels)")
-        for option in ("layers", "ignore"):
-            if isinstance(getattr(self, option), str):
-                raise OptionError(f"sparsify_weights: {option} must be a tuple of names, got the "
-                                  f"string {getattr(self, option)!r}")
 
     def __call__(self, graph: Graph) -> PassResult:
         require_float_graph(graph, "sparsify_weights")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Value
 from qcompiler.ir.edit import select_layers, why_not_float_constant
 from qcompiler.ir.ops import WEIGHTED_OPS
@@ -29,3 +30,15 @@ def layer_weights(graph: Graph, layers: Iterable[str] | None, ignore: Iterable[s
             continue
         weights.setdefault(id(weight), weight)
     return list(weights.values()), notes
+
+
+def check_layer_options(pass_name: str, first_option, layers, ignore) -> None:
+    """The option checks every weight-level pass shares: a graph given where the options go
+    (`cluster_weights(graph)`), and `layers` / `ignore` given as one string."""
+    if isinstance(first_option, Graph):
+        raise OptionError(f"{pass_name} takes options, not a graph: run {pass_name}(...)(graph), "
+                          "or put it in a Pipeline")
+    for option, names in (("layers", layers), ("ignore", ignore)):
+        if isinstance(names, str):
+            raise OptionError(f"{pass_name}: {option} must be a tuple of names, got the string "
+                              f"{names!r}")
