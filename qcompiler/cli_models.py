@@ -33,13 +33,15 @@ class LoadedModel:
     description: str
     module: torch.nn.Module
     example_inputs: tuple
+    # A model read as a graph (an ONNX file): `capture` returns it instead of tracing `module`,
+    # which is then the graph's torch module.
+    graph: Graph | None = None
 
 
 def load_model(spec: str) -> LoadedModel:
     """A built-in name or `path/to/file.py:factory` -> the module and its example inputs."""
     if spec.lower().endswith(".onnx"):
-        raise UsageError(f"{spec}: ONNX models are not supported yet; give a built-in model name "
-                         "or path/to/file.py:factory returning (module, example_inputs)")
+        return _load_onnx_model(spec)
     builtins = builtin_models()
     if spec in builtins:
         factory, description = builtins[spec], f"built-in model '{spec}'"
@@ -56,6 +58,23 @@ def load_model(spec: str) -> LoadedModel:
         raise UsageError(f"{description} raised {type(error).__name__}: {error}"
                          f"{_user_frame(error)}") from None
     return LoadedModel(description, *_check_factory_result(result, description))
+
+
+def _load_onnx_model(spec: str) -> LoadedModel:
+    """An ONNX file: its imported graph, the graph's torch module, and seeded example inputs
+    (batch 1 for a symbolic batch; standard normal floats, zeros for integer inputs)."""
+    import qcompiler
+    from qcompiler.ir.dims import shape_at
+    from qcompiler.ir.ops import TORCH_DTYPES
+
+    if not Path(spec).is_file():
+        raise UsageError(f"no such file: {spec}")
+    graph = qcompiler.load_onnx(spec)
+    generator = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randn(shape_at(v.shape, 1), generator=generator) if v.dtype == "f32"
+                   else torch.zeros(shape_at(v.shape, 1), dtype=TORCH_DTYPES[v.dtype])
+                   for v in graph.inputs)
+    return LoadedModel(f"ONNX model {spec}", qcompiler.to_torch(graph).eval(), inputs, graph)
 
 
 def _factory_from_file(spec: str):
@@ -122,6 +141,10 @@ def capture(loaded: LoadedModel, out: TextIO) -> Graph:
     import qcompiler
 
     start = time.perf_counter()
+    if loaded.graph is not None:
+        out.write(f"imported {loaded.description}: {len(loaded.graph)} nodes, "
+                  f"{len(loaded.graph.constants)} constants\n")
+        return loaded.graph.copy()
     graph = qcompiler.trace(loaded.module, loaded.example_inputs)
     out.write(f"captured {loaded.description}: {len(graph)} nodes, {len(graph.constants)} constants "
               f"in {time.perf_counter() - start:.2f} s\n")
