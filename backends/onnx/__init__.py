@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from qcompiler.analysis.report_render import check_output_path
-from qcompiler.backends.onnx.emit import OPSET, to_model
+from qcompiler.backends.onnx.model import OPSET, to_model
 from qcompiler.errors import OnnxExportError, OutputPathError
 from qcompiler.ir import Graph
 

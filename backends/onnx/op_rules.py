@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from qcompiler.backends.onnx.qdq import emit_fake_quant
 from qcompiler.errors import OnnxExportError
 from qcompiler.ir import Node
 from qcompiler.ir.dims import Dim
@@ -65,11 +66,23 @@ def _linear(e, node: Node) -> list:
         return _one(
             e, node, "Gemm", [x, weight] + ([e.tensor(bias)] if bias is not None else []), {"transB": 1}
         )
-    transposed = _part(e, node, "Transpose", [weight], {"perm": [1, 0]})
+    transposed = _transposed_weight(e, node)
     if bias is None:
         return _one(e, node, "MatMul", [x, transposed])
     product = _part(e, node, "MatMul", [x, transposed])
     return _one(e, node, "Add", [product, e.tensor(bias)])
+
+
+def _transposed_weight(e, node: Node):
+    """linear's weight [out, in] as MatMul reads it, [in, out]: a constant or a quantized
+    constant is stored transposed (QDQ on axis 1), so importers see a weight, not an op."""
+    weight = node.inputs[1]
+    producer = weight.producer
+    if producer is not None and producer.op == "fake_quant" and producer.inputs[0].is_constant:
+        return emit_fake_quant(e, producer, transpose=True)
+    if weight.is_constant:
+        return e.constant(f"{weight.name}.transposed", np.ascontiguousarray(weight.data.T))
+    return _part(e, node, "Transpose", [e.tensor(weight)], {"perm": [1, 0]})
 
 
 def _batch_norm(e, node: Node) -> list:
@@ -152,19 +165,19 @@ def _mish(e, node: Node) -> list:
 
 
 def _gelu(e, node: Node) -> list:
-    """Gelu has no op before opset 20: 0.5 x (1 + erf(x / sqrt 2)), or the tanh form."""
+    """Gelu has no op before opset 20: torch.onnx's formula, x * (erf(x / sqrt 2) + 1) * 0.5
+    (the importer recognises it), or the tanh form."""
     x = _x(e, node)
     if node.attrs["approximate"] == "tanh":
         cube = _part(e, node, "Mul", [x, _part(e, node, "Mul", [x, x], tag="square")], tag="cube")
         inner = _part(e, node, "Add", [x, _part(e, node, "Mul", [cube, e.scalar("c", 0.044715)], tag="c3")])
-        shape = _part(
-            e, node, "Tanh", [_part(e, node, "Mul", [inner, e.scalar("k", math.sqrt(2 / math.pi))])]
-        )
+        scaled = _part(e, node, "Mul", [inner, e.scalar("k", math.sqrt(2 / math.pi))])
+        shape = _part(e, node, "Tanh", [scaled])
     else:
-        shape = _part(e, node, "Erf", [_part(e, node, "Mul", [x, e.scalar("k", 1 / math.sqrt(2))])])
+        shape = _part(e, node, "Erf", [_part(e, node, "Div", [x, e.scalar("sqrt2", math.sqrt(2))])])
     one_plus = _part(e, node, "Add", [shape, e.scalar("one", 1.0)], tag="one_plus")
-    half = _part(e, node, "Mul", [x, e.scalar("half", 0.5)], tag="half")
-    return _one(e, node, "Mul", [half, one_plus])
+    product = _part(e, node, "Mul", [x, one_plus], tag="product")
+    return _one(e, node, "Mul", [product, e.scalar("half", 0.5)])
 
 
 def _rsqrt(e, node: Node) -> list:

@@ -11,6 +11,7 @@ from qcompiler.errors import OnnxImportError
 from qcompiler.frontends.onnx.checks import MAX_ELEMENTS
 from qcompiler.frontends.onnx.importer import Importer, ir_name
 from qcompiler.frontends.onnx.op_rules import RULES
+from qcompiler.frontends.onnx.patterns import recognize_activations
 from qcompiler.ir import Graph
 from qcompiler.ir.dims import BATCH, shape_at
 from qcompiler.ir.dtypes import DTYPES, NUMPY_TO_DTYPE
@@ -92,6 +93,7 @@ def convert(model, order: list[int], opset: int, *, where: str, name: str | None
         value = importer.as_value(item, variable.name)
         importer.graph.outputs.append(value)
     _remove_unused(importer.graph)
+    recognize_activations(importer.graph)
     return importer.graph
 
 

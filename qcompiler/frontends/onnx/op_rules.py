@@ -219,6 +219,27 @@ def matmul(imp: Importer) -> None:
     imp.set_output(0, imp.emit("matmul", [imp.value(0), imp.value(1)]))
 
 
+def add(imp: Importer) -> None:
+    """x + y; a bias added to a bias-less linear layer (MatMul + Add, how exporters write a
+    linear layer on 3-D inputs) becomes that layer's bias, an int32 one in a QDQ file."""
+    first = imp.entry(imp.node.inputs[0])
+    second = imp.entry(imp.node.inputs[1])
+    for layer_out, bias, index in ((first, second, 1), (second, first, 0)):
+        producer = layer_out.producer if isinstance(layer_out, Value) else None
+        if (producer is not None and producer.op == "linear" and len(producer.inputs) == 2
+                and _is_channel_bias(bias, producer.inputs[1].shape[0])):
+            bias_value = imp.layer_bias(index, producer.inputs[0], producer.inputs[1])
+            # The bias-less layer stays for any other reader; unused, the import drops it.
+            imp.set_output(0, imp.emit("linear", [*producer.inputs, bias_value]))
+            return
+    imp.set_output(0, imp.emit("add", [imp.value(0), imp.value(1)]))
+
+
+def _is_channel_bias(item, channels: int) -> bool:
+    array = item.integers if isinstance(item, QuantizedConstant) else item
+    return isinstance(array, np.ndarray) and array.dtype != object and array.shape == (channels,)
+
+
 def item_ndim(item) -> int:
     return (item.integers if isinstance(item, QuantizedConstant) else item).ndim
 
@@ -423,7 +444,7 @@ RULES = {
     "And": _binary("logical_and"),
     "Or": _binary("logical_or"),
     "Where": lambda imp: imp.set_output(0, imp.emit("where", [imp.value(0), imp.value(1), imp.value(2)])),
-    "Add": _binary("add"),
+    "Add": add,
     "Sub": _binary("sub"),
     "Mul": _binary("mul"),
     "Div": _binary("div"),

@@ -23,14 +23,31 @@ def _attr(imp: Importer, key: str, default=None):
 
 
 def _attr_shape(imp: Importer, dims: list, source: Value) -> list[int]:
-    """A target shape as an IR attribute: symbolic dims become -1 (at most one -1)."""
+    """A target shape as an IR attribute: the symbolic dim becomes -1; a -1 beside it is
+    solved from the static sizes (`[N, -1]` of `[N, 4, 6, 6]` is `[-1, 144]`)."""
+    symbolic = [d for d in dims if isinstance(d, Dim)]
+    if symbolic and -1 in dims:
+        static_in, factor_in = _static_size(source.shape)
+        static_out, factor_out = _static_size([d for d in dims if d != -1])
+        known = static_out * factor_out
+        if len(symbolic) == 1 and known and (static_in * factor_in) % known == 0:
+            dims = [(static_in * factor_in) // known if d == -1 else d for d in dims]
     written = [-1 if isinstance(d, Dim) else int(d) for d in dims]
     if written.count(-1) > 1:
-        raise imp.unsupported(
-            f"a target shape {[str(d) for d in dims]} for {source.type_str} with "
-            "more than one inferred dimension"
-        )
+        raise imp.unsupported(f"a target shape {[str(d) for d in dims]} for {source.type_str} with "
+                              "more than one inferred dimension")
     return written
+
+
+def _static_size(dims) -> tuple[int, int]:
+    """(product of the static dims, product of the symbolic dims' factors)."""
+    static, factor = 1, 1
+    for d in dims:
+        if isinstance(d, Dim):
+            factor *= d.factor
+        else:
+            static *= int(d)
+    return static, factor
 
 
 def not_foldable(name: str):
