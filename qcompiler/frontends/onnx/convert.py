@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qcompiler.errors import OnnxImportError
+from qcompiler.errors import OnnxImportError, QCompilerError
 from qcompiler.frontends.onnx.checks import MAX_ELEMENTS
 from qcompiler.frontends.onnx.importer import Importer, ir_name
 from qcompiler.frontends.onnx.op_rules import RULES
@@ -84,7 +84,26 @@ def convert(model, order: list[int], opset: int, *, where: str, name: str | None
             raise importer.unsupported(
                 f"op {node.op} has no IR mapping; the importer reads {', '.join(sorted(RULES))}"
             )
-        rule(importer)
+        try:
+            rule(importer)
+        except QCompilerError:
+            raise
+        except (
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            AttributeError,
+            OverflowError,
+            ZeroDivisionError,
+            np.exceptions.AxisError,
+        ) as error:
+            # Inputs or attributes the rule cannot make sense of (a malformed file: a scale of
+            # the wrong length, an axis out of range, a name that is not text).
+            raise importer.fail(
+                f"cannot be imported: its inputs or attributes do not fit the op "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
     for variable in imported.outputs:
         item = importer.env.get(variable.name)
         if item is None:

@@ -71,8 +71,10 @@ class QuantizedConstant:
         )
 
 
-def ir_name(text: str) -> str:
-    return _BAD_NAME_CHARACTERS.sub("_", text) or "v"
+def ir_name(text) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return _BAD_NAME_CHARACTERS.sub("_", str(text)) or "v"
 
 
 class Importer:

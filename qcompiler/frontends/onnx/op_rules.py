@@ -75,14 +75,31 @@ def _qparams(imp: Importer):
     axis = _attr(imp, "axis", 1) if scale.size > 1 else None
     if _attr(imp, "block_size", 0):
         raise imp.unsupported("blocked quantization (block_size) is not imported")
+    if scale.ndim > 1 or zero_point.shape != scale.shape or scale.dtype.kind != "f":
+        raise imp.fail(
+            f"scale {scale.dtype}{list(scale.shape)} and zero point "
+            f"{zero_point.dtype}{list(zero_point.shape)}: both must be scalars or vectors of "
+            "one length, the scale a float"
+        )
     return scale.reshape(-1), zero_point.reshape(-1), axis
+
+
+def _check_axis(imp: Importer, axis: int | None, shape, size: int) -> int | None:
+    """A per-axis quantization's axis, normalised, checked against the scale's length."""
+    if axis is None:
+        return None
+    if not -len(shape) <= axis < len(shape):
+        raise imp.fail(f"quantization axis {axis} is out of range for a rank-{len(shape)} tensor")
+    axis %= len(shape)
+    if shape[axis] != size:
+        raise imp.fail(f"{size} scales for axis {axis} of size {shape[axis]}")
+    return axis
 
 
 def quantize_linear(imp: Importer) -> None:
     scale, zero_point, axis = _qparams(imp)
     source = imp.value(0)
-    if axis is not None:
-        axis %= len(source.shape)
+    axis = _check_axis(imp, axis, source.shape, scale.size)
     if zero_point.dtype == np.int32:
         raise imp.unsupported("QuantizeLinear to int32 is not imported")
     imp.set_output(0, Quantized(source, scale, zero_point, axis, imp.node.name or imp.node.outputs[0].name))
@@ -92,8 +109,7 @@ def dequantize_linear(imp: Importer) -> None:
     item = imp.entry(imp.node.inputs[0])
     scale, zero_point, axis = _qparams(imp)
     if isinstance(item, Quantized):
-        if axis is not None:
-            axis %= len(item.source.shape)
+        axis = _check_axis(imp, axis, item.source.shape, scale.size)
         if not (
             np.array_equal(item.scale, scale)
             and np.array_equal(item.zero_point, zero_point)
@@ -104,8 +120,6 @@ def dequantize_linear(imp: Importer) -> None:
                 "other quantization parameters (a requantization); QDQ pairs "
                 "must share scale, zero point and axis"
             )
-        key = (id(item), imp.node.outputs[0].name)
-        del key
         imp.set_output(
             0,
             imp.fake_quant(
@@ -119,8 +133,7 @@ def dequantize_linear(imp: Importer) -> None:
         )
         return
     if isinstance(item, np.ndarray) and item.dtype in (np.int8, np.uint8, np.int32):
-        if axis is not None:
-            axis %= item.ndim
+        axis = _check_axis(imp, axis, item.shape, scale.size)
         if item.dtype != zero_point.dtype:
             raise imp.fail(f"integers of type {item.dtype} with a zero point of type {zero_point.dtype}")
         name = imp.node.inputs[0].name
@@ -226,8 +239,12 @@ def add(imp: Importer) -> None:
     second = imp.entry(imp.node.inputs[1])
     for layer_out, bias, index in ((first, second, 1), (second, first, 0)):
         producer = layer_out.producer if isinstance(layer_out, Value) else None
-        if (producer is not None and producer.op == "linear" and len(producer.inputs) == 2
-                and _is_channel_bias(bias, producer.inputs[1].shape[0])):
+        if (
+            producer is not None
+            and producer.op == "linear"
+            and len(producer.inputs) == 2
+            and _is_channel_bias(bias, producer.inputs[1].shape[0])
+        ):
             bias_value = imp.layer_bias(index, producer.inputs[0], producer.inputs[1])
             # The bias-less layer stays for any other reader; unused, the import drops it.
             imp.set_output(0, imp.emit("linear", [*producer.inputs, bias_value]))

@@ -34,8 +34,10 @@ def _attr_shape(imp: Importer, dims: list, source: Value) -> list[int]:
             dims = [(static_in * factor_in) // known if d == -1 else d for d in dims]
     written = [-1 if isinstance(d, Dim) else int(d) for d in dims]
     if written.count(-1) > 1:
-        raise imp.unsupported(f"a target shape {[str(d) for d in dims]} for {source.type_str} with "
-                              "more than one inferred dimension")
+        raise imp.unsupported(
+            f"a target shape {[str(d) for d in dims]} for {source.type_str} with "
+            "more than one inferred dimension"
+        )
     return written
 
 

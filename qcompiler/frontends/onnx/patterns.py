@@ -77,8 +77,9 @@ def _gelu(graph: Graph, node: Node) -> tuple[Node, Value] | None:
         return None
     x = node.inputs[0]
     divisor = _scalar(node.inputs[1])
-    if divisor is None or not math.isclose(divisor if node.op == "div" else 1 / divisor, math.sqrt(2),
-                                           rel_tol=1e-6):
+    if divisor is None or not math.isclose(
+        divisor if node.op == "div" else 1 / divisor, math.sqrt(2), rel_tol=1e-6
+    ):
         return None
     erf = _only_user(node.output)
     if erf is None or erf.op != "erf":
@@ -109,8 +110,7 @@ def recognize_activations(graph: Graph) -> int:
             if found is None:
                 continue
             last, x = found
-            result = graph.add_node(op, [x], name=f"{last.output.name}.{op}", before=last,
-                                    source=last.source)
+            result = graph.add_node(op, [x], name=f"{last.output.name}.{op}", before=last, source=last.source)
             graph.replace_all_uses(last.output, result.output)
             _remove_dead_chain(graph, last)
             rewritten += 1
