@@ -75,7 +75,7 @@ def _qparams(imp: Importer):
     axis = _attr(imp, "axis", 1) if scale.size > 1 else None
     if _attr(imp, "block_size", 0):
         raise imp.unsupported("blocked quantization (block_size) is not imported")
-    if scale.ndim > 1 or zero_point.shape != scale.shape or scale.dtype.kind != "f":
+    if max(scale.ndim, zero_point.ndim) > 1 or zero_point.size != scale.size or scale.dtype.kind != "f":
         raise imp.fail(
             f"scale {scale.dtype}{list(scale.shape)} and zero point "
             f"{zero_point.dtype}{list(zero_point.shape)}: both must be scalars or vectors of "

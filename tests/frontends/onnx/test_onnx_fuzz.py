@@ -34,9 +34,11 @@ def _seeds(tmp_path_factory) -> list[bytes]:
     model, inputs = models.digits_cnn()
     graph = qc.trace(model, inputs)
     quantized = qc.quantize(graph, [inputs], bias_correction=False, progress=False)
-    return [qc.backends.onnx.export(graph, directory / "float.onnx").read_bytes(),
-            qc.backends.onnx.export(quantized, directory / "qdq.onnx").read_bytes(),
-            small_model().SerializeToString()]
+    return [
+        qc.backends.onnx.export(graph, directory / "float.onnx").read_bytes(),
+        qc.backends.onnx.export(quantized, directory / "qdq.onnx").read_bytes(),
+        small_model().SerializeToString(),
+    ]
 
 
 def _flip_bytes(data: bytes, draw) -> bytes:
@@ -48,7 +50,7 @@ def _flip_bytes(data: bytes, draw) -> bytes:
 
 
 def _truncate(data: bytes, draw) -> bytes:
-    return data[:draw(st.integers(0, len(data) - 1))]
+    return data[: draw(st.integers(0, len(data) - 1))]
 
 
 def _splice(data: bytes, draw) -> bytes:
@@ -61,13 +63,47 @@ def _proto(data: bytes, draw) -> bytes:
     model = onnx.ModelProto()
     model.ParseFromString(data)
     graph = model.graph
-    kind = draw(st.sampled_from(["op_type", "rewire", "drop_initializer", "dims", "attribute",
-                                 "opset", "drop_node", "swap_nodes", "input_shape", "raw_data"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "op_type",
+                "rewire",
+                "drop_initializer",
+                "dims",
+                "attribute",
+                "opset",
+                "drop_node",
+                "swap_nodes",
+                "input_shape",
+                "raw_data",
+            ]
+        )
+    )
     node = graph.node[draw(st.integers(0, len(graph.node) - 1))]
     if kind == "op_type":
-        node.op_type = draw(st.sampled_from(["Conv", "Relu", "Gemm", "Reshape", "Concat", "Slice",
-                                             "QuantizeLinear", "DequantizeLinear", "Loop", "Foo", "Pad",
-                                             "Resize", "Gather", "Expand", "Split", "Softmax", ""]))
+        node.op_type = draw(
+            st.sampled_from(
+                [
+                    "Conv",
+                    "Relu",
+                    "Gemm",
+                    "Reshape",
+                    "Concat",
+                    "Slice",
+                    "QuantizeLinear",
+                    "DequantizeLinear",
+                    "Loop",
+                    "Foo",
+                    "Pad",
+                    "Resize",
+                    "Gather",
+                    "Expand",
+                    "Split",
+                    "Softmax",
+                    "",
+                ]
+            )
+        )
     elif kind == "rewire" and node.input:
         names = [n for other in graph.node for n in other.output] + [i.name for i in graph.initializer]
         node.input[draw(st.integers(0, len(node.input) - 1))] = draw(st.sampled_from(names + ["", "ghost"]))
@@ -77,12 +113,14 @@ def _proto(data: bytes, draw) -> bytes:
         tensor = graph.initializer[draw(st.integers(0, len(graph.initializer) - 1))]
         if tensor.dims:
             tensor.dims[draw(st.integers(0, len(tensor.dims) - 1))] = draw(
-                st.sampled_from([0, 1, 2, 3, -1, 1 << 31, 1 << 62]))
+                st.sampled_from([0, 1, 2, 3, -1, 1 << 31, 1 << 62])
+            )
     elif kind == "attribute" and node.attribute:
         attribute = node.attribute[draw(st.integers(0, len(node.attribute) - 1))]
         if attribute.ints:
             attribute.ints[draw(st.integers(0, len(attribute.ints) - 1))] = draw(
-                st.sampled_from([-(1 << 40), -3, -1, 0, 5, 1 << 40]))
+                st.sampled_from([-(1 << 40), -3, -1, 0, 5, 1 << 40])
+            )
         elif attribute.type == onnx.AttributeProto.INT:
             attribute.i = draw(st.sampled_from([-(1 << 40), -1, 0, 2, 1 << 40]))
         elif attribute.type == onnx.AttributeProto.FLOAT:
@@ -111,7 +149,7 @@ def _proto(data: bytes, draw) -> bytes:
     elif kind == "raw_data" and graph.initializer:
         tensor = graph.initializer[draw(st.integers(0, len(graph.initializer) - 1))]
         if tensor.raw_data:
-            tensor.raw_data = tensor.raw_data[:draw(st.integers(0, len(tensor.raw_data)))]
+            tensor.raw_data = tensor.raw_data[: draw(st.integers(0, len(tensor.raw_data)))]
     return model.SerializeToString()
 
 
@@ -128,8 +166,7 @@ def test_fuzz_importer(seeds, tmp_path):
     failures: list[str] = []
     path = tmp_path / "fuzzed.onnx"
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(st.data())
     def run(data):
         seed = data.draw(st.sampled_from(range(len(seeds))))
@@ -142,7 +179,8 @@ def test_fuzz_importer(seeds, tmp_path):
             qc.load_onnx(path)
             outcome = "imported"
         except qc.OnnxImportError as error:
-            outcome = f"OnnxImportError{' (unsupported op)' if isinstance(error, qc.OnnxUnsupportedOpError) else ''}"
+            unsupported = isinstance(error, qc.OnnxUnsupportedOpError)
+            outcome = "OnnxImportError (unsupported op)" if unsupported else "OnnxImportError"
             assert str(path) in str(error)
         except Exception as error:  # noqa: BLE001  (the defect the fuzzer looks for)
             outcome = f"CRASH {type(error).__name__}"
@@ -161,8 +199,10 @@ def test_fuzz_importer(seeds, tmp_path):
     report = {mutation: dict(counter) for mutation, counter in sorted(outcomes.items())}
     print(f"\nfuzzed {total} files:")
     for mutation, counter in report.items():
-        print(f"  {mutation:11s} {sum(counter.values()):5d}: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(counter.items())))
+        print(
+            f"  {mutation:11s} {sum(counter.values()):5d}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counter.items()))
+        )
     (tmp_path / "fuzz_report.json").write_text(json.dumps({"total": total, "outcomes": report}, indent=1))
     assert not failures, "\n".join(failures[:20])
     assert total >= min(5000, EXAMPLES)

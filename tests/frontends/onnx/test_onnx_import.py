@@ -76,11 +76,11 @@ class _Reader:
 
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_onnxruntime_quantize_static_imports_calibrated(per_channel, tmp_path):
-    """onnxruntime's QDQ MobileNetV2: imported, lowered, the interpreter equals our exact
-    (float64) simulation of the imported graph bit for bit, and onnxruntime's reference run of
-    its own file within one output step."""
+    """onnxruntime's QDQ file of the digits CNN (MobileNetV2: the slow test_onnx_pretrained.py):
+    imported, lowered, the interpreter equals our exact (float64) simulation of the imported
+    graph bit for bit, and onnxruntime's reference run of its own file within one output step."""
     quantization = pytest.importorskip("onnxruntime.quantization")
-    model, inputs = models.mobilenet_v2(resolution=32)
+    model, inputs = models.digits_cnn()
     float_path, qdq_path = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
     torch.onnx.export(model, inputs, str(float_path), dynamo=False, opset_version=17, input_names=["x"],
                       dynamic_axes={"x": {0: "batch"}})

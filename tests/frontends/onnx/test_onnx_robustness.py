@@ -16,12 +16,19 @@ import qcompiler as qc
 
 def small_model(opset: int = 17) -> onnx.ModelProto:
     """Conv -> Relu -> Flatten -> Gemm: the shape of the models the tests mutate."""
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], name="fc", transB=1)]
-    return model_of(nodes, {"x": ((1, 2, 4, 4), np.float32)}, ["y"],
-                    {"w": random((3, 2, 3, 3)), "fc": random((5, 48), 1), "fb": random((5,), 2)}, opset=opset)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], name="fc", transB=1),
+    ]
+    return model_of(
+        nodes,
+        {"x": ((1, 2, 4, 4), np.float32)},
+        ["y"],
+        {"w": random((3, 2, 3, 3)), "fc": random((5, 48), 1), "fb": random((5,), 2)},
+        opset=opset,
+    )
 
 
 def write(tmp_path, model_or_bytes, name="model.onnx"):
@@ -39,7 +46,12 @@ def load_error(path, match: str, kind=qc.OnnxImportError):
 
 
 def test_the_small_model_imports(tmp_path):
-    assert [n.op for n in qc.load_onnx(write(tmp_path, small_model()))] == ["conv2d", "relu", "flatten", "linear"]
+    assert [n.op for n in qc.load_onnx(write(tmp_path, small_model()))] == [
+        "conv2d",
+        "relu",
+        "flatten",
+        "linear",
+    ]
 
 
 def test_missing_empty_and_garbage_files(tmp_path):
@@ -68,8 +80,11 @@ def test_future_and_old_opsets(tmp_path):
 def test_missing_initializer_and_dangling_input(tmp_path):
     model = small_model()
     del model.graph.initializer[0]  # the conv weight
-    load_error(write(tmp_path, model), r"node 'conv' \(Conv, #0\) reads 'w', which no graph input, "
-                                       "initializer or node defines")
+    load_error(
+        write(tmp_path, model),
+        r"node 'conv' \(Conv, #0\) reads 'w', which no graph input, "
+        "initializer or node defines",
+    )
     model = small_model()
     model.graph.node[1].input[0] = "ghost"
     load_error(write(tmp_path, model), "node 'relu' .* reads 'ghost'")
@@ -93,21 +108,35 @@ def test_absurd_shapes_are_refused_without_allocating(tmp_path):
         model = small_model()
         huge = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 20, 3, 3])
         model.graph.initializer[0].CopyFrom(huge)
-        load_error(write(tmp_path, model, "a.onnx"), "initializer 'w' has shape .* more than 2147483648 elements")
+        load_error(
+            write(tmp_path, model, "a.onnx"), "initializer 'w' has shape .* more than 2147483648 elements"
+        )
         model = small_model()
         model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1 << 40
         load_error(write(tmp_path, model, "b.onnx"), "graph input 'x' has shape .* more than")
         # A constant the file asks to be made at import time.
-        nodes = [helper.make_node("ConstantOfShape", ["s"], ["z"], name="zeros"),
-                 helper.make_node("Add", ["x", "z"], ["y"])]
-        model = model_of(nodes, {"x": ((1, 4), np.float32)}, [],
-                         {"s": np.array([1 << 20, 1 << 20], np.int64)}, batch_param=False)
+        nodes = [
+            helper.make_node("ConstantOfShape", ["s"], ["z"], name="zeros"),
+            helper.make_node("Add", ["x", "z"], ["y"]),
+        ]
+        model = model_of(
+            nodes,
+            {"x": ((1, 4), np.float32)},
+            [],
+            {"s": np.array([1 << 20, 1 << 20], np.int64)},
+            batch_param=False,
+        )
         model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
         load_error(write(tmp_path, model, "c.onnx"), "node 'zeros' .* refused rather than allocated")
         # An op whose output would be absurd.
         nodes = [helper.make_node("Expand", ["x", "s"], ["y"], name="expand")]
-        model = model_of(nodes, {"x": ((1, 1), np.float32)}, [], {"s": np.array([1 << 20, 1 << 20], np.int64)},
-                         batch_param=False)
+        model = model_of(
+            nodes,
+            {"x": ((1, 1), np.float32)},
+            [],
+            {"s": np.array([1 << 20, 1 << 20], np.int64)},
+            batch_param=False,
+        )
         model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
         load_error(write(tmp_path, model, "d.onnx"), "node 'expand' .* more than 2147483648 elements")
         _, peak = tracemalloc.get_traced_memory()
@@ -125,10 +154,18 @@ def test_stored_data_shorter_than_the_shape(tmp_path):
 
 def test_external_data(tmp_path):
     model = small_model()
-    onnx.save_model(model, tmp_path / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        model,
+        tmp_path / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     graph = qc.load_onnx(tmp_path / "model.onnx")  # present: read
-    np.testing.assert_array_equal(graph.values["w"].data, numpy_helper.to_array(small_model().graph.initializer[0]))
+    np.testing.assert_array_equal(
+        graph.values["w"].data, numpy_helper.to_array(small_model().graph.initializer[0])
+    )
     (tmp_path / "weights.bin").write_bytes((tmp_path / "weights.bin").read_bytes()[:50])
     load_error(tmp_path / "model.onnx", "external data file is truncated")
     (tmp_path / "weights.bin").unlink()
@@ -141,8 +178,11 @@ def test_external_data(tmp_path):
 def test_unsupported_op_is_named_with_node_and_opset(tmp_path):
     model = small_model()
     model.graph.node[1].op_type = "Celu"
-    error = load_error(write(tmp_path, model), r"node 'relu' \(Celu, opset 17\): op Celu has no IR mapping",
-                       qc.OnnxUnsupportedOpError)
+    error = load_error(
+        write(tmp_path, model),
+        r"node 'relu' \(Celu, opset 17\): op Celu has no IR mapping",
+        qc.OnnxUnsupportedOpError,
+    )
     assert isinstance(error, qc.UnsupportedOpError)
     model.graph.node[1].op_type, model.graph.node[1].domain = "FusedRelu", "com.example"
     model.opset_import.append(helper.make_opsetid("com.example", 1))
@@ -154,8 +194,11 @@ def test_integer_model_inputs_are_refused_by_node(tmp_path):
     model = model_of(nodes, {}, [], {"s": np.float32(0.1), "z": np.int8(0)})
     model.graph.input.append(helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 4]))
     model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]))
-    load_error(write(tmp_path, model), r"node 'dq' \(DequantizeLinear, opset 17\): it dequantizes 'x'",
-               qc.OnnxUnsupportedOpError)
+    load_error(
+        write(tmp_path, model),
+        r"node 'dq' \(DequantizeLinear, opset 17\): it dequantizes 'x'",
+        qc.OnnxUnsupportedOpError,
+    )
 
 
 def test_errors_are_qcompiler_errors():
