@@ -12,7 +12,6 @@ fake-quant graph is written as QDQ as it is. `cli.py` adds the command (`add_com
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TextIO
 
 from qcompiler.quantization.config import PRESETS
@@ -20,34 +19,19 @@ from qcompiler.quantization.config import PRESETS
 FORMATS = ("onnx",)
 
 
-def _graph_of(spec: str, out: TextIO):
-    import qcompiler as qc
-    from qcompiler.cli_models import UsageError, capture, load_model
-
-    if spec.endswith(".qc"):
-        if not Path(spec).is_file():
-            raise UsageError(f"no such file: {spec}")
-        graph = qc.load(spec)
-        out.write(f"loaded saved graph {spec}: {len(graph)} nodes\n")
-        return graph, None
-    loaded = load_model(spec)
-    return capture(loaded, out), loaded
-
-
 def run_export(args, out: TextIO) -> int:
     import qcompiler as qc
     from qcompiler.analysis.report_render import check_output_path
-    from qcompiler.cli_models import UsageError
+    from qcompiler.cli_models import UsageError, capture, load_model
     from qcompiler.quantization.quantizers import fake_quant_nodes
 
     check_output_path(args.output, "ONNX")  # before the model is loaded and quantized
-    graph, loaded = _graph_of(args.model, out)
+    loaded = load_model(args.model)
+    graph = capture(loaded, out)
     if args.quantize:
-        if fake_quant_nodes(graph):
-            raise UsageError(f"{args.model} is quantized already; export it without --quantize")
-        if loaded is None:
-            raise UsageError("--quantize needs a model with example inputs (a built-in name, "
-                             "path/to/file.py:factory or an .onnx file), not a saved graph")
+        if loaded.stage != "float":
+            raise UsageError(f"{args.model} is a {loaded.stage} graph already; export it without "
+                             "--quantize")
         from qcompiler.examples.batches import demo_data
         from qcompiler.pipelines import canonical_float_pipeline
 

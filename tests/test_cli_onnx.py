@@ -35,9 +35,11 @@ def test_export_float_and_quantized_then_inspect_and_run(tmp_path, capsys):
     assert any(n.op == "fake_quant" for n in qc.load_onnx(qdq_path))
 
     code, out = run(["inspect", str(float_path), "--lines", "2"])
-    assert code == 0 and f"imported ONNX model {float_path}: 18 nodes" in out and "conv2d" in out
-    code, out = run(["run", str(float_path)])
-    assert code == 0 and "top-1 agreement" in out
+    assert code == 0 and f"loaded ONNX model {float_path} (float graph DigitsCNN): 18 nodes" in out
+    assert "conv2d" in out
+    for path in (float_path, qdq_path):  # a float file is quantized, a QDQ one lowered as it is
+        code, out = run(["run", str(path)])
+        assert code == 0 and "interpreter" in out
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -56,7 +58,7 @@ def test_bad_onnx_file_is_one_message(tmp_path, capsys):
     path.write_bytes(b"\x08\x07garbage")
     code, _ = run(["inspect", str(path)])
     error = capsys.readouterr().err
-    assert code == 1
-    assert error.startswith(f"qcompiler: OnnxImportError: {path}") and "Traceback" not in error
+    assert code == 2
+    assert error.startswith(f"qcompiler: error: {path}: not an ONNX model") and "Traceback" not in error
     code, _ = run(["export", "digits_cnn", "-o", str(tmp_path / "missing" / "x.onnx")])
     assert code == 2 and "directory" in capsys.readouterr().err
