@@ -21,13 +21,13 @@ into place, so a failure never leaves a half-written model.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from qcompiler.analysis.report_render import check_output_path
 from qcompiler.backends.onnx.model import OPSET, to_model
 from qcompiler.errors import OnnxExportError, OutputPathError
 from qcompiler.ir import Graph
+from qcompiler.ir.serialize import write_bytes_atomically
 
 __all__ = ["OPSET", "OnnxExportError", "export", "to_model"]
 
@@ -39,20 +39,8 @@ def export(graph: Graph, path: str | os.PathLike, *, opset: int = OPSET) -> Path
     (checked before the work starts)."""
     path = check_output_path(path, "ONNX")
     model = to_model(graph, opset=opset)
-    data = model.SerializeToString()
-    directory = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        write_bytes_atomically(path, model.SerializeToString())
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
         raise OutputPathError(f"writing {path} failed: {error.strerror or error}") from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path

@@ -120,7 +120,7 @@ def test_write_is_atomic(builtin_stages, tmp_path, monkeypatch):
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("qcompiler.backends.onnx.os.replace", fail)
+    monkeypatch.setattr("qcompiler.ir.serialize.os.replace", fail)
     with pytest.raises(qc.OutputPathError, match="No space left"):
         qc.backends.onnx.export(graph, path)
     assert path.read_bytes() == b"previous"
