@@ -11,6 +11,9 @@ from qcompiler.errors import (
     IntegerOnlyError,
     LoadError,
     MissingDependencyError,
+    OnnxExportError,
+    OnnxImportError,
+    OnnxUnsupportedOpError,
     OptionError,
     OutputPathError,
     ParseError,
@@ -21,6 +24,7 @@ from qcompiler.errors import (
     VerificationError,
 )
 from qcompiler.finetune import FinetuneResult, finetune
+from qcompiler.frontends.onnx import load_onnx
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph, Node, QParams, Value
 from qcompiler.ir.pipeline import PassResult, Pipeline
@@ -36,6 +40,7 @@ __all__ = [
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
     "CalibrationDataError", "InputError", "IntegerOnlyError", "LoadError", "MissingDependencyError",
     "OptionError", "OutputPathError", "QuantizationError",
+    "OnnxExportError", "OnnxImportError", "OnnxUnsupportedOpError", "load_onnx",
     "backends", "cost", "load", "parse", "passes", "save", "to_torch", "trace",
     "QOverride", "QScheme", "QuantConfig", "quantize",
     "lower_to_integer",
