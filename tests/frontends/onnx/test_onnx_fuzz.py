@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES = int(__import__("os").environ.get("QC_FUZZ_EXAMPLES", 5200))
 # Slower than this or a larger peak allocation is a failure (a hang or an absurd allocation).
-SECONDS, PEAK_BYTES = 10.0, 256 << 20
+# The time limit catches hangs, not slowness: under tracemalloc, on a 2-core machine with a
+# load average of 12, one successful import of the digits CNN took 10.6 s.
+SECONDS, PEAK_BYTES = 60.0, 256 << 20
 
 
 def _seeds(tmp_path_factory) -> list[bytes]:
