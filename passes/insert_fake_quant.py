@@ -117,6 +117,19 @@ def _is_float(value: Value | None) -> bool:
     return value is not None and value.dtype == "f32"
 
 
+def _feeds_layer(value: Value) -> bool:
+    """Whether a conv/linear/matmul reads `value` as data (through value-moving ops and the
+    ops that share their input's quantization, which carry its format to their readers)."""
+    for user in value.users:
+        spec = OPS[user.op]
+        if user.op in WEIGHTED_OPS and user.inputs[0] is value or user.op == "matmul":
+            return True
+        if (moves_values_only(user) or spec.shares_quantization) and len(user.outputs) == 1 \
+                and _feeds_layer(user.output):
+            return True
+    return False
+
+
 def _rounding(producer: Node | None) -> str:
     """How the fake_quant after `producer` rounds in a float64 simulation: half up where the
     integer op requantizes an accumulator, else the graph-boundary rule (see the module
@@ -236,9 +249,16 @@ class _Placement:
                                          and not self.config.is_excluded(user))
         owners = [node, *chain]
         self.fused.update(id(user) for user in chain)
-        fq = self._fake_quant(value, self.config.activation_scheme(owners), None,
+        fq = self._fake_quant(value, self._output_scheme(owners, value), None,
                               self.following[id(owners[-1])], rounding=_rounding(node))
         self.graph.replace_all_uses(value, fq.output)
+
+    def _output_scheme(self, owners: list, value: Value) -> QScheme:
+        """The activation scheme of `value`, or the config's non-MAC scheme when no
+        conv/linear/matmul multiplies it (see QuantConfig.non_mac_activation)."""
+        if self.config.non_mac_activation is None or _feeds_layer(value):
+            return self.config.activation_scheme(owners)
+        return self.config.non_mac_scheme(owners)
 
     def _share_concat_qparams(self, node: Node, indices) -> None:
         """The data inputs of a concat or where, and so its output, share one scale and zero
@@ -273,6 +293,6 @@ class _Placement:
             if excluded:
                 continue
             owners = [producer] if producer is not None else [value]
-            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None,
+            fq = self._fake_quant(value, self._output_scheme(owners, value), None, None,
                                   rounding=_rounding(producer))
             self.graph.outputs = [fq.output if v is value else v for v in self.graph.outputs]
