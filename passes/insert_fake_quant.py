@@ -75,7 +75,7 @@ import numpy as np
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only, remove_if_unused, single_user_chain
-from qcompiler.ir.ops import OPS, WEIGHTED_OPS
+from qcompiler.ir.ops import LOOKUP_OPS, OPS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.quantizers import INTEGER_BIAS_OPS, quantize_layer_bias, source_fake_quants
@@ -118,11 +118,13 @@ def _is_float(value: Value | None) -> bool:
 
 
 def _feeds_layer(value: Value) -> bool:
-    """Whether a conv/linear/matmul reads `value` as data (through value-moving ops and the
-    ops that share their input's quantization, which carry its format to their readers)."""
+    """Whether a conv/linear/matmul reads `value` as data, or a lookup-table op (GELU, tanh:
+    integer lowering builds tables for 8-bit inputs), through value-moving ops and the ops
+    that share their input's quantization (which carry its format to their readers)."""
     for user in value.users:
         spec = OPS[user.op]
-        if user.op in WEIGHTED_OPS and user.inputs[0] is value or user.op == "matmul":
+        if user.op in WEIGHTED_OPS and user.inputs[0] is value or user.op == "matmul" \
+                or user.op in LOOKUP_OPS:
             return True
         if (moves_values_only(user) or spec.shares_quantization) and len(user.outputs) == 1 \
                 and _feeds_layer(user.output):

@@ -18,10 +18,10 @@ to quantize, which is why it is off by default). `qcompiler.quantization.linear_
 has the graph side.
 
 alpha: the paper's default 0.5 suits BERT-size encoders; larger alpha (0.75-0.9) moves
-more into the weights and helps models with larger outliers. It is searchable: run
-`search_smoothing_alpha` in `qcompiler.pipelines`... (the `qc.search_smoothing_alpha`
-workflow) which quantizes at each alpha of a grid and keeps the best fidelity on held-out
-batches; `QuantConfig.smoothing_alpha` carries the choice (the `transformer` preset's 0.5).
+more into the weights and helps models with larger outliers. It is searchable:
+`qc.search_smoothing_alpha(model, calibration, held_out)` quantizes at each alpha of a grid
+and keeps the best SQNR on held-out batches; `QuantConfig.smoothing_alpha` carries the
+choice (the `transformer` preset's 0.5), so `qc.quantize` runs this pass with it.
 
 Requires: a float graph (no fake_quant yet: the weights must be final before ranges are
 measured), calibration batches. Preserves: the function (float rounding aside: tested to
@@ -41,7 +41,11 @@ from qcompiler.ir.edit import require_float_graph
 from qcompiler.ir.evaluate import input_batches
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.numerics.smoothing import smoothing_scales, weight_column_max
-from qcompiler.quantization.linear_inputs import divide_input_channels, linear_input_groups, record_linear_inputs
+from qcompiler.quantization.linear_inputs import (
+    divide_input_channels,
+    linear_input_groups,
+    record_linear_inputs,
+)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the data may hold tensors

@@ -28,10 +28,11 @@ from qcompiler.ir.serialize import load, save
 from qcompiler.ir.text import parse
 from qcompiler.quantization.config import QOverride, QScheme, QuantConfig
 from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
-from qcompiler.quantize import lower_to_integer, quantize
+from qcompiler.quantize import lower_to_integer, quantize, search_smoothing_alpha
 from qcompiler.report import write_report
 
 __all__ = [
+    "search_smoothing_alpha",
     "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
     "CalibrationDataError", "InputError", "IntegerOnlyError", "LoadError", "MissingDependencyError",

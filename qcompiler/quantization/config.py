@@ -132,9 +132,10 @@ class QuantConfig:
     # Activation observers by the op that produces the activation, used when
     # activation_observer is None (e.g. {"softmax": "minmax"}).
     op_type_observers: Mapping[str, str] = field(default_factory=dict)
-    # The scheme of activations that no conv/linear/matmul reads (residual adds, the inputs
-    # of layer_norm and softmax, graph outputs): integer kernels multiply-accumulate only at
-    # layer inputs, so these can be wider (16-bit) at the cost of wider adds, while every
+    # The scheme of activations that no conv/linear/matmul and no lookup-table op (GELU,
+    # tanh...) reads (residual adds, the inputs of layer_norm and softmax, graph outputs):
+    # integer kernels multiply-accumulate only at layer inputs, and tables are built for
+    # 8-bit inputs, so these can be wider (16-bit) at the cost of wider adds, while every
     # layer input stays `activation`. None: `activation` everywhere. Overrides win over it.
     non_mac_activation: QScheme | None = None
     # SmoothQuant's migration strength (Xiao et al. 2023): `qc.quantize` runs
@@ -279,6 +280,19 @@ def as_quant_config(config, where: str = "config") -> QuantConfig:
         return QuantConfig.preset(config)
     raise QuantizationError(f"{where} must be a QuantConfig or a preset name "
                             f"({', '.join(PRESETS)}), got {type(config).__name__}")
+
+
+def default_config(graph) -> QuantConfig:
+    """What `qc.quantize(config=None)` uses for `graph`: the `transformer` preset for a graph
+    with no convolution whose layers are mostly linear/matmul and that normalises with
+    layer_norm or softmax (an attention model), else `int8`."""
+    counts: dict[str, int] = {}
+    for node in graph:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    convolutions = sum(counts.get(op, 0) for op in ("conv1d", "conv2d", "conv_transpose2d"))
+    products = counts.get("linear", 0) + counts.get("matmul", 0)
+    attention_like = counts.get("layer_norm", 0) + counts.get("softmax", 0) > 0
+    return PRESETS["transformer" if not convolutions and products >= 2 and attention_like else "int8"]
 
 
 def _check_scheme(scheme, role: str, where: str) -> None:

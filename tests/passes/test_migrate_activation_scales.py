@@ -8,11 +8,11 @@ from transformer_models import outlier_encoder
 
 import qcompiler as qc
 from qcompiler.errors import OptionError, PassError
+from qcompiler.ir.evaluate import input_batches
 from qcompiler.numerics.smoothing import smoothing_scales, weight_column_max
 from qcompiler.passes import migrate_activation_scales
 from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.linear_inputs import linear_input_groups, record_linear_inputs
-from qcompiler.ir.evaluate import input_batches
 
 
 def test_smoothing_scales_by_hand():
@@ -78,3 +78,14 @@ def test_bad_options_name_the_option():
     quantized = qc.quantize(graph, calibration, bias_correction=False)
     with pytest.raises(PassError, match="migrate_activation_scales rewrites float graphs"):
         migrate_activation_scales(quantized, calibration_data=calibration)
+
+
+def test_alpha_search_and_default_config_for_attention_graphs():
+    graph, calibration, held_out = outlier_encoder()
+    config, scores = qc.search_smoothing_alpha(graph, calibration, held_out, alphas=(0.0, 0.5),
+                                               bias_correction=False)
+    assert set(scores) == {0.0, 0.5} and config.smoothing_alpha == 0.5 and scores[0.5] > scores[0.0]
+    # qc.quantize(config=None) picks the transformer preset (with SmoothQuant) for this graph.
+    quantized = qc.quantize(graph, calibration, bias_correction=False)
+    assert any(node.name.endswith(".smoothed") for node in quantized)
+    assert {n.attrs["bits"] for n in quantized if n.op == "fake_quant"} == {8, 16}
