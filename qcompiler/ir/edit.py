@@ -185,6 +185,12 @@ def why_not_private(graph: Graph, value: Value, owner: Node, before_quantizing: 
 # ---- selecting layers by name ---------------------------------------------------------------------
 
 
+def graph_stage(graph: Graph) -> str:
+    """"integer" (from qc.lower_to_integer), "fake-quant" (from qc.quantize) or "float"."""
+    categories = {ops.OPS[node.op].category for node in graph}
+    return "integer" if "integer" in categories else "fake-quant" if "quant" in categories else "float"
+
+
 def require_float_graph(graph: Graph, pass_name: str) -> None:
     """Raise PassError if `graph` is quantized (fake_quant or integer ops): the compression
     passes rewrite float weights, and on a quantized graph they would find nothing they may
