@@ -33,11 +33,13 @@ selected by `layers=` is refused); no integer lowering for fake_quant_grouped ye
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Node
@@ -64,6 +66,7 @@ class QuantizeWeightsGrouped:
     bits: int = 4
     layers: Sequence[str] | None = None
     ignore: Sequence[str] = ()
+    progress: bool | None = None  # a tqdm bar over the layer groups; None: on a terminal only
 
     name: ClassVar[str] = "quantize_weights_grouped"
     in_place: ClassVar[bool] = True
@@ -103,7 +106,8 @@ class QuantizeWeightsGrouped:
             stats = record_linear_inputs(graph, batches, [value for value, _ in groups],
                                          hessian=True)
         notes, count = [], 0
-        for value, linears in groups:
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        for value, linears in tqdm(groups, desc=self.method, disable=not show):
             if self.method == "awq":
                 notes.append(self._awq(graph, value, linears, stats[value.name]))
             for linear in linears:
