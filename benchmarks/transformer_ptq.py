@@ -89,11 +89,14 @@ def variants(graph, calibration):
                     graph.copy(), method=m, group_size=g, calibration_data=calibration).graph)
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", help="variant keys to run (default: all)")
-    args = parser.parse_args()
+    parser.add_argument("--int4-layers", action="store_true",
+                        help="instead: per-layer INT4 output errors (results/transformer_ptq_int4_layers.*)")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
     set_threads(2)
     torch.manual_seed(0)
@@ -138,7 +141,9 @@ def main() -> None:
     name = "transformer_ptq_quick" if args.quick else "transformer_ptq"
     command = "python benchmarks/transformer_ptq.py" + (" --quick" if args.quick else "")
     write_results(name, "Transformer PTQ fidelity: all-MiniLM-L6-v2 on bundled sentences", tables,
-                  command, notes=notes, settings={**size, "batch": BATCH, "tokens": TOKENS})
+                  command, notes=notes, settings={**size, "batch": BATCH, "tokens": TOKENS},
+                  results_dir=args.results_dir)
+    return 0
 
 
 def mixed_precision_variants(graph, calibration, evaluation):
@@ -195,5 +200,52 @@ def check_targets(rows):
     return targets, notes
 
 
+def int4_layer_errors(group_size: int = 128, calibration_sentences: int = 64) -> None:
+    """Per-layer INT4 sensitivity: each linear layer's relative output error
+    ||X W^T - X Wq^T||^2 / ||X W^T||^2 on the calibration inputs (the same Hessian the GPTQ
+    variants use) for RTN, AWQ (without the folding, the layer's own channel scales) and GPTQ;
+    written to results/transformer_ptq_int4_layers.{json,md}."""
+    from qcompiler.ir.evaluate import input_batches
+    from qcompiler.numerics import grouped_quant as gq
+    from qcompiler.quantization.linear_inputs import linear_input_groups, record_linear_inputs
+
+    set_threads(2)
+    encoder, tokenizer = pretrained_sentence_encoder()
+    calibration = batches(tokenizer, bundled_sentences()[0::2][:calibration_sentences])
+    graph = qc.trace(encoder, calibration[0])
+    groups = linear_input_groups(graph)
+    stats = record_linear_inputs(graph, input_batches(calibration, graph), [v for v, _ in groups],
+                                 hessian=True)
+    rows = []
+    for value, linears in groups:
+        gram = stats[value.name].gram
+        for linear in linears:
+            weight = linear.inputs[1].data.astype(np.float64)
+            signal = float(np.einsum("oi,ij,oj->", weight, gram, weight))
+            codes, scales = gq.round_to_nearest(weight, 4, group_size)
+            rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
+            channel, codes, scales, _ = gq.awq_search(weight, gram, stats[value.name].abs_mean, 4, group_size)
+            awq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size) / channel, gram)
+            codes, scales = gq.gptq(weight, gram, 4, group_size)
+            gptq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
+            rows.append({"layer": linear.name, "in": weight.shape[1], "out": weight.shape[0],
+                         **{f"{k}_relative_error": float(f"{e / signal:.3g}")
+                            for k, e in (("rtn", rtn), ("awq", awq), ("gptq", gptq))}})
+            print(rows[-1], flush=True)
+    rows.sort(key=lambda row: -row["gptq_relative_error"])
+    write_results("transformer_ptq_int4_layers",
+                  f"INT4 (group {group_size}) per-layer output error of all-MiniLM-L6-v2", {
+                      "Layers, worst GPTQ error first": (rows, ["layer", "in", "out", "rtn_relative_error",
+                                                                "awq_relative_error",
+                                                                "gptq_relative_error"])},
+                  "python benchmarks/transformer_ptq.py --int4-layers", notes=[
+                      "Relative output error of each linear layer quantized alone, on the "
+                      f"{calibration_sentences} calibration sentences' inputs to it."],
+                  settings={"group_size": group_size, "calibration": calibration_sentences})
+
+
 if __name__ == "__main__":
-    main()
+    if "--int4-layers" in sys.argv:
+        int4_layer_errors()
+    else:
+        sys.exit(main())
