@@ -221,7 +221,7 @@ def int4_layer_errors(group_size: int = 128, calibration_sentences: int = 64) ->
         gram = stats[value.name].gram
         for linear in linears:
             weight = linear.inputs[1].data.astype(np.float64)
-            signal = float(np.einsum("oi,ij,oj->", weight, gram, weight))
+            signal = float(np.sum((weight @ gram) * weight))
             codes, scales = gq.round_to_nearest(weight, 4, group_size)
             rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
             channel, codes, scales, _ = gq.awq_search(weight, gram, stats[value.name].abs_mean, 4, group_size)

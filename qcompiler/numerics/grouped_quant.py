@@ -81,7 +81,8 @@ def round_to_nearest(weight, bits: int, group_size: int) -> tuple[np.ndarray, np
 def output_error(weight, approximation, gram) -> float:
     """sum over rows of (W - Wq) G (W - Wq)^T: the squared output error on the data of G."""
     difference = np.asarray(weight, np.float64) - np.asarray(approximation, np.float64)
-    return float(np.einsum("oi,ij,oj->", difference, np.asarray(gram, np.float64), difference))
+    # (D G) . D: two matrix products' worth, where a three-operand einsum loops naively.
+    return float(np.sum((difference @ np.asarray(gram, np.float64)) * difference))
 
 
 def awq_search(weight, gram, abs_mean, bits: int, group_size: int,
