@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--int4-layers", action="store_true",
                         help="instead: per-layer INT4 output errors (results/transformer_ptq_int4_layers.*)")
     parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument("--no-sensitivity", action="store_true",
+                        help="skip the per-layer sensitivity of the W8A8 variant (minutes)")
     args = parser.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
     set_threads(2)
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
     tables = {"Variants": (rows, ["label", "mean_cosine", "min_cosine", "spearman", "bytes",
                                   "bytes_ratio", "quantize_s"]),
               "Targets": (targets, ["target", "variant", "measured", "met"])}
-    if "w8a8_transformer" in quantized:
+    if "w8a8_transformer" in quantized and not args.no_sensitivity:
         report = qc.sensitivity_analysis(quantized["w8a8_transformer"],
                                          evaluation[:max(1, size["sensitivity"] // BATCH)],
                                          mode="one_quantized", reference=graph)
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
     for budget, plan in MIXED_PLANS.items():
         notes.append(f"Mixed precision plan at size_ratio={budget}:\n\n{plan}")
     name = "transformer_ptq_quick" if args.quick else "transformer_ptq"
-    command = "python benchmarks/transformer_ptq.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/transformer_ptq.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_results(name, "Transformer PTQ fidelity: all-MiniLM-L6-v2 on bundled sentences", tables,
                   command, notes=notes, settings={**size, "batch": BATCH, "tokens": TOKENS},
                   results_dir=args.results_dir)
