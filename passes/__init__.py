@@ -17,6 +17,8 @@ from qcompiler.passes.fold_constants import fold_constants  # noqa: F401
 from qcompiler.passes.insert_fake_quant import insert_fake_quant  # noqa: F401
 from qcompiler.passes.lower_to_integer import lower_to_integer  # noqa: F401
 from qcompiler.passes.merge_similar_neurons import merge_similar_neurons  # noqa: F401
+from qcompiler.passes.migrate_activation_scales import migrate_activation_scales  # noqa: F401
+from qcompiler.passes.quantize_weights_grouped import quantize_weights_grouped  # noqa: F401
 from qcompiler.passes.quantize_weights_low_bit import quantize_weights_low_bit  # noqa: F401
 from qcompiler.passes.recalibrate_batchnorm import recalibrate_batchnorm  # noqa: F401
 from qcompiler.passes.remove_filters import remove_filters  # noqa: F401

@@ -37,7 +37,7 @@ def lower_graph(graph: Graph, arch: str = "x86_64") -> LoweredGraph:
     naming the first node without a lowering."""
     lowerings = LOWERINGS
     for node in graph:
-        if node.op in ("fake_quant", "fake_quant_bias"):
+        if node.op in ("fake_quant", "fake_quant_bias", "fake_quant_grouped"):
             raise LoweringError(f"the TVM backend cannot lower {node.describe()}: a fake-quant "
                                 "graph is a simulation; lower it to integers first "
                                 "(qc.lower_to_integer(graph)) or build the float graph")
