@@ -22,12 +22,13 @@ from qcompiler.backends.tvm.errors import (  # noqa: F401  (the package's public
 from qcompiler.backends.tvm.target import TARGET_NAMES, lowering_target, quant_preset  # noqa: F401
 
 
-def build(graph, target="host"):
+def build(graph, target="host", schedules=True):
     """Compile `graph` for `target` (a name of TARGET_NAMES or a TVM target dict); returns a
-    `CompiledModel` (`.run`, `.benchmark`, `.export_library`)."""
+    `CompiledModel` (`.run`, `.benchmark`, `.export_library`). `schedules=False` uses the
+    generic reference kernels only (same integers, much slower)."""
     from qcompiler.backends.tvm.compiled import build as build_graph
 
-    return build_graph(graph, target)
+    return build_graph(graph, target, schedules)
 
 
 def load(directory):

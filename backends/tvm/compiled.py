@@ -246,12 +246,14 @@ class CompiledModel:
         return artifact.write(directory, self.manifest, write_library)
 
 
-def build(graph: Graph, target="host") -> CompiledModel:
+def build(graph: Graph, target="host", schedules: bool = True) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
-    of `target.TARGET_NAMES` or a TVM target dict."""
+    of `target.TARGET_NAMES` or a TVM target dict. `schedules=False` builds every node with
+    the generic computes of `kernels.py` (the reference: the same integers, much slower)."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
+    from qcompiler.backends.tvm.plan import plan_graph
     from qcompiler.backends.tvm.schedule import cpu_pipeline
 
     if not isinstance(graph, Graph):
@@ -259,11 +261,34 @@ def build(graph: Graph, target="host") -> CompiledModel:
                              "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
     spec = resolve_target(target)
     check_weight_range(graph, spec)
-    lowered = lower_graph(graph, spec.arch)
+    plan = plan_graph(graph, spec.isa) if schedules else None
+    lowered = lower_graph(graph, spec.arch, plan)
     tvm_target = spec.tvm_target()
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
-    manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions)
+    manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions,
+                                     kernel_info(graph, lowered))
     return CompiledModel(executable, spec, manifest)
+
+
+def kernel_info(graph: Graph, lowered) -> dict:
+    """PrimFunc -> the kernel that runs it ("generic" for `kernels.py` and Relax's operators,
+    "layout" for conversions), its data type and its arithmetic (2 x MACs of its nodes), for
+    the profile's GOPS."""
+    from qcompiler.analysis.cost import node_macs
+    from qcompiler.backends.tvm.plan import kernel_names
+
+    names = kernel_names(lowered.plan) if lowered.plan is not None else {}
+    nodes = {node.name: node for node in graph}
+    info = {}
+    for function, members in lowered.functions.items():
+        computed = [nodes[m] for m in members if m in nodes]
+        kernel = next((names[m] for m in members if m in names), None)
+        if kernel is None:
+            kernel = "generic" if computed else "layout"
+        integer = any(n.op.startswith("q") or n.op == "quantize" for n in computed)
+        info[function] = {"kernel": kernel, "dtype": "int8" if integer else "float32",
+                          "ops": int(2 * sum(node_macs(n) for n in computed))}
+    return info
 
 
 def load(directory) -> CompiledModel:
