@@ -153,7 +153,8 @@ def lower_qadd(ctx: Lowering, node: Node, attrs: dict):
 def lower_requantize(ctx: Lowering, node: Node, attrs: dict):
     expr, layout = ctx.blocked(node.inputs[0])
     out_layout = ctx.plan.integer_layout(node.output, layout.block)
-    var = ctx.emit_te(node, requantize, expr, input_zero_point=scalar(attrs, "input_zero_point") + layout.offset,
+    zero_point = scalar(attrs, "input_zero_point") + layout.offset
+    var = ctx.emit_te(node, requantize, expr, input_zero_point=zero_point,
                       multiplier=scalar(attrs, "multiplier"), shift=scalar(attrs, "shift"),
                       out=stored(attrs, out_layout), schedule=schedule_elementwise)
     ctx.set_blocked(node.output, var, out_layout)
