@@ -4,7 +4,8 @@
     y = qc.backends.interpreter.run(ig, x)          # numpy arrays in, numpy arrays out
 
 It implements `docs/integer-spec.md` and nothing else; the kernels, one per op, are in
-`qcompiler.backends.interpreter_ops`. The shape is torch.fx's Interpreter: `run`
+`qcompiler.backends.interpreter_ops`. A graph with a symbolic batch runs at the batch
+size of the inputs it is given (every input carrying N must agree). The shape is torch.fx's Interpreter: `run`
 binds the graph inputs, `run_node` fetches a node's arguments from the environment,
 calls its kernel with the node's attributes and checks the result against the
 node's recorded type.
@@ -24,6 +25,7 @@ import torch
 from qcompiler.backends.interpreter_ops import KERNELS, AccumulatorOverflowError
 from qcompiler.errors import IntegerOnlyError, QCompilerError
 from qcompiler.ir import DTYPES, FLOAT_DTYPES, Graph, Node
+from qcompiler.ir.dims import bind_sizes, shape_at
 from qcompiler.ir.ops import attrs_with_defaults, run_op
 
 
@@ -65,6 +67,7 @@ class Interpreter:
             check_integer_only(graph)
         self.graph, self.strict = graph, strict
         self.env: dict[str, np.ndarray] = {}
+        self.sizes: dict[str, int] = {}  # the symbols' sizes in this run (the batch N)
 
     def run(self, *inputs, keep_values: bool = False) -> list[np.ndarray]:
         """The graph outputs for these inputs (numpy arrays or tensors, one per graph input).
@@ -87,7 +90,8 @@ class Interpreter:
             raise QCompilerError(f"graph {graph.name} takes {len(graph.inputs)} input(s) "
                                  f"({', '.join(f'%{v.name}: {v.type_str}' for v in graph.inputs)}), "
                                  f"got {len(inputs)}")
-        self.env = {value.name: _checked_input(value, array)
+        self.sizes = {}
+        self.env = {value.name: _checked_input(value, array, self.sizes)
                     for value, array in zip(graph.inputs, inputs, strict=True)}
         for value in graph.constants:
             self.env[value.name] = value.data
@@ -108,7 +112,7 @@ class Interpreter:
             raise QCompilerError(f"interpreter: {node.describe()} failed: {error}") from None
         results = result if isinstance(result, tuple) else (result,)
         for value, array in zip(node.outputs, results, strict=True):
-            if array.shape != value.shape or array.dtype != DTYPES[value.dtype]:
+            if array.shape != shape_at(value.shape, self.sizes) or array.dtype != DTYPES[value.dtype]:
                 raise QCompilerError(f"interpreter: {node.describe()} produced {array.dtype}"
                                      f"{list(array.shape)}, but %{value.name} is {value.type_str}")
         return results
@@ -121,14 +125,17 @@ def run(graph: Graph, *inputs, strict: bool = True):
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _checked_input(value, array) -> np.ndarray:
+def _checked_input(value, array, sizes: dict[str, int]) -> np.ndarray:
+    """The input as a numpy array of the value's type; a symbolic dimension takes its size from
+    the array (recorded in `sizes`, where every input must agree)."""
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
-    expected = DTYPES[value.dtype]
-    if array.shape != value.shape or array.dtype != expected:
+    mismatch = bind_sizes(value.shape, array.shape, sizes, f"input %{value.name}")
+    if mismatch or array.dtype != DTYPES[value.dtype]:
+        because = f" ({mismatch})" if mismatch and not value.is_static else ""
         raise QCompilerError(f"input %{value.name} expects {value.type_str}, got "
-                             f"{array.dtype}{list(array.shape)}")
+                             f"{array.dtype}{list(array.shape)}{because}")
     return array
 
 

@@ -29,6 +29,8 @@ from torch import fx, nn
 
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import FAKE_QUANT_OPS, LOOKUP_OPS, OPS, attrs_with_defaults
+from qcompiler.ir.printer import print_graph
+from qcompiler.ir.text import parse
 from qcompiler.quantization.lowering import FALLBACK_OPS
 from qcompiler.quantization.quantizers import require_calibrated
 
@@ -61,7 +63,37 @@ def _attribute_name(name: str) -> str:
     return f"{safe}_" if keyword.iskeyword(safe) else safe
 
 
-def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx.GraphModule:
+class TorchModule(fx.GraphModule):
+    """What `to_torch` returns: a GraphModule that also survives `torch.save` / `torch.load`.
+
+    torch.fx pickles a GraphModule as its generated Python code and traces that code again on
+    load, which fails on the IR ops' own control flow (a TraceError). This module pickles as the
+    graph's IR text and its current tensors (trained weights included) and is rebuilt by
+    `to_torch` on load, so `torch.load(path, weights_only=False)` gives a working module. Like
+    any pickle, that runs code from the file: load only files you trust. The safe route is
+    `qc.save(graph, path)` with `qc.to_torch(qc.load(path))` (and `module.state_dict()` with
+    `weights_only=True` for trained weights).
+    """
+
+    def __reduce__(self):
+        return (_rebuild, (self.qc_text, self.qc_sources, dict(self.qc_names), self.state_dict(),
+                           self.qc_options, self.training))
+
+
+def _rebuild(text: str, sources: dict, names: dict, state: dict, options: dict, training: bool):
+    """The inverse of `TorchModule.__reduce__`: the graph with the module's current tensors (in
+    the IR's dtypes), emitted again, then those tensors loaded exactly (an exact module's float64
+    copies included)."""
+    constants = {names[attribute]: tensor.detach().numpy() for attribute, tensor in state.items()}
+    graph = parse(text, constants)  # casts an exact module's float64 copies to the IR's dtype
+    for node in graph:
+        node.source = sources.get(node.name, "")
+    module = to_torch(graph, **options)
+    module.load_state_dict(state)
+    return module.train(training)
+
+
+def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> TorchModule:
     """Emit a GraphModule that runs `graph`; its forward takes the graph inputs in order.
 
     exact=True computes in float64 inside (see the module docstring): the simulation that
@@ -128,6 +160,11 @@ def to_torch(graph: Graph, trainable: bool = True, *, exact: bool = False) -> fx
         results = [fx_graph.call_method("to", (result, torch.float32)) if value.dtype == "f32"
                    else result for result, value in zip(results, graph.outputs, strict=True)]
     fx_graph.output(results[0] if len(results) == 1 else tuple(results))
-    module = fx.GraphModule(root, fx_graph, class_name=f"QC_{_attribute_name(graph.name)}")
+    module = TorchModule(root, fx_graph, class_name=f"QC_{_attribute_name(graph.name)}")
     module.qc_names = qc_names
+    # What pickling needs to rebuild the module (`TorchModule.__reduce__`): the structure as
+    # text, its constants `external` (they come from the module's own tensors then).
+    module.qc_text = print_graph(graph, external_constants=True)
+    module.qc_sources = {node.name: node.source for node in graph if node.source}
+    module.qc_options = {"trainable": trainable, "exact": exact}
     return module

@@ -113,10 +113,10 @@ def our_builds(model, calibration, evaluation, target: str) -> dict:
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
     integer = qc.lower_to_integer(quantized, strict=strict, target=qc.backends.tvm.lowering_target(target))
     start = time.perf_counter()
-    int8 = qc.backends.tvm.build(integer, target)
+    int8 = qc.backends.tvm.build(integer, target, batch=1)
     int8_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    fp32 = qc.backends.tvm.build(qc.trace(model, (calibration[0],)), target)
+    fp32 = qc.backends.tvm.build(qc.trace(model, (calibration[0],)), target, batch=1)
     fp32_seconds = time.perf_counter() - start
     differing = sum(int(np.count_nonzero(int8.run(x.numpy()) != qc.backends.interpreter.run(
         integer, x.numpy(), strict=strict))) for x in evaluation)

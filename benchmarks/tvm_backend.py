@@ -80,11 +80,11 @@ def measure(name: str, mode: str, threads: int) -> dict:
     integer = qc.lower_to_integer(quantized, strict=strict, target=qc.backends.tvm.lowering_target("host"))
     quantize_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    int8_build = qc.backends.tvm.build(integer, "host")
+    int8_build = qc.backends.tvm.build(integer, "host", batch=len(example))
     int8_seconds = time.perf_counter() - start
     float_graph = qc.trace(model, (example,))
     start = time.perf_counter()
-    float_build = qc.backends.tvm.build(float_graph, "host")
+    float_build = qc.backends.tvm.build(float_graph, "host", batch=len(example))
     float_seconds = time.perf_counter() - start
 
     evaluation = data(name, example, EVALUATION[mode], seed=1)
@@ -149,7 +149,7 @@ def fall_back_agreement() -> list[dict]:
         if node.op not in ("layer_norm", "softmax"):
             continue
         part, source = island(integer, node)
-        compiled = qc.backends.tvm.build(part, "host")
+        compiled = qc.backends.tvm.build(part, "host", batch=len(example))
         differing = elements = largest = 0
         for x in inputs:
             interpreter.run(x.numpy(), keep_values=True)

@@ -71,6 +71,7 @@ import numpy as np
 from qcompiler.analysis.cost import node_macs
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph, Node, Value
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.edit import (
     optional_input,
     remove_if_unused,
@@ -210,7 +211,8 @@ class _Layer:
         self.spectra = [s for _, s, _ in self.decompositions]
         self.kept = [low_rank.retained_energy_curve(s) for s in self.spectra]
         self.full_ranks = [len(s) for s in self.spectra]
-        out_shape, in_shape = node.output.shape, node.inputs[0].shape
+        # Positions of one sample: MACs and the budget count a symbolic batch as 1.
+        out_shape, in_shape = shape_at(node.output.shape, 1), shape_at(node.inputs[0].shape, 1)
         channel_axis = -1 if node.op == "linear" else -1 - (len(shape) - 2)
         self.out_positions = math.prod(out_shape) // shape[0]
         self.in_positions = math.prod(in_shape) // in_shape[channel_axis]

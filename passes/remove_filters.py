@@ -83,6 +83,7 @@ from qcompiler.compression.channel_scores import CRITERIA, channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.errors import PassError
 from qcompiler.ir import Graph, Node
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.edit import input_channel_axis, optional_input, set_optional_input
 from qcompiler.ir.evaluate import evaluate
 from qcompiler.ir.ops import TORCH_DTYPES
@@ -262,7 +263,8 @@ def _compensate(graph: Graph, groups: list[Group], removed: dict[str, np.ndarray
             notes += _fold_into_reader(graph, nodes[name], member, positions,
                                        means[read[name]][positions], kept, exact_borders)
         return notes
-    inputs = [torch.zeros(v.shape, dtype=TORCH_DTYPES[v.dtype]) for v in graph.inputs]
+    # One sample: a zero input's channels are the same in every sample.
+    inputs = [torch.zeros(shape_at(v.shape, 1), dtype=TORCH_DTYPES[v.dtype]) for v in graph.inputs]
     names = sorted(set(read.values()))
     values = {name: array.numpy() for name, array in
               zip(names, evaluate(zeroed, inputs, [zeroed.values[n] for n in names]), strict=True)}

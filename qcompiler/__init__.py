@@ -6,6 +6,7 @@ from qcompiler.backends.torch import to_torch
 from qcompiler.budget import BudgetError, BudgetResult, search_budget
 from qcompiler.errors import (
     CaptureError,
+    LoadError,
     ParseError,
     PassError,
     QCompilerError,
@@ -16,6 +17,7 @@ from qcompiler.finetune import FinetuneResult, finetune
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph, Node, QParams, Value
 from qcompiler.ir.pipeline import PassResult, Pipeline
+from qcompiler.ir.serialize import load, save
 from qcompiler.ir.text import parse
 from qcompiler.quantization.config import QOverride, QScheme, QuantConfig
 from qcompiler.quantization.sensitivity import SensitivityReport, sensitivity_analysis
@@ -23,9 +25,9 @@ from qcompiler.quantize import lower_to_integer, quantize
 from qcompiler.report import write_report
 
 __all__ = [
-    "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
+    "CaptureError", "Graph", "LoadError", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
-    "backends", "cost", "parse", "passes", "to_torch", "trace",
+    "backends", "cost", "load", "parse", "passes", "save", "to_torch", "trace",
     "QOverride", "QScheme", "QuantConfig", "quantize",
     "lower_to_integer",
     "BudgetError", "BudgetResult", "search_budget", "FinetuneResult", "finetune",

@@ -8,7 +8,9 @@
 `target_ratio` is the fraction of the original to keep: 0.7 means 30% fewer MACs
 (`metric="macs"`), parameters (`"params"`, counted as `qc.cost` counts them) or
 measured latency (`"latency"`: torch eager of `qc.to_torch(graph)`, median of
-repeats at a fixed thread count, `eager_latency`).
+repeats at a fixed thread count, `eager_latency`, timed on `latency_inputs` or else
+the first calibration batch, so a graph with a symbolic batch is timed at that batch's
+size). MACs and parameters are per sample for a symbolic batch (`qc.cost` counts N as 1).
 
 How, in four steps (a sensitivity-guided greedy allocation):
 

@@ -84,7 +84,7 @@ def run_compile(args, out: TextIO) -> int:
         _, graph, _, _ = integer_graph_for(loaded, args.model, args.target, args.preset,
                                            args.calibration, out)
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, args.target)
+    compiled = qc.backends.tvm.build(graph, args.target, batch=batch_of(loaded.example_inputs))
     _progress(out, f"qc.backends.tvm.build for {compiled.target.describe()}", start)
     directory = compiled.export_library(args.output)
     size = (directory / "model.so").stat().st_size
@@ -137,7 +137,7 @@ def run_model_on_tvm(args, out: TextIO) -> int:
     loaded = load_model(args.model)
     _, graph, strict, _ = integer_graph_for(loaded, args.model, "host", None, 8, out)
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, "host")
+    compiled = qc.backends.tvm.build(graph, "host", batch=batch_of(loaded.example_inputs))
     _progress(out, "qc.backends.tvm.build for host", start)
     arrays = [x.numpy() for x in loaded.example_inputs]
     outputs = compiled.run(*arrays)
@@ -186,7 +186,7 @@ def _engine(args, graph, inputs, strict: bool, out: TextIO):
         return (lambda: qc.backends.interpreter.run(graph, *arrays, strict=strict)), \
             f"integer interpreter {kind}"
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, args.target)
+    compiled = qc.backends.tvm.build(graph, args.target, batch=batch_of(inputs))
     _progress(out, f"qc.backends.tvm.build for {args.target}", start)
 
     def engine():
@@ -206,8 +206,13 @@ def demo_section(module, float_graph, integer, strict: bool, calibration, evalua
     spec = targets.resolve_target("host")
     out.write(f"\n== TVM backend (qc.backends.tvm, target host) ==\nCPU: {describe_cpu()}\n"
               f"TVM target: {spec.describe()}\n")
+    first = evaluation[0] if isinstance(evaluation[0], tuple) else (evaluation[0],)
+    batch = batch_of(first)  # the evaluation batches' size (the last one may be smaller)
+    evaluation = [b for b in evaluation if batch_of(b if isinstance(b, tuple) else (b,)) == batch]
+    interpreter_outputs = interpreter_outputs[:sum(len(b[0] if isinstance(b, tuple) else b)
+                                                   for b in evaluation)]
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(integer, "host")
+    compiled = qc.backends.tvm.build(integer, "host", batch=batch)
     _progress(out, "qc.backends.tvm.build (integer graph)", start)
     outputs = np.concatenate([np.asarray(compiled.run(*(b if isinstance(b, tuple) else (b,))))
                               for b in evaluation])
@@ -218,10 +223,9 @@ def demo_section(module, float_graph, integer, strict: bool, calibration, evalua
     if compiled.fall_backs:
         out.write(f"float fall backs compiled as float ops: {len(compiled.fall_backs)}\n")
     start = time.perf_counter()
-    float_build = qc.backends.tvm.build(float_graph, "host")
+    float_build = qc.backends.tvm.build(float_graph, "host", batch=batch)
     _progress(out, "qc.backends.tvm.build (float graph)", start)
 
-    first = evaluation[0] if isinstance(evaluation[0], tuple) else (evaluation[0],)
     arrays = [x.numpy() for x in first]
     engines = {"torch eager FP32": torch_engine(module, first)}
     start = time.perf_counter()
@@ -241,7 +245,6 @@ def demo_section(module, float_graph, integer, strict: bool, calibration, evalua
     out.flush()
     with torch_threads(DEMO_THREADS):
         latencies = compare_latencies(engines, rounds=rounds)
-    batch = first[0].shape[0]
     out.write(f"\nlatency, batch {batch}, {DEMO_THREADS} threads, median of {rounds} rounds (min-max):\n")
     width = max(len(name) for name in latencies)
     for name, latency in latencies.items():
@@ -279,6 +282,11 @@ def add_commands(commands, model_help: str) -> None:
     bench.add_argument("--threads", type=int, default=DEMO_THREADS, help="threads (default 2)")
     bench.add_argument("--profile", action="store_true", help="per-kernel times (tvm)")
     bench.set_defaults(run=run_bench)
+
+
+def batch_of(inputs) -> int:
+    """The batch size TVM compiles a graph with a symbolic batch for: that of these inputs."""
+    return int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
 
 
 def is_artifact(path: str) -> bool:

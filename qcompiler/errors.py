@@ -26,6 +26,11 @@ class ParseError(QCompilerError):
     """IR text could not be parsed; the message gives the line."""
 
 
+class LoadError(QCompilerError):
+    """A saved graph file (`qc.load`) cannot be read: missing, truncated, corrupted, not a
+    qcompiler graph, or written in a newer format. The message names the file."""
+
+
 class QuantizationError(QCompilerError):
     """Quantization cannot proceed: an invalid QuantConfig, bad calibration data, NaN/Inf
     in weights or activations, or a graph whose fake-quant nodes are not calibrated."""

@@ -355,8 +355,8 @@ def _photo_pools(example_inputs: tuple, count: int, batch_size: int):
     if len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
         raise QuantizationError(f"photos= needs a model taking one [N, 3, S, S] image batch; this one "
                                 f"takes {[tuple(x.shape) for x in example_inputs]}")
-    if count < batch_size or count % batch_size:
-        raise QuantizationError(f"photos={count} must be a positive multiple of batch_size={batch_size} "
-                                "(the captured graph has a fixed batch size)")
+    if count < 1 or batch_size < 1:
+        raise QuantizationError(f"photos={count} and batch_size={batch_size} must be positive (the "
+                                "last batch may be smaller: the graph takes any batch size)")
     return (calibration_pool(count, batch_size=batch_size, size=shape[2]),
             evaluation_pool(count, batch_size=batch_size, size=shape[2]))

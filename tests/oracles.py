@@ -19,6 +19,7 @@ import torch
 
 import qcompiler as qc
 from qcompiler.ir import Graph
+from qcompiler.ir.dims import shape_at
 
 SEEDS = (0, 1, 2)
 
@@ -30,10 +31,10 @@ def run(graph: Graph, *inputs) -> tuple[torch.Tensor, ...]:
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
-def random_inputs(graph: Graph, seed: int) -> list[torch.Tensor]:
-    """One standard-normal tensor per graph input, from `seed`."""
+def random_inputs(graph: Graph, seed: int, batch: int = 2) -> list[torch.Tensor]:
+    """One standard-normal tensor per graph input, from `seed`; a symbolic batch is `batch`."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(value.shape, generator=generator) for value in graph.inputs]
+    return [torch.randn(shape_at(value.shape, batch), generator=generator) for value in graph.inputs]
 
 
 def assert_same_function(before: Graph, after: Graph, inputs: Sequence[Sequence] | None = None, *,

@@ -23,7 +23,8 @@ import torch
 from hypothesis import strategies as st
 
 from qcompiler.errors import VerificationError
-from qcompiler.ir import Graph, QParams, Value
+from qcompiler.ir import BATCH, Dim, Graph, QParams, Value
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.ops import TORCH_DTYPES
 
 # Names as the text form allows them (see `qcompiler.ir.text._NAME`), dots and slashes included.
@@ -67,20 +68,25 @@ def _bias_inputs(draw, graph, base, size, special_floats) -> list:
 
 
 def _broadcast_partner_shape(draw, shape) -> tuple[int, ...]:
-    """A shape that broadcasts against `shape`: a suffix of it with some dims set to 1."""
+    """A constant's shape that broadcasts against `shape`: a suffix of it with some dims set to 1
+    (the symbolic batch always: constants have concrete shapes)."""
     keep = draw(st.integers(0, len(shape)))
     suffix = shape[len(shape) - keep:]
-    return tuple(1 if draw(st.booleans()) else d for d in suffix)
+    return tuple(1 if isinstance(d, Dim) or draw(st.booleans()) else d for d in suffix)
 
 
 def _build_op(draw, graph: Graph, pool: list[Value], x: Value, special_floats: bool):
     """Draw one op that accepts `x` (and maybe other pool values); return (op, inputs, attrs)."""
     rank, shape = len(x.shape), x.shape
-    ops = ["relu", "clamp", "gelu", "add", "linear", "softmax", "concat", "split",
-           "reshape", "transpose", "layer_norm", "mean"]
+    static = [isinstance(d, int) for d in shape]  # the symbolic batch N is not
+    ops = ["relu", "clamp", "gelu", "add", "softmax", "concat", "transpose", "mean", "reshape"]
+    if static[-1]:  # ops whose weights or attributes hold the last dimension
+        ops += ["linear", "layer_norm"]
+    if any(static):
+        ops += ["split"]
     if rank >= 2:
-        ops += ["batch_norm", "flatten"]
-    if rank == 4:  # conv2d listed thrice: image ops would otherwise be rare
+        ops += ["flatten"] + (["batch_norm"] if static[1] else [])
+    if rank == 4 and all(static[1:]):  # conv2d listed thrice: image ops would otherwise be rare
         ops += ["conv2d"] * 3 + ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "resize"]
     op = draw(st.sampled_from(ops))
     const = lambda base, s, **kw: _constant(draw, graph, base, s, special_floats, **kw)  # noqa: E731
@@ -113,25 +119,31 @@ def _build_op(draw, graph: Graph, pool: list[Value], x: Value, special_floats: b
         same = [v for v in pool if len(v.shape) == rank and all(
             a == b for i, (a, b) in enumerate(zip(v.shape, shape, strict=True)) if i != axis % rank)]
         others = draw(st.lists(st.sampled_from(same), max_size=2))
-        if draw(st.booleans()):
+        if draw(st.booleans()) and all(static[:axis % rank] + static[axis % rank + 1:]):
             extra = list(shape)
             extra[axis] = draw(st.integers(1, 3))
             others.append(const("part", tuple(extra)))
         return op, [x, *others], {"dim": axis}
     if op == "split":
-        axis = dim()
+        axis = draw(st.sampled_from([a for a in range(rank) if static[a]]))
         total = shape[axis]
         cuts = sorted(draw(st.sets(st.integers(1, max(total - 1, 1)), max_size=2)))
         cuts = [c for c in cuts if c < total]
         edges = [0, *cuts, total]
         return op, [x], {"axis": axis, "sizes": [b - a for a, b in zip(edges, edges[1:], strict=False)]}
-    if op == "reshape":
-        target = draw(st.sampled_from([[-1], [shape[0], -1], list(reversed(shape))]))
-        return op, [x], {"shape": target}
+    if op == "reshape":  # attributes write the symbolic batch as -1
+        written = [d if isinstance(d, int) else -1 for d in shape]
+        targets = [[-1], written[::-1]]
+        if static[0]:
+            targets.append([shape[0], -1])
+        elif all(static[1:]):
+            targets.append([-1, int(np.prod(shape[1:]))])
+        return op, [x], {"shape": draw(st.sampled_from(targets))}
     if op == "transpose":
         return op, [x], {"dim0": dim(), "dim1": dim()}
     if op == "layer_norm":
-        count = draw(st.integers(1, min(2, rank)))
+        trailing = next((i for i, s in enumerate(reversed(static)) if not s), rank)
+        count = draw(st.integers(1, min(2, trailing)))
         normalized = list(shape[rank - count:])
         weight = const("ln.weight", tuple(normalized)) if draw(st.booleans()) else None
         bias = const("ln.bias", tuple(normalized)) if draw(st.booleans()) else None
@@ -184,15 +196,14 @@ def _build_op(draw, graph: Graph, pool: list[Value], x: Value, special_floats: b
 
 
 def _broadcastable(a, b) -> bool:
-    try:
-        return np.broadcast_shapes(a, b) is not None
-    except ValueError:
-        return False
+    """numpy broadcasting, where a symbolic dimension only meets itself or 1."""
+    return all(x == y or x == 1 or y == 1 for x, y in zip(reversed(a), reversed(b), strict=False))
 
 
 def _qparams(draw, value: Value) -> QParams:
-    per_channel = bool(value.shape) and draw(st.booleans())
-    axis = draw(st.integers(0, len(value.shape) - 1)) if per_channel else None
+    axes = [a for a, d in enumerate(value.shape) if isinstance(d, int)]  # not along the batch
+    per_channel = bool(axes) and draw(st.booleans())
+    axis = draw(st.sampled_from(axes)) if per_channel else None
     channels = value.shape[axis] if per_channel else 1
     scales = draw(st.lists(st.floats(2.0**-20, 10.0, width=32), min_size=channels, max_size=channels))
     zero_points = draw(st.lists(st.integers(-128, 127), min_size=channels, max_size=channels))
@@ -202,13 +213,16 @@ def _qparams(draw, value: Value) -> QParams:
 
 
 @st.composite
-def graphs(draw, max_nodes: int = 8, qparams: bool = True, special_floats: bool = True) -> Graph:
-    """A random valid graph. `special_floats=False` keeps constant data finite (for running it)."""
+def graphs(draw, max_nodes: int = 8, qparams: bool = True, special_floats: bool = True,
+           batch: bool = False) -> Graph:
+    """A random valid graph. `special_floats=False` keeps constant data finite (for running it);
+    `batch=True` gives every input the symbolic batch N as dimension 0."""
     graph = Graph(draw(names) if draw(st.booleans()) else "main")
     pool: list[Value] = []
     for index in range(draw(st.integers(1, 2))):
         rank = draw(st.sampled_from([2, 3, 4, 4]))
-        shape = [draw(st.integers(1, 2))] + [draw(st.integers(1, 5)) for _ in range(rank - 1)]
+        first = BATCH if batch else draw(st.integers(1, 2))
+        shape = [first] + [draw(st.integers(1, 5)) for _ in range(rank - 1)]
         pool.append(graph.add_input(draw(names) if draw(st.booleans()) else f"x{index}", shape))
     nodes = 0
     for _ in range(draw(st.integers(1, max_nodes))):
@@ -244,10 +258,11 @@ def graphs(draw, max_nodes: int = 8, qparams: bool = True, special_floats: bool 
     return graph.verify()
 
 
-def random_inputs(graph: Graph, seed: int = 0) -> list[torch.Tensor]:
-    """Seeded random tensors for the graph inputs (floats only)."""
+def random_inputs(graph: Graph, seed: int = 0, batch: int = 2) -> list[torch.Tensor]:
+    """Seeded random tensors for the graph inputs (floats only), the symbolic batch at `batch`."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(v.shape, generator=generator, dtype=TORCH_DTYPES[v.dtype]) for v in graph.inputs]
+    return [torch.randn(shape_at(v.shape, batch), generator=generator, dtype=TORCH_DTYPES[v.dtype])
+            for v in graph.inputs]
 
 
 def _same_literal(a, b) -> bool:

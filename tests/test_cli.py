@@ -132,7 +132,7 @@ def test_inspect_prints_ir_and_cost(model_file):
     code, out = run(["inspect", f"{model_file}:good", "--per-node"])
     assert code == 0
     assert "ops: " in out and "conv2d 1" in out and "batch_norm 1" in out
-    assert re.search(r"= conv2d\(%\S+, %\S+, %\S+\) .*: f32\[1,4,8,8\]", out)
+    assert re.search(r"= conv2d\(%\S+, %\S+, %\S+\) .*: f32\[N,4,8,8\]", out)
     # 8*8 outputs x 4 channels x 3*3*3 taps
     assert re.search(r"^MACs +6.91 k$", out, re.MULTILINE)
     assert re.search(r"^total ", out, re.MULTILINE)  # the per-node table

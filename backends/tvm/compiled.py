@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler.backends.tvm import artifact
-from qcompiler.backends.tvm.errors import ArtifactError, TargetError, TVMBackendError
+from qcompiler.backends.tvm.errors import ArtifactError, LoweringError, TargetError, TVMBackendError
 from qcompiler.backends.tvm.peak import Peak, peak
 from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
 from qcompiler.errors import QCompilerError
@@ -91,7 +91,7 @@ class OpTime:
 
 
 def format_profile(rows: list[OpTime], top: int = 15) -> str:
-    lines = [f"{'kernel':<34} {'ms':>8} {'share':>6} {'GOPS':>7} {'peak':>6}  {'runs':<22} nodes"]
+    lines = [f"{'function':<34} {'ms':>8} {'share':>6} {'GOPS':>7} {'%peak':>6}  {'kernel':<22} nodes"]
     for row in rows[:top]:
         nodes = ", ".join(row.nodes[:2]) + (f" (+{len(row.nodes) - 2})" if len(row.nodes) > 2 else "")
         gops = f"{row.gops:7.1f}" if row.ops else f"{'':>7}"
@@ -274,10 +274,13 @@ class CompiledModel:
         return artifact.write(directory, self.manifest, write_library)
 
 
-def build(graph: Graph, target="host", schedules: bool = True) -> CompiledModel:
+def build(graph: Graph, target="host", *, batch: int | None = None,
+          schedules: bool = True) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
-    of `target.TARGET_NAMES` or a TVM target dict. `schedules=False` builds every node with
-    the generic computes of `kernels.py` (the reference: the same integers, much slower)."""
+    of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
+    `batch` (`Graph.at_batch`; the Relax lowering takes static shapes). `schedules=False`
+    builds every node with the generic computes of `kernels.py` (the reference: the same
+    integers, much slower)."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
@@ -287,6 +290,13 @@ def build(graph: Graph, target="host", schedules: bool = True) -> CompiledModel:
     if not isinstance(graph, Graph):
         raise QCompilerError(f"qc.backends.tvm.build takes an IR Graph, got {type(graph).__name__}; "
                              "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
+    if not graph.is_static:
+        if batch is None:
+            symbolic = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs if not v.is_static)
+            raise LoweringError(f"graph {graph.name} has a symbolic batch ({symbolic}) and the TVM "
+                                "lowering compiles static shapes: pass the batch size to compile "
+                                "for, qc.backends.tvm.build(graph, target, batch=8)")
+        graph = graph.at_batch(batch)
     spec = resolve_target(target)
     check_weight_range(graph, spec)
     plan = plan_graph(graph, spec.isa) if schedules else None

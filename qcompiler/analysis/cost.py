@@ -2,7 +2,9 @@
 
 `cost(graph)` walks the graph once, in topological order, and returns a
 `CostReport` with totals and one `NodeCost` row per node. Nothing is run; every
-number follows from shapes, dtypes and attributes. The rules, in brief (the full
+number follows from shapes, dtypes and attributes. A symbolic batch dimension (`N`)
+counts as 1, so the report is per sample (`cost(graph, batch=8)` counts 8); a graph
+captured with a static batch is counted at that batch. The rules, in brief (the full
 write-up with worked examples is `docs/cost-model.md`):
 
 - **MACs** (multiply-accumulates) of the dot-product ops: conv1d/conv2d
@@ -195,8 +197,12 @@ class CostReport:
         return self.summary()
 
 
-def cost(graph: Graph, energy_model: EnergyModel = HOROWITZ_45NM) -> CostReport:
-    """The static cost of `graph` (see the module docstring for every rule)."""
+def cost(graph: Graph, energy_model: EnergyModel = HOROWITZ_45NM, *, batch: int = 1) -> CostReport:
+    """The static cost of `graph` (see the module docstring for every rule). A graph with a
+    symbolic batch is counted at batch size `batch` (default 1: the cost of one sample); a
+    static graph at its own shapes."""
+    if batch != 1 and not graph.is_static:
+        graph = graph.at_batch(batch)
     nodes = graph.nodes
     parameter_ids = _parameter_constant_ids(nodes)
     liveness = _live_bytes_after_each_node(graph, nodes)
@@ -231,7 +237,7 @@ def cost(graph: Graph, energy_model: EnergyModel = HOROWITZ_45NM) -> CostReport:
             elif id(value) not in charged:
                 charged.add(id(value))
                 weight_bytes += _nbytes(value)
-                params += value.numel if id(value) in parameter_ids else 0
+                params += _numel(value) if id(value) in parameter_ids else 0
         output_bytes = sum(_nbytes(v) for v in node.outputs)
         weight_energy = weight_bytes / 4 * energy_model.dram_word_pj
         activation_energy = (activation_read + output_bytes) / 4 * energy_model.sram_word_pj
@@ -279,12 +285,12 @@ def _requantized_elements(node: Node) -> int:
     """Output elements an integer `q<op>` requantizes (its int32 accumulators to 8 bits)."""
     if _base_op(node.op) == node.op or "output_zero_point" not in node.attrs:
         return 0
-    return sum(v.numel for v in node.outputs)
+    return sum(_numel(v) for v in node.outputs)
 
 
 def _arithmetic_of(node: Node, op: str) -> tuple[int, int, int] | None:
     inputs = node.inputs
-    out = sum(v.numel for v in node.outputs)
+    out = sum(_numel(v) for v in node.outputs)
     if op in _RULES:
         return _RULES[op](node)
     if op in _PER_ELEMENT:
@@ -306,7 +312,7 @@ def _arithmetic_of(node: Node, op: str) -> tuple[int, int, int] | None:
         window = int(np.prod(node.attrs["kernel_size"]))
         return 0, window * out, out if op.startswith("avg") else 0
     if op in _REDUCTIONS:
-        return 0, inputs[0].numel, out  # every input summed once, one divide per output
+        return 0, _numel(inputs[0]), out  # every input summed once, one divide per output
     if op == "resize":  # bilinear blend of 4 neighbours; nearest only copies
         return (0, 0, 0) if node.attrs.get("mode", "nearest") == "nearest" else (0, 3 * out, 4 * out)
     return None
@@ -324,28 +330,28 @@ def _base_op(op: str) -> str:
 
 def _bias_adds(node: Node) -> int:
     has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    return node.outputs[0].numel if has_bias else 0
+    return _numel(node.outputs[0]) if has_bias else 0
 
 
 def _conv_macs(node: Node):
     # weight [C_out, C_in/groups, *kernel]: each output element is one dot product of that length.
     weight = node.inputs[1]
-    return node.outputs[0].numel * int(np.prod(weight.shape[1:])), _bias_adds(node), 0
+    return _numel(node.outputs[0]) * int(np.prod(weight.shape[1:])), _bias_adds(node), 0
 
 
 def _conv_transpose_macs(node: Node):
     # weight [C_in, C_out/groups, *kernel]: each input element scatters into that many outputs.
     weight = node.inputs[1]
-    return node.inputs[0].numel * int(np.prod(weight.shape[1:])), _bias_adds(node), 0
+    return _numel(node.inputs[0]) * int(np.prod(weight.shape[1:])), _bias_adds(node), 0
 
 
 def _linear_macs(node: Node):
-    return node.outputs[0].numel * node.inputs[1].shape[-1], _bias_adds(node), 0
+    return _numel(node.outputs[0]) * node.inputs[1].shape[-1], _bias_adds(node), 0
 
 
 def _matmul_macs(node: Node):
     # Every output element is a dot product over the last axis of the left operand.
-    return node.outputs[0].numel * node.inputs[0].shape[-1], 0, 0
+    return _numel(node.outputs[0]) * node.inputs[0].shape[-1], 0, 0
 
 
 _RULES = MappingProxyType({
@@ -404,5 +410,10 @@ def _live_bytes_after_each_node(graph: Graph, nodes: list[Node]) -> list[int]:
     return result
 
 
+def _numel(value: Value) -> int:
+    """Elements of a value; a symbolic batch counts as one sample."""
+    return value.numel_at(1)
+
+
 def _nbytes(value: Value) -> int:
-    return value.numel * DTYPES[value.dtype].itemsize
+    return _numel(value) * DTYPES[value.dtype].itemsize

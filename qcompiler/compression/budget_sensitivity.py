@@ -48,6 +48,7 @@ from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, dependency_groups
 from qcompiler.ir import Graph, Node
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.edit import (
     input_channel_axis,
     optional_input,
@@ -196,9 +197,11 @@ def decomposable_layers(graph: Graph) -> list[Node]:
 
 
 def channel_rank_macs(node: Node, rank: int) -> int:
-    """MACs of `node` decomposed at `rank` by the channel method (or SVD)."""
+    """MACs of `node` decomposed at `rank` by the channel method (or SVD); per sample, as
+    `node_macs` counts a symbolic batch."""
     weight = node.inputs[1].shape
-    return low_rank.channel_decomposition_macs(weight, math.prod(node.output.shape) // weight[0], rank)
+    positions = math.prod(shape_at(node.output.shape, 1)) // weight[0]
+    return low_rank.channel_decomposition_macs(weight, positions, rank)
 
 
 def fewer_macs_rank(node: Node) -> int:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from qcompiler.compression.dependency_links import Analysis, Contribution, Slot, merged_axes
-from qcompiler.ir import Node, Value
+from qcompiler.ir import Dim, Node, Value
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.ops import OPS
 
 _POOL_SPATIAL = {"max_pool2d": 2, "avg_pool2d": 2, "adaptive_avg_pool2d": 2, "max_pool1d": 1,
@@ -115,7 +116,8 @@ def _binary(a: Analysis, node: Node, attrs: dict) -> None:
     for axes in merged_axes([c.target_axes for c in contributions if c.target_axes]):
         for value in node.inputs:
             full = full_axes(value)
-            back = [ax for ax, o in full.items() if o in axes and out.shape[o] > 1]
+            back = [ax for ax, o in full.items() if o in axes
+                    and (isinstance(out.shape[o], Dim) or out.shape[o] > 1)]
             if back and a.covering(value, back) is None:
                 slot = a.operand(value, back, "operand", node)
                 contributions.append(a.moved(slot, out, full))
@@ -125,13 +127,17 @@ def _binary(a: Analysis, node: Node, attrs: dict) -> None:
 def _concat(a: Analysis, node: Node, attrs: dict) -> None:
     out = node.output
     dim = _axis(attrs["dim"], len(out.shape))
+    along_batch = isinstance(out.shape[dim], Dim)  # no channels run along it
     contributions, offset = [], 0
     for value in node.inputs:
         for slot in a.tracked(value):
             if dim in slot.axes and slot.axes != (dim,):
                 a.block(slot, f"concat %{node.name} joins along an axis this slot shares with others")
                 continue
-            contributions.append(a.moved(slot, out, {ax: ax for ax in slot.axes}, {dim: offset}))
+            contributions.append(a.moved(slot, out, {ax: ax for ax in slot.axes},
+                                         {} if along_batch else {dim: offset}))
+        if along_batch:
+            continue
         if a.covering(value, (dim,)) is None:
             # Its part of the output must shrink with whatever the output's channels are tied
             # to (a depthwise conv after the concat): a constant shrinks too, anything else blocks.
@@ -163,7 +169,8 @@ def _split(a: Analysis, node: Node, attrs: dict) -> None:
 def _slice(a: Analysis, node: Node, attrs: dict) -> None:
     x = node.inputs[0]
     axis = _axis(attrs["axis"], len(x.shape))
-    start, end, step = slice(attrs["start"], attrs["end"], attrs["step"]).indices(x.shape[axis])
+    size = shape_at(x.shape, _PAIRING_BATCH)[axis]  # channel slots never run along the batch
+    start, end, step = slice(attrs["start"], attrs["end"], attrs["step"]).indices(size)
     a.emit([c for c in (_window(a, node, slot, node.output, axis, start, end, step)
                         for slot in a.tracked(x)) if c is not None])
 
@@ -203,14 +210,23 @@ def reshape_blocks(in_shape, out_shape) -> list[tuple[list[int], list[int]]]:
     return blocks
 
 
+# The batch size at which a reshape's axis runs are paired: a prime no channel count shares,
+# so the runs found hold at every batch size.
+_PAIRING_BATCH = 1_000_003
+
+
 def _reshape(a: Analysis, node: Node, attrs: dict) -> None:
     x, out = node.inputs[0], node.output
-    blocks = reshape_blocks(x.shape, out.shape)
+    blocks = reshape_blocks(shape_at(x.shape, _PAIRING_BATCH), shape_at(out.shape, _PAIRING_BATCH))
     contributions = []
     for slot in a.tracked(x):
         touched = [b for b in blocks if set(b[0]) & set(slot.axes)]
         if any(not outs for _, outs in touched):
             a.block(slot, f"{node.op} %{node.name} drops the channel axis")
+            continue
+        if any(isinstance(x.shape[ax], Dim) for ins, _ in touched for ax in ins) or any(
+                isinstance(out.shape[o], Dim) for _, outs in touched for o in outs):
+            a.block(slot, f"{node.op} %{node.name} merges the channel axis with the batch")
             continue
         in_axes = sorted(ax for ins, _ in touched for ax in ins)
         elements = dict(zip(in_axes, np.indices([x.shape[ax] for ax in in_axes]).reshape(

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from qcompiler.errors import CalibrationDataError
+from qcompiler.ir.dims import bind_sizes
 from qcompiler.ir.graph import Graph, Node, Value
 from qcompiler.ir.ops import FAKE_QUANT_OPS, TORCH_DTYPES, bound_op, ir_dtype
 
@@ -194,7 +195,7 @@ def graph_inputs(batch, graph: Graph, index: int = 0, *, any_multiple: bool = Fa
     if len(batch) != len(graph.inputs):
         raise CalibrationDataError(f"calibration batch {index} has {len(batch)} tensor(s) but graph "
                                    f"{graph.name} takes {len(graph.inputs)} input(s) ({signature})")
-    tensors, multiples = [], set()
+    tensors, multiples, sizes = [], set(), {}
     for value, item in zip(graph.inputs, batch, strict=True):
         tensor = torch.from_numpy(item) if isinstance(item, np.ndarray) else item
         if not isinstance(tensor, torch.Tensor):
@@ -202,7 +203,13 @@ def graph_inputs(batch, graph: Graph, index: int = 0, *, any_multiple: bool = Fa
                                        f"{type(item).__name__}, expected a tensor of {value.type_str}")
         dtype = ir_dtype(tensor.dtype) if tensor.dtype in TORCH_DTYPES.values() else str(tensor.dtype)
         got = f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
-        if any_multiple and _is_batch_multiple(tensor, value, dtype):
+        if not value.is_static:  # any batch size, the same for every input
+            mismatch = bind_sizes(value.shape, tuple(tensor.shape), sizes, f"input %{value.name}")
+            if dtype != value.dtype or mismatch:
+                raise CalibrationDataError(f"calibration batch {index}: input %{value.name} expects "
+                                           f"{value.type_str}, got {got}"
+                                           + (f" ({mismatch})" if dtype == value.dtype else ""))
+        elif any_multiple and _is_batch_multiple(tensor, value, dtype):
             multiples.add(tensor.shape[0] // value.shape[0])
         elif got != value.type_str:
             raise CalibrationDataError(f"calibration batch {index}: input %{value.name} expects "
@@ -224,10 +231,10 @@ def _is_batch_multiple(tensor: torch.Tensor, value: Value, dtype: str) -> bool:
 
 
 def input_batches(calibration_data, graph: Graph) -> list[list[torch.Tensor]]:
-    """Every batch of `calibration_data` as checked input tensors (`graph_inputs`). A batch may
-    carry any multiple of the graph's batch size and runs whole: the compression passes'
-    statistics over a batch do not depend on how it is cut (a graph whose ops fix the batch
-    size needs batches of that size)."""
+    """Every batch of `calibration_data` as checked input tensors (`graph_inputs`). A graph with
+    a symbolic batch takes batches of any size; a static one, any multiple of its batch size,
+    run whole: the compression passes' statistics over a batch do not depend on how it is cut
+    (a graph whose ops fix the batch size needs batches of that size)."""
     batches = [graph_inputs(batch, graph, index, any_multiple=True)
                for index, batch in enumerate(calibration_data)]
     if not batches:
@@ -238,12 +245,14 @@ def input_batches(calibration_data, graph: Graph) -> list[list[torch.Tensor]]:
 def graph_runs(batch, graph: Graph, index: int = 0) -> list[list[torch.Tensor]]:
     """One calibration batch as the input lists of the graph runs it takes.
 
-    The IR has static shapes, so a graph traced with batch size b runs b examples at a
-    time; a batch whose inputs all carry k * b examples along dimension 0 is cut into k
-    runs (e.g. 32-image calibration batches for a graph traced with one image).
+    A graph with a symbolic batch runs any batch whole. A static graph traced with batch size
+    b (`qc.trace(..., dynamic_batch=False)`) runs b examples at a time; a batch whose inputs
+    all carry k * b examples along dimension 0 is cut into k runs (e.g. 32-image calibration
+    batches for a graph traced with one image).
     """
     tensors = graph_inputs(batch, graph, index, any_multiple=True)
-    if not tensors or tensors[0].dim() == 0 or not graph.inputs[0].shape:
+    if (not tensors or tensors[0].dim() == 0 or not graph.inputs[0].shape
+            or not all(value.is_static for value in graph.inputs)):
         return [tensors]
     runs = tensors[0].shape[0] // graph.inputs[0].shape[0]
     pieces = [torch.chunk(t, runs) for t in tensors]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qcompiler.ir.dims import DimLike, is_static, normalize_shape, shape_at
 from qcompiler.ir.dtypes import DTYPES, FLOAT_DTYPES, dtype_of_array  # noqa: F401  (FLOAT_DTYPES: ir)
 from qcompiler.ir.ops import infer_types
 from qcompiler.ir.printer import print_graph
@@ -68,10 +69,11 @@ class QParams:
 
 @dataclass(eq=False)
 class Value:
-    """A tensor in the graph: a graph input, a node output or a constant."""
+    """A tensor in the graph: a graph input, a node output or a constant. Its shape holds ints
+    and, for activations, symbolic `Dim`s such as the batch `N` (`qcompiler.ir.dims`)."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[DimLike, ...]
     dtype: str = "f32"
     data: np.ndarray | None = None
     producer: Node | None = None
@@ -84,7 +86,19 @@ class Value:
 
     @property
     def numel(self) -> int:
+        """The element count; a symbolic shape has none (TypeError: use `numel_at`)."""
+        if not is_static(self.shape):
+            raise TypeError(f"%{self.name}: {self.type_str} has a symbolic shape; its element "
+                            "count is numel_at(batch)")
         return int(np.prod(self.shape, dtype=np.int64))
+
+    def numel_at(self, batch: int) -> int:
+        """The element count with every symbolic dimension's symbol set to `batch`."""
+        return int(np.prod(shape_at(self.shape, batch), dtype=np.int64))
+
+    @property
+    def is_static(self) -> bool:
+        return is_static(self.shape)
 
     @property
     def type_str(self) -> str:
@@ -159,7 +173,7 @@ class Graph:
         # Running an op on meta tensors costs 0.1-4 ms (torch's Python reference kernels);
         # graphs repeat a few layer signatures many times. Op semantics are fixed, so
         # entries never go stale and copies share the memo.
-        self._inferred_types: dict[tuple, list[tuple[tuple[int, ...], str]]] = {}
+        self._inferred_types: dict[tuple, list[tuple[tuple[DimLike, ...], str]]] = {}
 
     # ---- values ---------------------------------------------------------------
 
@@ -179,8 +193,8 @@ class Graph:
         self.values[value.name] = value
         return value
 
-    def add_input(self, name: str, shape: Sequence[int], dtype: str = "f32") -> Value:
-        value = self._register(Value(self.unique_name(name), tuple(shape), dtype))
+    def add_input(self, name: str, shape: Sequence[DimLike], dtype: str = "f32") -> Value:
+        value = self._register(Value(self.unique_name(name), normalize_shape(shape), dtype))
         self.inputs.append(value)
         return value
 
@@ -195,8 +209,8 @@ class Graph:
             Value(self.unique_name(name), tuple(array.shape), dtype_of_array(array), data=array)
         )
 
-    def new_value(self, name: str, shape: Sequence[int], dtype: str = "f32") -> Value:
-        return self._register(Value(self.unique_name(name), tuple(int(d) for d in shape), dtype))
+    def new_value(self, name: str, shape: Sequence[DimLike], dtype: str = "f32") -> Value:
+        return self._register(Value(self.unique_name(name), normalize_shape(shape), dtype))
 
     @property
     def constants(self) -> list[Value]:
@@ -258,7 +272,7 @@ class Graph:
         op: str,
         inputs: Sequence[Value | None],
         output_names: Sequence[str],
-        output_types: Sequence[tuple[Sequence[int], str]],
+        output_types: Sequence[tuple[Sequence[DimLike], str]],
         attrs: dict | None = None,
         *,
         before: Node | None = None,
@@ -388,6 +402,23 @@ class Graph:
                     value.users.append(new)
             clone._link(new, None)
         clone.outputs = [mapping[id(v)] for v in self.outputs]
+        return clone
+
+    @property
+    def is_static(self) -> bool:
+        """Whether every value's shape is concrete (no symbolic batch)."""
+        return all(value.is_static for value in self.values.values())
+
+    def at_batch(self, batch: int) -> Graph:
+        """A copy whose symbolic dimensions are concrete, every symbol set to `batch` (for a
+        backend or an analysis that needs numbers; attributes already hold -1 for the batch, so
+        only value types change). A static graph comes back as a copy unchanged."""
+        if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+            raise ValueError(f"batch must be a positive int, got {batch!r}")
+        clone = self.copy()
+        clone._inferred_types = {}  # keys hold the symbolic types
+        for value in clone.values.values():
+            value.shape = shape_at(value.shape, int(batch))
         return clone
 
     def __str__(self) -> str:

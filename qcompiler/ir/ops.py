@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from qcompiler.errors import VerificationError
 from qcompiler.ir import integer_ops
+from qcompiler.ir.dims import PROBES, Dim, shape_at, solve_probe_dims, symbols
 from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias
 
 REQUIRED = object()  # marks an attribute that has no default
@@ -354,29 +355,63 @@ def bound_op(op: str, attrs: dict) -> Callable[[list], tuple]:
     return call
 
 
-def _meta(value):
+def _meta(value, sizes: dict[str, int]):
     if value is None:
         return None
-    return torch.empty(value.shape, dtype=TORCH_DTYPES[value.dtype], device="meta")
+    return torch.empty(shape_at(value.shape, sizes), dtype=TORCH_DTYPES[value.dtype], device="meta")
 
 
-def infer_types(op: str, inputs: list, attrs: dict) -> list[tuple[tuple[int, ...], str]]:
-    """Output (shape, dtype) pairs of an op applied to IR values, by running it on meta tensors."""
+def _meta_types(op: str, inputs: list, attrs: dict, sizes: dict[str, int]) -> list[tuple]:
+    return [(tuple(int(d) for d in t.shape), ir_dtype(t.dtype))
+            for t in run_op(op, [_meta(v, sizes) for v in inputs], attrs)]
+
+
+def infer_types(op: str, inputs: list, attrs: dict) -> list[tuple[tuple, str]]:
+    """Output (shape, dtype) pairs of an op applied to IR values, by running it on meta tensors.
+    Symbolic dimensions (`qcompiler.ir.dims`) are inferred from two runs at probe sizes."""
     spec = OPS.get(op)
     if spec is None:
         raise VerificationError(f"unknown op '{op}'; the IR ops are: {', '.join(sorted(OPS))}")
     if not spec.min_inputs <= len(inputs) <= spec.max_inputs:
         raise VerificationError(f"op '{op}' takes {spec.min_inputs}..{spec.max_inputs} inputs, "
                                 f"got {len(inputs)}")
+    names = sorted(set().union(*(symbols(v.shape) for v in inputs if v is not None)))
+    base = dict.fromkeys(names, PROBES[0])
     try:
-        outputs = run_op(op, [_meta(v) for v in inputs], attrs)
+        types = _meta_types(op, inputs, attrs, base)
+        bumped = {name: _meta_types(op, inputs, attrs, {**base, name: PROBES[1]}) for name in names}
     except VerificationError:
         raise
     except Exception as error:  # torch explains the shape mismatch; keep its words
-        types = ", ".join("None" if v is None else v.type_str for v in inputs)
-        raise VerificationError(f"op '{op}' cannot take inputs ({types}) with attrs {attrs}: "
-                                f"{str(error).splitlines()[0]}") from None
-    return [(tuple(int(d) for d in t.shape), ir_dtype(t.dtype)) for t in outputs]
+        described = ", ".join("None" if v is None else v.type_str for v in inputs)
+        hint = ""
+        if names:
+            hint = (f" (at {', '.join(names)} = {PROBES[0]} and {PROBES[1]}: an attribute that "
+                    "fixes the batch size, such as a reshape to a literal batch, must write -1 "
+                    "for the batch)")
+        raise VerificationError(f"op '{op}' cannot take inputs ({described}) with attrs {attrs}: "
+                                f"{str(error).splitlines()[0]}{hint}") from None
+    return [(_symbolic_shape(op, index, shape, {n: runs[index][0] for n, runs in bumped.items()}),
+             dtype) for index, (shape, dtype) in enumerate(types)]
+
+
+def _symbolic_shape(op: str, index: int, shape: tuple[int, ...],
+                    bumped: dict[str, tuple[int, ...]]) -> tuple:
+    """Output `index`'s shape from the run at the base probe and one run per bumped symbol."""
+    dims: list = list(shape)
+    for name, other in bumped.items():
+        try:
+            solved = solve_probe_dims((shape, other), PROBES[0], PROBES[1] - PROBES[0], name)
+        except ValueError as error:
+            raise VerificationError(f"op '{op}': output {index} {error}; the IR's symbolic "
+                                    "dimensions are multiples of one symbol") from None
+        for axis, dim in enumerate(solved):
+            if isinstance(dim, Dim):
+                if isinstance(dims[axis], Dim):
+                    raise VerificationError(f"op '{op}': output {index} axis {axis} depends on "
+                                            f"{dims[axis].name} and {name}")
+                dims[axis] = dim
+    return tuple(dims)
 
 
 def check_node(node) -> None:

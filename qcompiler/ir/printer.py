@@ -56,11 +56,14 @@ def format_type(value: Value) -> str:
     return text
 
 
-def print_graph(graph: Graph) -> str:
+def print_graph(graph: Graph, *, external_constants: bool = False) -> str:
+    """The text form; `external_constants` prints every constant's data as `external`."""
     inputs = ", ".join(f"%{v.name}: {format_type(v)}" for v in graph.inputs)
     lines = [f"graph {graph.name}({inputs}) {{"]
     for value in graph.constants:
-        if value.numel <= INLINE_LIMIT:
+        if external_constants:
+            body = "external"
+        elif value.numel <= INLINE_LIMIT:
             body = f"dense<{_format_numbers(value.data)}>"
         else:
             body = f"sha1:{value.digest()}"

@@ -11,9 +11,12 @@
 
 A constant with at most `INLINE_LIMIT` elements prints its data (`dense<...>`);
 a larger one prints a content digest, and `parse` takes its data from the
-`constants` mapping. `_` is an absent optional input. Attributes print sorted
+`constants` mapping. `print_graph(graph, external_constants=True)` prints every
+constant as `external` (its data given to `parse` unchecked: a structure to fill
+with other weights of the same types). `_` is an absent optional input. Attributes print sorted
 by name, as Python literals. Quantization parameters follow a type as
-`q(bits=8, signed=True, ...)`.
+`q(bits=8, signed=True, ...)`. A symbolic dimension prints as its symbol, times its
+factor if any (`f32[N,3,224,224]`, `f32[N*4,16,8]`; `qcompiler.ir.dims`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import numpy as np
 
 from qcompiler.errors import ParseError
+from qcompiler.ir.dims import is_static, parse_dim
 from qcompiler.ir.dtypes import DTYPES
 from qcompiler.ir.graph import Graph, QParams, Value
 from qcompiler.ir.printer import (  # noqa: F401  (the text form's printer, as qcompiler.ir.text.print_graph)
@@ -38,10 +42,10 @@ from qcompiler.ir.printer import (  # noqa: F401  (the text form's printer, as q
 
 _NAME = r"[A-Za-z0-9_.:/\-]+"
 _HEADER = re.compile(rf"^graph ({_NAME})\((.*)\) \{{$")
-_CONST = re.compile(rf"^%({_NAME}) = const (dense<(.*)>|sha1:([0-9a-f]+)) : (.*)$")
+_CONST = re.compile(rf"^%({_NAME}) = const (dense<(.*)>|sha1:([0-9a-f]+)|external) : (.*)$")
 _NODE = re.compile(rf"^(%{_NAME}(?:, %{_NAME})*) = ([a-z_0-9]+)\((.*?)\)(?: (\{{.*\}}))? : (.*)$")
 _RETURN = re.compile(r"^return(.*)$")
-_TYPE = re.compile(r"^(\w+)\[([0-9,]*)\]$")
+_TYPE = re.compile(r"^(\w+)\[([A-Za-z0-9_*,]*)\]$")
 _INPUT = re.compile(rf"^%?({_NAME})\s*:\s*(.+)$")
 
 
@@ -120,14 +124,18 @@ def _parse_type(text: str, where: str) -> tuple[tuple[int, ...], str, QParams | 
                              "zero_point=[...])") from None
     match = _TYPE.match(text)
     if not match or match.group(1) not in DTYPES:
-        raise ParseError(f"{where}: bad type {text!r}; expected e.g. f32[1,3,224,224]")
-    dims = tuple(int(d) for d in match.group(2).split(",") if d)
+        raise ParseError(f"{where}: bad type {text!r}; expected e.g. f32[1,3,224,224] or "
+                         "f32[N,3,224,224]")
+    try:
+        dims = tuple(parse_dim(d) for d in match.group(2).split(",") if d)
+    except ValueError as error:
+        raise ParseError(f"{where}: bad type {text!r}: {error}") from None
     return dims, match.group(1), qparams
 
 
 def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
-    """Read graph text back into a Graph. Constants printed as a digest take their data
-    from `constants` (name -> array); the digest is checked."""
+    """Read graph text back into a Graph. Constants printed as a digest or as `external` take
+    their data from `constants` (name -> array); a digest is checked."""
     constants = constants or {}
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
@@ -168,6 +176,9 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
         if (match := _CONST.match(line)) is not None:
             name, _, dense, digest, type_text = match.groups()
             shape, dtype, qparams = _parse_type(type_text, where)
+            if not is_static(shape):
+                raise ParseError(f"{where}: constant %{name} has a symbolic shape "
+                                 f"{type_text.strip()}; constants have concrete shapes")
             if dense is not None:
                 try:
                     data = np.array(_literal(dense, where), dtype=DTYPES[dtype])
@@ -184,7 +195,8 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
                     raise ParseError(f"{where}: data given for %{name} has shape {list(data.shape)}, "
                                      f"but the text says {type_text.strip()}")
             else:
-                raise ParseError(f"{where}: constant %{name} is printed as a digest; pass its "
+                kind = "a digest" if digest is not None else "external"
+                raise ParseError(f"{where}: constant %{name} is printed as {kind}; pass its "
                                  "data in parse(text, constants={name: array})")
             if name in graph.values:
                 raise ParseError(f"{where}: value %{name} is defined twice")

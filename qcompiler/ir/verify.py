@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qcompiler.errors import VerificationError
+from qcompiler.ir.dims import Dim
 from qcompiler.ir.dtypes import DTYPES, NUMPY_TO_DTYPE
 from qcompiler.ir.ops import check_node
 
@@ -97,9 +98,10 @@ def _value_problems(value: Value) -> list[str]:
     """Type, constant-data and qparams invariants of one value."""
     problems = []
     shape_ok = isinstance(value.shape, tuple) and all(
-        isinstance(d, (int, np.integer)) and d >= 0 for d in value.shape)
+        isinstance(d, Dim) or (isinstance(d, (int, np.integer)) and d >= 0) for d in value.shape)
     if not shape_ok:
-        problems.append(f"%{value.name} has shape {value.shape!r}; expected a tuple of ints >= 0")
+        problems.append(f"%{value.name} has shape {value.shape!r}; expected a tuple of ints >= 0 "
+                        "and symbolic Dims")
     if value.dtype not in DTYPES:
         problems.append(f"%{value.name} has unknown dtype {value.dtype!r}; known: {', '.join(DTYPES)}")
     if value.is_constant:
@@ -122,6 +124,9 @@ def _value_problems(value: Value) -> list[str]:
                             "set axis for per-channel parameters")
         elif q.axis is not None and not -rank <= q.axis < rank:
             problems.append(f"qparams axis {q.axis} is out of range for %{value.name}: {value.type_str}")
+        elif q.axis is not None and isinstance(value.shape[q.axis], Dim):
+            problems.append(f"per-channel qparams of %{value.name} run along axis {q.axis} of "
+                            f"{value.type_str}, whose size is symbolic")
         elif q.axis is not None and channels != value.shape[q.axis]:
             problems.append(f"per-channel qparams of %{value.name} have {channels} scales but axis "
                             f"{q.axis} of {value.type_str} has {value.shape[q.axis]} channels")

@@ -39,12 +39,15 @@ import torch
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Value
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.evaluate import Evaluator, is_fake_quant
 from qcompiler.ir.ops import FUSABLE_ACTIVATIONS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.quantizers import observed_name
 
 Statistics = dict[str, tuple[np.ndarray, np.ndarray]]
+# Synthetic examples drawn for a graph with a symbolic batch (a static graph: its own batch).
+SYNTHETIC_BATCH = 8
 
 
 def batchnorm_statistics(graph: Graph) -> Statistics:
@@ -93,7 +96,7 @@ def _run(graph: Graph, generator: torch.Generator, statistics: Statistics | None
         if value.dtype != "f32":
             raise QuantizationError(f"data-free calibration synthesizes float inputs only, but graph "
                                     f"input %{value.name} is {value.type_str}; pass calibration_data")
-        inputs.append(torch.randn(value.shape, generator=generator))
+        inputs.append(torch.randn(shape_at(value.shape, SYNTHETIC_BATCH), generator=generator))
     run = _SyntheticRun(graph, statistics)
     run.run([inputs], [v for node in graph for v in node.outputs])
     return run.values

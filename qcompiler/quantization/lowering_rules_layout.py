@@ -14,7 +14,7 @@ from copy import deepcopy
 import numpy as np
 
 from qcompiler.errors import QuantizationError
-from qcompiler.ir import Node
+from qcompiler.ir import Dim, Node
 from qcompiler.numerics.integer_params import average_multipliers
 from qcompiler.numerics.quant import quantize
 from qcompiler.quantization.lowering_rules import (
@@ -74,6 +74,9 @@ def lower_mean(state: LoweringState, node: Node):
         return found
     (x,), (chain, fake_quant, out_q) = found
     dims = _positive_dims(node.attrs["dim"], len(x.shape))
+    if any(isinstance(x.shape[d], Dim) for d in dims):
+        return (f"it averages over the batch dimension ({x.type_str}), whose size the integer "
+                "multiplier would have to fix")
     _emit_mean(state, node, x, dims, bool(node.attrs.get("keepdim", False)), chain, fake_quant,
                out_q)
     return None

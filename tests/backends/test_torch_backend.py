@@ -235,3 +235,23 @@ def test_non_float32_constants_are_buffers_of_their_dtype(dtype):
     module = to_torch(graph)
     assert module.c.dtype == {"f16": torch.float16, "i32": torch.int32}[dtype]
     assert list(module.parameters()) == []
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_torch_save_of_a_trained_module_loads_and_computes_the_same(builtin_stages, tmp_path, exact):
+    """torch.fx would pickle the generated code and trace it again on load (a TraceError on the
+    ops' own checks); the module pickles as IR text plus its current tensors instead."""
+    _, inputs, _, quantized, _ = builtin_stages("digits_cnn")
+    module = to_torch(quantized, exact=exact)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    module(*inputs).square().mean().backward()
+    optimizer.step()  # trained weights, not the graph's
+    module.eval()
+    torch.save(module, tmp_path / "module.pt")
+    loaded = torch.load(tmp_path / "module.pt", weights_only=False)
+    assert not loaded.training and loaded.qc_names == module.qc_names
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
+    assert [name for name, _ in loaded.named_parameters()] == [name for name, _ in module.named_parameters()]
+    x = torch.randn(5, *inputs[0].shape[1:])  # any batch size
+    with torch.no_grad():
+        assert torch.equal(loaded(x), module(x))

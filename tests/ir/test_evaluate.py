@@ -8,6 +8,7 @@ import torch
 import qcompiler as qc
 from qcompiler.errors import CalibrationDataError, PassError, QuantizationError
 from qcompiler.examples import models
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.evaluate import (
     Evaluator,
     evaluate,
@@ -26,7 +27,7 @@ def resnet():
 
 def random_inputs(graph, seed):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(v.shape, generator=generator) for v in graph.inputs]
+    return [torch.randn(2, *v.shape[1:], generator=generator) for v in graph.inputs]
 
 
 def test_outputs_equal_the_torch_backend_bit_for_bit(resnet):
@@ -53,7 +54,7 @@ def test_wanted_values_only_and_the_rest_freed(resnet):
     evaluator = Evaluator(graph)
     inner = graph.nodes[3].output
     (values,) = evaluator.run([random_inputs(graph, 0)], [inner])
-    assert values[0].shape == inner.shape
+    assert values[0].shape == shape_at(inner.shape, 2)
     assert set(evaluator.env) == {id(inner)}  # every other value was freed after its last use
     assert len(evaluator.nodes_for([inner])) == 4
 
@@ -99,9 +100,12 @@ def test_store_sees_every_value_as_it_is_computed(resnet):
 def test_graph_inputs_checks_the_batch(resnet):
     graph, inputs = resnet
     assert graph_inputs(inputs[0].numpy(), graph)[0].dtype == torch.float32
-    with pytest.raises(CalibrationDataError, match=r"calibration batch 3: input %x expects f32\[2,3,32,32\], "
+    with pytest.raises(CalibrationDataError, match=r"calibration batch 3: input %x expects f32\[N,3,32,32\], "
                                                    r"got f64\[2,3,32,32\]"):
         graph_inputs(inputs[0].double(), graph, 3)
+    with pytest.raises(CalibrationDataError, match=r"calibration batch 1: input %x expects f32\[N,3,32,32\], "
+                                                   r"got f32\[2,3,31,32\] \(input %x has size 31 on axis 2"):
+        graph_inputs(inputs[0][:, :, 1:], graph, 1)
     with pytest.raises(CalibrationDataError, match="calibration batch 0 has 2 tensor"):
         graph_inputs((inputs[0], inputs[0]), graph)
     bad = inputs[0].clone()
@@ -114,8 +118,13 @@ def test_graph_inputs_checks_the_batch(resnet):
 
 
 def test_graph_runs_cut_a_multiple_of_the_batch_size(resnet):
-    graph, inputs = resnet
+    """A static graph (captured with dynamic_batch=False) runs its own batch size at a time;
+    a symbolic one runs any batch whole."""
+    symbolic, inputs = resnet
     big = torch.cat([inputs[0]] * 3)
+    assert [run[0].shape[0] for run in graph_runs(big, symbolic)] == [6]
+    assert [run[0].shape[0] for run in graph_runs(big[:5], symbolic)] == [5]
+    graph = qc.trace(models.resnet_style(batch=2)[0], inputs, dynamic_batch=False)
     runs = graph_runs(big, graph)
     assert len(runs) == 3 and all(torch.equal(run[0], inputs[0]) for run in runs)
     assert input_batches([big], graph)[0][0].shape[0] == 6  # runs whole

@@ -139,7 +139,7 @@ _HEADER = "graph g(%x: f32[2,3]) {\n"
 @pytest.mark.parametrize("body, message", [
     ("  %y = relu(%x) : f33[2,3]\n  return %y\n}",
      r"line 2: bad type 'f33\[2,3\]'; expected e.g. f32\[1,3,224,224\]"),
-    ("  %y = relu(%x) : f32[2,a]\n  return %y\n}", r"line 2: bad type 'f32\[2,a\]'"),
+    ("  %y = relu(%x) : f32[2,3*a]\n  return %y\n}", r"line 2: bad type 'f32\[2,3\*a\]': bad dimension"),
     ("  %y = relu(%x) : f32[2,3]\n  %z = add(%y, %w) : f32[2,3]\n  return %z\n}",
      r"line 3: %w is used before it is defined"),
     ("  %y = relu(%x) : f32[2,3]\n  return %nope\n}", r"line 3: %nope is used before it is defined"),

@@ -12,6 +12,7 @@ from oracles import assert_same_function
 from qcompiler.examples import models
 from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
+from qcompiler.ir.dims import shape_at
 from qcompiler.ir.pipeline import Pipeline
 from qcompiler.numerics.equalization import input_channel_ranges, output_channel_ranges
 from qcompiler.passes.equalize_cross_layer import EqualizeCrossLayer, equalize_cross_layer
@@ -61,7 +62,7 @@ def inverted_residual_graph(seed=0, activation="relu"):
 
 def inputs_for(graph, count=3):
     generator = torch.Generator().manual_seed(0)
-    return [(torch.randn(graph.inputs[0].shape, generator=generator),) for _ in range(count)]
+    return [(torch.randn(shape_at(graph.inputs[0].shape, 2), generator=generator),) for _ in range(count)]
 
 
 # float32 to 1e-5 of the output's scale (weights span e^+-2.5, so outputs do too; an absolute

@@ -17,7 +17,7 @@ from qcompiler.compression.dependency import PRODUCER_ROLES, Group, dependency_g
 from qcompiler.errors import PassError
 from qcompiler.examples import models
 from qcompiler.frontends.torch_export.capture import trace
-from qcompiler.ir import Graph, QParams, Value
+from qcompiler.ir import BATCH, Graph, QParams, Value
 from qcompiler.numerics.importance import kept_count
 from qcompiler.passes import remove_filters
 
@@ -88,7 +88,7 @@ def test_resnet_style_equals_zeroed_filters_across_residual_adds(resnet, resnet_
     stream = next(g for g in groups if g.name == "conv1")
     kept = int(masks["conv1"].sum())
     for name in ("relu", "layers.0.add", "layers.1.add", "layers.1.relu_1"):
-        assert small.values[name].shape == (2, kept, 32, 32)
+        assert small.values[name].shape == (BATCH, kept, 32, 32)
     assert small.values["layers.2.downsample.0.weight"].shape[1] == kept
     assert stream.prunable
 
@@ -106,10 +106,10 @@ def test_bert_style_heads_and_mlp_equal_zeroed_filters():
     graph, small, groups, masks = check_against_zeroed_model(*models.bert_style())
     heads = int(masks["layers.0.query"].sum())
     for name in ("layers.0.reshape", "layers.0.reshape_1", "layers.0.reshape_2"):
-        assert small.values[name].shape == (2, 16, heads, 8)
-    assert small.values["layers.0.softmax"].shape == (2, heads, 16, 16)
+        assert small.values[name].shape == (BATCH, 16, heads, 8)
+    assert small.values["layers.0.softmax"].shape == (BATCH, heads, 16, 16)
     reshape_back = next(n for n in small if n.name == "layers.0.reshape_3")
-    assert reshape_back.attrs["shape"] == [2, 16, heads * 8]
+    assert reshape_back.attrs["shape"] == [-1, 16, heads * 8]
     assert small.values["layers.0.gelu"].shape[-1] == int(masks["layers.0.intermediate"].sum())
 
 

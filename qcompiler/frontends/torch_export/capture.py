@@ -5,7 +5,8 @@ Steps:
 1. Check the call: an `nn.Module` in eval mode and a tuple of tensors that binds to
    `forward`'s arguments.
 2. `torch.export.export` gives the "training IR": high-level aten ops (conv2d,
-   batch_norm, linear, layer_norm...) with static shapes. When it fails we run the model
+   batch_norm, linear, layer_norm...) with the batch dimension symbolic (`dynamic.py`;
+   static shapes with `dynamic_batch=False`). When it fails we run the model
    eagerly to tell wrong example inputs (eager fails too) from untraceable code.
 3. If the graph holds a composite op listed in `capture_ops.DECOMPOSED_OPS`
    (scaled_dot_product_attention, einsum, pixel_shuffle...), or an in-place op whose
@@ -36,14 +37,23 @@ import torch
 from torch import fx, nn
 
 from qcompiler.errors import CaptureError
+from qcompiler.frontends.torch_export import dynamic
 from qcompiler.frontends.torch_export.convert import TORCH_PATHS, USER_FRAME, Converter, aten_name, short_path
 from qcompiler.frontends.torch_export.ops import DECOMPOSED_OPS
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import TORCH_DTYPES, ir_dtype
 
 
-def trace(model: nn.Module, example_inputs: tuple) -> Graph:
-    """Capture `model` (in eval mode) into an IR Graph, specialised to the example inputs' shapes."""
+def trace(model: nn.Module, example_inputs: tuple, *, dynamic_batch: bool = True) -> Graph:
+    """Capture `model` (in eval mode) into an IR Graph.
+
+    dynamic_batch=True (the default): the batch dimension is symbolic, `f32[N,3,224,224]`,
+    so the graph calibrates, simulates, lowers and runs at any batch size. The batch is
+    dimension 0 of the first input with dimensions, and every input whose dimension 0 has
+    the same size shares it (see `qcompiler.frontends.torch_export.dynamic`). A model whose
+    code fixes the batch size is refused with a CaptureError naming the line; pass
+    dynamic_batch=False to capture it at the example inputs' shapes (every shape static).
+    """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"qc.trace needs a torch.nn.Module, got {type(model).__name__}")
     inputs = _checked_inputs(model, example_inputs)
@@ -53,7 +63,7 @@ def trace(model: nn.Module, example_inputs: tuple) -> Graph:
         raise CaptureError(f"{type(model).__name__} is in training mode (modules {shown}); call "
                            "model.eval() before qc.trace: dropout and batch_norm compute something "
                            "else in training mode")
-    program = _decomposed(_export(model, inputs))
+    program = _decomposed(_export(model, inputs, dynamic_batch))
     return Converter(program, model).run().verify()
 
 
@@ -128,10 +138,18 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def _export(model: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+def _export(model: nn.Module, inputs: tuple, dynamic_batch: bool) -> torch.export.ExportedProgram:
+    export_inputs, dynamic_shapes = (dynamic.dynamic_export_arguments(inputs) if dynamic_batch
+                                     else (inputs, None))
+
+    def export():
+        return torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
+
     try:
-        return torch.export.export(model, inputs)
+        return export()
     except Exception as export_error:
+        if dynamic_shapes is not None and dynamic.is_constraint_violation(export_error):
+            raise _batch_error(model, export, export_error) from None
         try:
             with torch.no_grad():
                 model(*inputs)
@@ -149,6 +167,22 @@ def _export(model: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
             "data-dependent branch (decide it from shapes or constructor arguments). torch.cond "
             "would make the model exportable, but the IR has no control flow, so qc.trace would "
             "still refuse it") from export_error
+
+
+def _batch_error(model: nn.Module, export, error: BaseException) -> CaptureError:
+    frame = dynamic.specialization_site(export, TORCH_PATHS)
+    site = " (torch.export does not say where)"
+    if frame is not None:
+        code = f": `{frame.line.strip()}`" if frame.line else ""
+        site = f" at {short_path(frame.filename)}:{frame.lineno}{code}"
+    pinned = dynamic.pinned_value(error)
+    fixed = f" to {pinned}" if pinned is not None else ""
+    return CaptureError(
+        f"{type(model).__name__} cannot take any batch size: its code fixes the batch "
+        f"dimension{fixed}{site}. Write the batch as -1 "
+        "or x.shape[0] (x.view(x.shape[0], -1), not x.view(8, -1)) and drop branches on the "
+        "batch size, or capture at the example inputs' batch size only with "
+        "qc.trace(model, inputs, dynamic_batch=False)")
 
 
 def _is_view(node: fx.Node) -> bool:

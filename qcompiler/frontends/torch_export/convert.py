@@ -22,6 +22,7 @@ from torch import fx, nn
 from torch.export.graph_signature import OutputKind
 
 from qcompiler.errors import CaptureError, UnsupportedOpError, VerificationError
+from qcompiler.frontends.torch_export.dynamic import ir_shape
 from qcompiler.frontends.torch_export.ops import HANDLERS, IDENTITY_OPS
 from qcompiler.ir import Graph, Value
 from qcompiler.ir.ops import OPS, TORCH_DTYPES, ir_dtype
@@ -42,6 +43,20 @@ def short_path(path: str) -> str:
     """A path relative to the working directory when it lies below it."""
     relative = os.path.relpath(path) if os.path.isabs(path) else path
     return path if relative.startswith("..") else relative
+
+
+# aten ops whose size arguments may depend on the batch: they read their output shape from
+# torch's record (`ctx.out_shape`), where the batch is symbolic.
+SIZE_TAKING_OPS = frozenset({"view", "reshape", "_unsafe_view", "unflatten"})
+# torch.export's runtime checks on sizes (by aten name prefix): no IR node.
+SIZE_ASSERTIONS = ("_assert_scalar", "sym_constrain_range", "_assert_tensor_metadata")
+
+
+@dataclass(frozen=True)
+class Size:
+    """A size computed from the symbolic batch (x.shape[0], or arithmetic on it) during capture."""
+
+    value: object
 
 
 @dataclass
@@ -78,7 +93,8 @@ class Converter:
                 self.env[node] = Folded(self._lifted_tensor(fqn), _UNPRINTABLE.sub("_", fqn))
             elif node.op == "placeholder" and node.name in signature.user_inputs:
                 val = node.meta["val"]
-                self.env[node] = self.graph.add_input(node.name, tuple(val.shape), ir_dtype(val.dtype))
+                self.env[node] = self.graph.add_input(node.name, self.ir_shape(val.shape),
+                                                      ir_dtype(val.dtype))
             elif node.op == "call_function":
                 self.env[node] = self._convert(node)
             elif node.op == "output":
@@ -131,6 +147,12 @@ class Converter:
             container, index = node.args
             return self.env[container][index]
         self.aten_name = getattr(target, "__name__", "op")
+        if isinstance(node.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            # x.shape[0] and arithmetic on it: the handlers that take sizes read the shapes torch
+            # recorded for their own outputs, so nothing needs the number itself.
+            return Size(node.meta["val"])
+        if getattr(target, "__name__", "").startswith(SIZE_ASSERTIONS):
+            return None  # export's checks on sizes: nothing to compute
         if not isinstance(target, torch._ops.OpOverload):
             raise UnsupportedOpError(f"{self._where()}: {target} is not an aten op; qc.trace "
                                      "converts aten ops only")
@@ -140,6 +162,11 @@ class Converter:
         args = fx.node.map_arg(node.args, lambda n: self.env[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(isinstance(leaf, Size) for leaf in leaves) and self.aten_name not in SIZE_TAKING_OPS:
+            self.unsupported("its arguments depend on the batch size (x.shape[0] or a size computed "
+                             "from it), and only reshapes may take those in the IR, whose other "
+                             "sizes are fixed; capture with qc.trace(..., dynamic_batch=False) to "
+                             "fix the batch size")
         if (not any(isinstance(leaf, Value) for leaf in leaves)
                 and torch.Tag.nondeterministic_seeded not in target.tags):
             result = self._fold(target, args, kwargs, in_place)
@@ -183,12 +210,12 @@ class Converter:
         for want, got in pairs:
             if not isinstance(want, torch.Tensor) or got is None:
                 continue
-            want_type = (tuple(want.shape), ir_dtype(want.dtype))
+            want_type = (self.ir_shape(want.shape), ir_dtype(want.dtype))
             have_type = (self.shape(got), self.dtype(got))
             if want_type != have_type:
-                raise CaptureError(f"{self._where()}: converted to {have_type} but torch.export "
-                                   f"recorded {want_type}; this is a bug in qc.trace's mapping of "
-                                   f"aten.{self.aten_name}")
+                raise CaptureError(f"{self._where()}: converted to {_type_text(*have_type)} but "
+                                   f"torch.export recorded {_type_text(*want_type)}; this is a bug "
+                                   f"in qc.trace's mapping of aten.{self.aten_name}")
 
     # ---- names and sources ----------------------------------------------------------------------
 
@@ -256,7 +283,7 @@ class Converter:
                                            torch.tensor(x, dtype=TORCH_DTYPES[self.out_dtype]).numpy())
         self.unsupported(f"an input is a {type(x).__name__}, not a tensor")
 
-    def shape(self, x) -> tuple[int, ...]:
+    def shape(self, x) -> tuple:
         return x.shape if isinstance(x, Value) else tuple(x.tensor.shape)
 
     def dtype(self, x) -> str:
@@ -271,19 +298,31 @@ class Converter:
     def constant_data(self, x) -> torch.Tensor:
         return x.tensor if isinstance(x, Folded) else torch.from_numpy(x.data)
 
-    @property
-    def out_shapes(self) -> list[tuple[int, ...]]:
-        val = self.node.meta["val"]
-        return [tuple(v.shape) for v in (val if isinstance(val, (list, tuple)) else [val])]
+    def ir_shape(self, shape) -> tuple:
+        """A shape torch recorded (ints and symbolic ints) as IR dimensions."""
+        try:
+            return ir_shape(shape, self._where())
+        except ValueError as error:
+            raise CaptureError(f"{error}; capture with qc.trace(..., dynamic_batch=False) to fix "
+                               "the batch size") from None
 
     @property
-    def out_shape(self) -> tuple[int, ...]:
+    def out_shapes(self) -> list[tuple]:
+        val = self.node.meta["val"]
+        return [self.ir_shape(v.shape) for v in (val if isinstance(val, (list, tuple)) else [val])]
+
+    @property
+    def out_shape(self) -> tuple:
         return self.out_shapes[0]
 
     @property
     def out_dtype(self) -> str:
         val = self.node.meta["val"]
         return ir_dtype((val[0] if isinstance(val, (list, tuple)) else val).dtype)
+
+
+def _type_text(shape: tuple, dtype: str) -> str:
+    return f"{dtype}[{','.join(str(d) for d in shape)}]"
 
 
 def _bind(target, args: tuple, kwargs: dict) -> dict:

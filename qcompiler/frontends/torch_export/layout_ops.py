@@ -9,16 +9,36 @@ torch's rules.
 
 from __future__ import annotations
 
+from qcompiler.ir import Dim
+
 
 def first_argument(args):
     return next(iter(args.values()))
+
+
+def target_shape(ctx, shape) -> list[int]:
+    """A reshape's `shape` attribute: the symbolic batch dimension is written -1 (the IR's
+    attributes hold no symbols; `qcompiler.ir.dims`)."""
+    if sum(isinstance(d, Dim) for d in shape) > 1:
+        ctx.unsupported(f"it reshapes to {list(map(str, shape))}, with the batch size in two "
+                        "dimensions")
+    return [-1 if isinstance(d, Dim) else int(d) for d in shape]
+
+
+def _fixed_axis(ctx, x, axis: int, what: str) -> int:
+    """The size of `axis`, which must not be the symbolic batch for `what`."""
+    size = ctx.shape(x)[axis]
+    if isinstance(size, Dim):
+        ctx.unsupported(f"{what} along the batch dimension ({size}) has no IR form at an unknown "
+                        "batch size; capture with qc.trace(..., dynamic_batch=False) to fix it")
+    return size
 
 
 def _reshape(ctx, args):
     x = first_argument(args)
     if ctx.shape(x) == ctx.out_shape:
         return x
-    return ctx.emit("reshape", [x], {"shape": list(ctx.out_shape)})
+    return ctx.emit("reshape", [x], {"shape": target_shape(ctx, ctx.out_shape)})
 
 
 def _flatten(ctx, args):
@@ -62,7 +82,8 @@ def _stack(ctx, args):
     pieces = []
     for x in args["tensors"]:
         shape = list(ctx.shape(x))
-        pieces.append(ctx.emit("reshape", [x], {"shape": shape[:dim] + [1] + shape[dim:]}, part="unsqueeze"))
+        pieces.append(ctx.emit("reshape", [x], {"shape": target_shape(ctx, shape[:dim] + [1] + shape[dim:])},
+                               part="unsqueeze"))
     return ctx.emit("concat", pieces, {"dim": dim})
 
 
@@ -73,15 +94,20 @@ def _split(ctx, args):
     axis = int(args["dim"]) % rank
     keep_dim = len(ctx.out_shapes[0]) == rank  # unbind drops the split axis
     sizes = [shape[axis] if keep_dim else 1 for shape in ctx.out_shapes]
+    if len(sizes) > 1:
+        _fixed_axis(ctx, x, axis, "splitting")
     pieces = (x,) if len(sizes) == 1 else ctx.emit("split", [x], {"axis": axis, "sizes": sizes})
     if keep_dim:
         return tuple(pieces)
-    return tuple(ctx.emit("reshape", [p], {"shape": list(s)}, part=f"squeeze{i}")
+    return tuple(ctx.emit("reshape", [p], {"shape": target_shape(ctx, s)}, part=f"squeeze{i}")
                  for i, (p, s) in enumerate(zip(pieces, ctx.out_shapes, strict=True)))
 
 
 def _slice_piece(ctx, x, axis, start, end, step=1):
-    size = ctx.shape(x)[axis]
+    if isinstance(ctx.shape(x)[axis], Dim) and start in (0, None) and step == 1 \
+            and (end is None or end >= 2**62):  # x[:, ...] with the batch kept whole
+        return x
+    size = _fixed_axis(ctx, x, axis, "slicing")
     start, end, step = slice(start, end, step).indices(size)
     if (start, end, step) == (0, size, 1):
         return x
@@ -97,17 +123,17 @@ def _slice(ctx, args):
 def _narrow(ctx, args):
     x = args["self"]
     axis = int(args["dim"]) % len(ctx.shape(x))
-    start = int(args["start"]) % ctx.shape(x)[axis]
+    start = int(args["start"]) % _fixed_axis(ctx, x, axis, "narrowing")
     return _slice_piece(ctx, x, axis, start, start + int(args["length"]))
 
 
 def _select(ctx, args):
     x = args["self"]
     axis = int(args["dim"]) % len(ctx.shape(x))
-    index = int(args["index"]) % ctx.shape(x)[axis]
+    index = int(args["index"]) % _fixed_axis(ctx, x, axis, "selecting")
     piece = ctx.emit("slice", [x], {"axis": axis, "start": index, "end": index + 1, "step": 1},
                      part="slice")
-    return ctx.emit("reshape", [piece], {"shape": list(ctx.out_shape)})
+    return ctx.emit("reshape", [piece], {"shape": target_shape(ctx, ctx.out_shape)})
 
 
 def _scatter(ctx, args):
@@ -116,12 +142,15 @@ def _scatter(ctx, args):
     base, piece = args["self"], args["src"]
     rank = len(ctx.shape(base))
     axis = int(args["dim"]) % rank
-    size = ctx.shape(base)[axis]
+    if ctx.shape(piece) == ctx.shape(base) and "index" not in args:
+        return piece  # the whole base written (z[:, 0] += 1 writes z[:] on the batch axis)
+    size = _fixed_axis(ctx, base, axis, "assigning to a slice")
     if "index" in args:  # select_scatter: the piece lacks the axis
         start = int(args["index"]) % size
         end, step = start + 1, 1
         shape = list(ctx.shape(piece))
-        piece = ctx.emit("reshape", [piece], {"shape": shape[:axis] + [1] + shape[axis:]}, part="unsqueeze")
+        piece = ctx.emit("reshape", [piece], {"shape": target_shape(ctx, shape[:axis] + [1] + shape[axis:])},
+                         part="unsqueeze")
     else:
         start, end, step = slice(args["start"], args["end"], args["step"]).indices(size)
     if step != 1:

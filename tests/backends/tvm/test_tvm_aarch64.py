@@ -45,7 +45,7 @@ def digits():
 
 def test_dotprod_build_is_exact_under_qemu_and_its_int8_kernels_use_sdot(digits):
     graph, x = digits
-    compiled = qc.backends.tvm.build(graph, "aarch64-dotprod")
+    compiled = qc.backends.tvm.build(graph, "aarch64-dotprod", batch=len(x))
     assert compiled.target.is_cross
     assert np.array_equal(compiled.run(x), qc.backends.interpreter.run(graph, x))
     counts = aarch64.instruction_counts(compiled._export_dir)
@@ -58,7 +58,7 @@ def test_dotprod_build_is_exact_under_qemu_and_its_int8_kernels_use_sdot(digits)
 
 def test_plain_aarch64_build_uses_neon_and_no_dot_products(digits):
     graph, x = digits
-    compiled = qc.backends.tvm.build(graph, "aarch64")
+    compiled = qc.backends.tvm.build(graph, "aarch64", batch=len(x))
     assert np.array_equal(compiled.run(x), qc.backends.interpreter.run(graph, x))
     counts = aarch64.instruction_counts(compiled._export_dir)
     assert counts.dot_product == 0 and counts.neon > 0
@@ -66,7 +66,7 @@ def test_plain_aarch64_build_uses_neon_and_no_dot_products(digits):
 
 def test_an_exported_aarch64_artifact_loads_and_runs_in_qemu(digits, tmp_path):
     graph, x = digits
-    directory = qc.backends.tvm.build(graph, "aarch64-dotprod").export_library(tmp_path / "arm")
+    directory = qc.backends.tvm.build(graph, "aarch64-dotprod", batch=len(x)).export_library(tmp_path / "arm")
     loaded = qc.backends.tvm.load(directory)
     assert np.array_equal(loaded.run(x), qc.backends.interpreter.run(graph, x))
 
@@ -76,7 +76,7 @@ def test_an_exported_aarch64_artifact_loads_and_runs_in_qemu(digits, tmp_path):
 def test_integer_models_are_exact_on_aarch64_under_qemu(name):
     model, (example,) = factory(name)
     graph, strict = integer_graph(model, example, target="aarch64")
-    compiled = qc.backends.tvm.build(graph, "aarch64-dotprod")
+    compiled = qc.backends.tvm.build(graph, "aarch64-dotprod", batch=len(example))
     for x in batches(example, 2, seed=1):
         expected = qc.backends.interpreter.run(graph, x.numpy(), strict=strict)
         assert np.count_nonzero(compiled.run(x.numpy()) != expected) == 0
@@ -87,7 +87,7 @@ def test_integer_models_are_exact_on_aarch64_under_qemu(name):
 def test_float_models_match_torch_on_aarch64_under_qemu(name):
     model, (example,) = factory(name)
     graph = qc.trace(model, (example,))
-    compiled = qc.backends.tvm.build(graph, "aarch64")
+    compiled = qc.backends.tvm.build(graph, "aarch64", batch=len(example))
     x = batches(example, 1, seed=2)[0]
     with torch.no_grad():
         expected = qc.to_torch(graph)(x).numpy()

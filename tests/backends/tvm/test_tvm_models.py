@@ -59,7 +59,7 @@ def quantized_model(request):
 
 def test_integer_models_are_exact_on_the_host(quantized_model):
     name, graph, strict, example = quantized_model
-    compiled = qc.backends.tvm.build(graph, "host")
+    compiled = qc.backends.tvm.build(graph, "host", batch=len(example))
     for x in batches(example, 3, seed=1):
         expected = qc.backends.interpreter.run(graph, x.numpy(), strict=strict)
         actual = compiled.run(x.numpy())
@@ -76,7 +76,7 @@ FLOAT_MODELS = [*MODELS[:-1], pytest.param(MODELS[-1], marks=pytest.mark.slow)] 
 def test_float_models_match_torch(name):
     model, (example,) = factory(name)
     graph = qc.trace(model, (example,))
-    compiled = qc.backends.tvm.build(graph, "host")
+    compiled = qc.backends.tvm.build(graph, "host", batch=len(example))
     reference = qc.to_torch(graph)
     for x in batches(example, 2, seed=2):
         with torch.no_grad():
@@ -94,7 +94,7 @@ def test_pretrained_mobilenet_v2_at_224_is_exact_on_photographs():
     quantized = qc.quantize(model, list(calibration_pool(32, seed=0, batch_size=1, size=224)),
                             config=config, progress=False)
     graph = qc.lower_to_integer(quantized, target=qc.backends.tvm.lowering_target("host"))
-    compiled = qc.backends.tvm.build(graph, "host")
+    compiled = qc.backends.tvm.build(graph, "host", batch=1)
     differing = 0
     for batch in evaluation_pool(8, seed=1, batch_size=1, size=224):
         differing += int(np.count_nonzero(compiled.run(batch.numpy())

@@ -45,8 +45,9 @@ def kernels_used(compiled) -> Counter:
 def assert_identical(graph, inputs, target, strict=True):
     """Scheduled and generic builds agree bit for bit, and with the interpreter; returns the
     scheduled build."""
-    scheduled = qc.backends.tvm.build(graph, target)
-    generic = qc.backends.tvm.build(graph, target, schedules=False)
+    batch = len(inputs[0])
+    scheduled = qc.backends.tvm.build(graph, target, batch=batch)
+    generic = qc.backends.tvm.build(graph, target, batch=batch, schedules=False)
     assert set(kernels_used(generic)) <= {"generic", "layout"}
     expected = qc.backends.interpreter.run(graph, *inputs, strict=strict)
     expected = expected if isinstance(expected, tuple) else (expected,)
@@ -146,9 +147,9 @@ def test_float_network_matches_torch_with_and_without_schedules():
     graph = qc.trace(model, (x,))
     with torch.no_grad():
         expected = model(x).numpy()
-    scheduled = qc.backends.tvm.build(graph, "host")
+    scheduled = qc.backends.tvm.build(graph, "host", batch=1)
     used = kernels_used(scheduled)
     assert used[f"conv_float32_{spec.isa}"] == 3 and used[f"depthwise_float32_{spec.isa}"] == 1, used
     assert used[f"dense_float32_{spec.isa}"] == 1, used
-    for build in (scheduled, qc.backends.tvm.build(graph, "host", schedules=False)):
+    for build in (scheduled, qc.backends.tvm.build(graph, "host", batch=1, schedules=False)):
         np.testing.assert_allclose(build.run(x.numpy()), expected, rtol=1e-4, atol=1e-4)

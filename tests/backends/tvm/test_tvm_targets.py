@@ -136,7 +136,7 @@ def test_quant_preset_gives_operands_the_target_computes_exactly(name, preset, l
     model, inputs = digits_cnn()
     quantized = qc.quantize(model, [inputs[0]], config=qc.QuantConfig.preset(preset), progress=False,
                             equalize=False, bias_correction=False)
-    qc.backends.tvm.build(qc.lower_to_integer(quantized, target=lowering), name)
+    qc.backends.tvm.build(qc.lower_to_integer(quantized, target=lowering), name, batch=1)
 
 
 def test_a_fake_quant_graph_is_refused_naming_the_node():
@@ -146,7 +146,7 @@ def test_a_fake_quant_graph_is_refused_naming_the_node():
     quantized = qc.quantize(model, [inputs[0]], progress=False, equalize=False, bias_correction=False)
     first = next(node for node in quantized if node.op == "fake_quant")
     with pytest.raises(LoweringError) as error:
-        qc.backends.tvm.build(quantized, "host")
+        qc.backends.tvm.build(quantized, "host", batch=1)
     assert str(error.value) == (
         f"the TVM backend cannot lower {first.describe()}: a fake-quant graph is a simulation; "
         "lower it to integers first (qc.lower_to_integer(graph)) or build the float graph")
@@ -181,3 +181,18 @@ def test_wrong_inputs_are_named():
         compiled.run(inputs[0].astype(np.int8))
     with pytest.raises(qc.QCompilerError, match=r"takes 1 input\(s\) \(in0_0: u8\[1, 2\]\), got 2"):
         compiled.run(*inputs, *inputs)
+
+
+def test_a_symbolic_batch_is_compiled_at_the_batch_size_given():
+    from qcompiler.examples.models import digits_cnn
+
+    model, inputs = digits_cnn()
+    graph = qc.trace(model, inputs)  # f32[N,1,8,8]
+    with pytest.raises(LoweringError) as error:
+        qc.backends.tvm.build(graph, "host")
+    assert str(error.value) == (
+        "graph DigitsCNN has a symbolic batch (%x: f32[N,1,8,8]) and the TVM lowering compiles "
+        "static shapes: pass the batch size to compile for, qc.backends.tvm.build(graph, target, "
+        "batch=8)")
+    compiled = qc.backends.tvm.build(graph, "host", batch=3)
+    assert compiled.inputs[0]["shape"] == [3, 1, 8, 8]
