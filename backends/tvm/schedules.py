@@ -155,7 +155,24 @@ def schedule_depthwise(sch: Schedule, registers: Registers, intrinsic: str | Non
     sch.unroll(pixels)
     if intrinsic is not None:
         sch.tensorize(lanes, intrinsic)
-    schedule_copy(sch, contiguous=intrinsic is None)
+        schedule_copy(sch, contiguous=False)  # under the tile it was slower (1.26 -> 1.39 ms)
+    else:
+        _pad_under(sch, x_outer)
+
+
+def _pad_under(sch: Schedule, loop) -> None:
+    """The padded input computed under the tile loop, only the rows and columns the tile
+    reads, its lanes vectorized: it stays in cache instead of a whole padded copy going
+    through memory. Measured (1 thread, float depthwise 96 channels stride 2 at 112x112 and
+    144 channels at 56x56): 0.61-0.67 -> 0.25-0.33 ms and 0.32-0.36 -> 0.20-0.33 ms. The
+    int8 row-dot kernel keeps its separate pass: its column-major copy of bytes is cheap,
+    and under the tile (lanes vectorized alone) MobileNetV2's depthwise total rose from 1.26
+    to 1.39 ms."""
+    pad = _block(sch, "pad")
+    if pad is None:
+        return
+    sch.compute_at(pad, loop)
+    sch.vectorize(sch.get_loops(pad)[-1])
 
 
 def schedule_dense(sch: Schedule, registers: Registers, intrinsic: str | None) -> None:
