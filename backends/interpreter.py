@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qcompiler.backends.interpreter_ops import KERNELS, AccumulatorOverflowError
-from qcompiler.errors import IntegerOnlyError, QCompilerError
+from qcompiler.errors import InputError, IntegerOnlyError, QCompilerError
 from qcompiler.ir import DTYPES, FLOAT_DTYPES, Graph, Node
 from qcompiler.ir.dims import bind_sizes, shape_at
 from qcompiler.ir.ops import attrs_with_defaults, run_op
@@ -87,7 +87,7 @@ class Interpreter:
         """Start a fresh environment: the checked graph inputs and the constants."""
         graph = self.graph
         if len(inputs) != len(graph.inputs):
-            raise QCompilerError(f"graph {graph.name} takes {len(graph.inputs)} input(s) "
+            raise InputError(f"graph {graph.name} takes {len(graph.inputs)} input(s) "
                                  f"({', '.join(f'%{v.name}: {v.type_str}' for v in graph.inputs)}), "
                                  f"got {len(inputs)}")
         self.sizes = {}
@@ -134,8 +134,15 @@ def _checked_input(value, array, sizes: dict[str, int]) -> np.ndarray:
     mismatch = bind_sizes(value.shape, array.shape, sizes, f"input %{value.name}")
     if mismatch or array.dtype != DTYPES[value.dtype]:
         because = f" ({mismatch})" if mismatch and not value.is_static else ""
-        raise QCompilerError(f"input %{value.name} expects {value.type_str}, got "
-                             f"{array.dtype}{list(array.shape)}{because}")
+        raise InputError(f"input %{value.name} expects {value.type_str}, got "
+                         f"{array.dtype}{list(array.shape)}{because}")
+    if value.dtype in FLOAT_DTYPES and not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
+        position = [int(i) for i in np.unravel_index(int(np.argmax(bad)), array.shape)]
+        raise InputError(f"input %{value.name} holds {array[tuple(position)]} at index {position} "
+                         f"({int(bad.sum())} of {array.size} values are NaN or infinite); the graph "
+                         "quantizes it, and quantize would map NaN to the lowest level and clamp "
+                         "infinities without a word: clean the input first (e.g. torch.nan_to_num)")
     return array
 
 

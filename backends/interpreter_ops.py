@@ -210,8 +210,12 @@ def qmean(x, *, dim, keepdim, input_zero_point, multiplier, shift, **output):
     return _requantize(acc, multiplier, shift, **output)
 
 
-def qlookup(x, table, *, input_min):
-    return table[_offset(x, input_min)]
+def qlookup(x, table, *, input_min, axis=None):
+    index = _offset(x, input_min)
+    if axis is None:
+        return table[index]
+    channels = _along(np.arange(table.shape[0]), x.ndim, axis % x.ndim)
+    return table[channels, index]
 
 
 # ---- data movement ----------------------------------------------------------------------------------
@@ -274,6 +278,45 @@ def embedding(indices, table):
     return table[indices]
 
 
+def expand(x, *, shape):
+    """torch's expand: -1 keeps the input's size along that axis (the batch, in a graph with a
+    symbolic batch)."""
+    offset = len(shape) - x.ndim
+    shape = [x.shape[axis - offset] if size == -1 else size for axis, size in enumerate(shape)]
+    return np.broadcast_to(x, shape).copy()
+
+
+# ---- integers and masks: casts, comparisons, selection, extremes (spec section 13) --------------
+
+_NUMPY = {"i64": np.int64, "i32": np.int32, "i16": np.int16, "i8": np.int8, "u8": np.uint8,
+          "bool": np.bool_}
+
+
+def cast(x, *, dtype):
+    """Integers and bools only (a float cast is a fall back); narrowing wraps, as in torch."""
+    if dtype not in _NUMPY:
+        raise ValueError(f"the interpreter casts integers and bools only, not to {dtype}")
+    return x.astype(_NUMPY[dtype])
+
+
+def where(condition, a, b):
+    return np.where(condition, a, b).astype(np.result_type(a, b))
+
+
+def amax(x, *, dim, keepdim):
+    return np.max(x, axis=tuple(dim), keepdims=keepdim)
+
+
+def amin(x, *, dim, keepdim):
+    return np.min(x, axis=tuple(dim), keepdims=keepdim)
+
+
+def argmax(x, *, dim, keepdim):
+    """The first maximum along `dim`, as torch (numpy's argmax also takes the first)."""
+    result = np.argmax(x, axis=dim).astype(np.int64)
+    return np.expand_dims(result, dim) if keepdim else result
+
+
 KERNELS = {
     "quantize": quantize, "dequantize": dequantize,
     "qconv2d": qconv2d, "qconv1d": qconv1d, "qlinear": qlinear, "qmatmul": qmatmul,
@@ -282,4 +325,8 @@ KERNELS = {
     "qavg_pool1d": qavg_pool1d, "qmean": qmean, "qlookup": qlookup,
     "concat": concat, "reshape": reshape, "flatten": flatten, "permute": permute,
     "transpose": transpose, "slice": slice_, "split": split, "pad": pad, "embedding": embedding,
+    "expand": expand, "cast": cast, "where": where, "amax": amax, "amin": amin, "argmax": argmax,
+    "eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less,
+    "le": np.less_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
+    "logical_not": np.logical_not,
 }

@@ -25,6 +25,7 @@ import torch
 
 from qcompiler.backends.interpreter import Interpreter
 from qcompiler.backends.torch import to_torch
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph
 from qcompiler.quantization.lowering import lower_with_origins
 
@@ -123,7 +124,7 @@ class SimulationComparison:
     def __init__(self, fake_quant_graph: Graph, *, target: str = "generic", strict: bool = True,
                  precision: str = "float32"):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise OptionError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         state, self.origins = lower_with_origins(fake_quant_graph, target=target, strict=strict)
         self.integer_graph, self.notes, self.strict = state.new, list(state.notes), strict
         self.dtype = PRECISIONS[precision]
@@ -141,7 +142,7 @@ class SimulationComparison:
         """`interpreted`: the interpreter's outputs for these inputs if already known (another
         comparison's `interpreter_outputs`); only with local=False."""
         if interpreted is not None and local:
-            raise ValueError("interpreted outputs replace the interpreter run only with local=False")
+            raise OptionError("interpreted outputs replace the interpreter run only with local=False")
         integer_graph, count = self.integer_graph, self.outputs
         cast = tuple(x.to(self.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point()
                      else x for x in inputs)

@@ -28,7 +28,7 @@ import torch
 from torch import fx, nn
 
 from qcompiler.ir import Graph
-from qcompiler.ir.ops import FAKE_QUANT_OPS, LOOKUP_OPS, OPS, attrs_with_defaults
+from qcompiler.ir.ops import FAKE_QUANT_OPS, LOOKUP_OPS, OPS, attrs_with_defaults, ops_where
 from qcompiler.ir.printer import print_graph
 from qcompiler.ir.text import parse
 from qcompiler.quantization.lowering import FALLBACK_OPS
@@ -43,7 +43,9 @@ _TRAINABLE_CATEGORIES = {"weighted", "norm"}
 # Ops an exact module still runs in float32: those the integer path evaluates in float32 (lookup
 # tables are built from float32 evaluations; float fall backs run in float32), so the float64
 # simulation feeds the next quantization point the interpreter's very numbers. Single-output ops.
-FLOAT32_IN_EXACT = LOOKUP_OPS | FALLBACK_OPS
+# Comparisons and casts of quantized values are tables of float32 results too; a cast of
+# integers to float gives float64 through this path (its float32 output is widened).
+FLOAT32_IN_EXACT = LOOKUP_OPS | FALLBACK_OPS | ops_where(category="compare") | {"cast"}
 
 # Ops whose torch function returns a tuple even when the node has one output
 # (`split` into a single piece).

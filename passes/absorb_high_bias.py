@@ -54,6 +54,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import (
     is_relu6,
@@ -81,7 +82,7 @@ class AbsorbHighBias:
 
     def __post_init__(self):
         if not self.sigmas >= 0:
-            raise ValueError(f"absorb_high_bias: sigmas must be >= 0, got {self.sigmas}")
+            raise OptionError(f"absorb_high_bias: sigmas must be >= 0, got {self.sigmas}")
 
     def __call__(self, graph: Graph) -> PassResult:
         notes: list[str] = []

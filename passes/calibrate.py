@@ -40,12 +40,14 @@ class Calibrate:
     in_place: ClassVar[bool] = True  # rewrites the graph it is given
 
     def __call__(self, graph: Graph) -> PassResult:
+        notes: list[str] = []
         points = calibrate_in_place(graph, self.calibration_data, self.config, progress=self.progress,
                                     statistics=None if self.statistics is None else dict(self.statistics),
-                                    sigmas=self.sigmas)
+                                    sigmas=self.sigmas, notes=notes)
         source = ("batch-norm statistics (data-free)" if self.calibration_data is None
                   else "the calibration data")
-        return PassResult(graph, True, [f"calibrated {points} quantization point(s) from {source}"])
+        return PassResult(graph, True, [f"calibrated {points} quantization point(s) from {source}",
+                                        *notes])
 
 
 def calibrate(graph: Graph | None = None, /, *, calibration_data: Iterable | None,

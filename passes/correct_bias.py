@@ -42,6 +42,7 @@ not re-calibrated; the shifts are small compared with them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -72,6 +73,7 @@ class CorrectBias:
 
     calibration_data: Iterable | None = None
     statistics: Mapping | None = None
+    progress: bool | None = None  # a tqdm bar over the graph's nodes; None: on a terminal only
 
     name: ClassVar[str] = "correct_bias"
     in_place: ClassVar[bool] = True  # rewrites the graph it is given
@@ -87,7 +89,8 @@ class CorrectBias:
         require_calibrated(graph, "correct_bias")
         notes: list[str] = []
         if self.calibration_data is not None:
-            corrected = _correct_empirically(graph, self.calibration_data, notes)
+            show = sys.stderr.isatty() if self.progress is None else self.progress
+            corrected = _correct_empirically(graph, self.calibration_data, notes, show)
         else:
             corrected = _correct_analytically(graph, self.statistics, notes)
         notes.insert(0, f"corrected the bias of {corrected} layer(s)")
@@ -95,10 +98,10 @@ class CorrectBias:
 
 
 def correct_bias(graph: Graph | None = None, /, *, calibration_data: Iterable | None = None,
-                 statistics: Mapping | None = None):
+                 statistics: Mapping | None = None, progress: bool | None = None):
     """`correct_bias(calibration_data=batches)` or `correct_bias(statistics=stats)` return
     the configured pass; with a graph first, they run it (-> PassResult)."""
-    configured = CorrectBias(calibration_data, statistics)
+    configured = CorrectBias(calibration_data, statistics, progress)
     return configured if graph is None else configured(graph)
 
 
@@ -139,7 +142,10 @@ def _set_bias(graph: Graph, layer: Node, data: np.ndarray) -> None:
 # ---- empirical ---------------------------------------------------------------------------
 
 
-def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[str]) -> int:
+def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[str],
+                         progress: bool = False) -> int:
+    from tqdm.auto import tqdm
+
     batches = [run for index, batch in enumerate(calibration_data)
                for run in graph_runs(batch, graph, index)]
     if not batches:
@@ -151,7 +157,8 @@ def _correct_empirically(graph: Graph, calibration_data: Iterable, notes: list[s
     last_uses = evaluator.last_uses(nodes, keep=graph.outputs)
     evaluator.bind(batches)
     corrected = 0
-    for index, node in enumerate(nodes):
+    for index, node in enumerate(tqdm(nodes, desc="bias correction", disable=not progress,
+                                      leave=False)):
         weights = _quantized_weight(graph, node, notes)
         if weights is not None:
             weight, quantized = weights

@@ -69,13 +69,14 @@ from typing import ClassVar
 import numpy as np
 
 from qcompiler.analysis.cost import node_macs
-from qcompiler.errors import PassError
+from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.dims import shape_at
 from qcompiler.ir.edit import (
     optional_input,
     remove_if_unused,
     rename_value,
+    require_float_graph,
     select_layers,
     why_not_float_constant,
 )
@@ -106,28 +107,29 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
     def __post_init__(self):
         given = [n for n in ("rank", "energy", "target_macs_ratio") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("decompose_low_rank needs exactly one of rank=, energy= or "
-                             f"target_macs_ratio=; got {given or 'none'}")
+            raise OptionError("decompose_low_rank needs exactly one of rank=, energy= or "
+                              f"target_macs_ratio=; got {given or 'none'}")
         if self.rank is not None:
             # Checks type and range; a layer's own full rank is checked when the pass runs.
             low_rank.resolve_rank(self.rank, full_rank=sys.maxsize)
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+            raise OptionError(f"energy must be in (0, 1], got {self.energy}")
         if self.target_macs_ratio is not None and not 0.0 < self.target_macs_ratio < 1.0:
-            raise ValueError(f"target_macs_ratio must be in (0, 1), got {self.target_macs_ratio}")
+            raise OptionError(f"target_macs_ratio must be in (0, 1), got {self.target_macs_ratio}")
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"round_to must be a positive int (ranks are kept at multiples of it), "
-                             f"got {self.round_to!r}")
+            raise OptionError(f"round_to must be a positive int (ranks are kept at multiples of it), "
+                              f"got {self.round_to!r}")
         if self.budget not in ("global", "per_layer"):
-            raise ValueError(f"budget must be 'global' or 'per_layer', got {self.budget!r}")
+            raise OptionError(f"budget must be 'global' or 'per_layer', got {self.budget!r}")
         if self.method not in _METHOD_OPS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(_METHOD_OPS)}")
+            raise OptionError(f"unknown method {self.method!r}; choose one of {', '.join(_METHOD_OPS)}")
         for option in ("layers", "ignore"):
             names = getattr(self, option)
             if isinstance(names, str):  # a bare string would be read letter by letter
-                raise ValueError(f"{option} must be a tuple of names, got the string {names!r}")
+                raise OptionError(f"{option} must be a tuple of names, got the string {names!r}")
 
     def __call__(self, graph: Graph) -> PassResult:
+        require_float_graph(graph, "decompose_low_rank")
         notes: list[str] = []
         layers = []
         for node in select_layers(graph, _METHOD_OPS[self.method], self.layers, self.ignore,
@@ -145,7 +147,7 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
             new_macs, old_macs = layer.macs(spec), layer.original_macs
             if self.require_fewer_macs and new_macs >= old_macs:
                 notes.append(f"{layer.node.describe()} not decomposed: {layer.method} at rank "
-                             f"{spec} would take {new_macs} MACs, not fewer than {old_macs}")
+                              f"{spec} would take {new_macs} MACs, not fewer than {old_macs}")
                 continue
             # For Tucker-2 the kept energy is the HOSVD lower bound, not the exact figure.
             kept = ">= " if layer.method == "tucker2" else ""
@@ -185,7 +187,7 @@ class decompose_low_rank:  # lower case: with its options it reads like a functi
             reached = sum(o if p is None else m[p] for o, m, p in zip(original, macs, picks, strict=True))
             if reached > budget:
                 notes.append(f"target_macs_ratio {self.target_macs_ratio} not reached: the "
-                             f"lowest ranks give {reached / max(sum(original), 1):.3f} of the MACs")
+                              f"lowest ranks give {reached / max(sum(original), 1):.3f} of the MACs")
         return [None if p is None else cs[p] for cs, p in zip(candidates, picks, strict=True)]
 
 

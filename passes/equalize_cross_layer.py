@@ -54,6 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import is_relu6, is_relu_like, optional_input, replace_constant, why_not_private
 from qcompiler.ir.ops import OPS, OUT_IN_WEIGHTED_OPS
@@ -74,9 +75,9 @@ class EqualizeCrossLayer:
 
     def __post_init__(self):
         if self.iterations < 1:
-            raise ValueError(f"equalize_cross_layer: iterations must be >= 1, got {self.iterations}")
+            raise OptionError(f"equalize_cross_layer: iterations must be >= 1, got {self.iterations}")
         if not self.tolerance > 0:
-            raise ValueError(f"equalize_cross_layer: tolerance must be > 0, got {self.tolerance}")
+            raise OptionError(f"equalize_cross_layer: tolerance must be > 0, got {self.tolerance}")
 
     def __call__(self, graph: Graph) -> PassResult:
         notes: list[str] = []

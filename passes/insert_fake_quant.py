@@ -42,12 +42,16 @@ onnxruntime QDQ; Jacob et al. 2018, sec. 2-3; Krishnamoorthi 2018, sec. 3):
   slice, split, max pooling, zero padding, nearest resize) keep their input's
   quantization exactly and get no fake_quant of their own (on a float input they
   stay float, and the next integer op quantizes what it reads);
-- concat: all inputs share one scale and zero point, which are also the output's:
+- concat (and where, for its two branches: the op table's `shares_quantization` ops): all
+  inputs share one scale and zero point, which are also the output's:
   integer concat then copies bytes without requantizing, and fake-quantizing
   the inputs with the output's parameters is exactly what the integer op computes.
   The fake_quant nodes that produce the inputs (traced back through the
   value-moving ops) are re-pointed at one shared scale/zero-point pair; calibration
   observes all of their inputs together (the range of the concat output);
+- comparisons: a constant operand stays float (the integer form is a table that holds the
+  comparison with it exactly); casts of integer inputs to float are quantized like any
+  output that computes new values;
 - graph outputs that are not quantized yet.
 
 Excluded nodes (`QuantConfig.exclude_nodes` / `exclude_op_types`) run in float: no
@@ -73,7 +77,7 @@ from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only, remove_if_unused, single_user_chain
 from qcompiler.ir.ops import OPS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
-from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.quantizers import INTEGER_BIAS_OPS, quantize_layer_bias, source_fake_quants
 
 
@@ -85,6 +89,9 @@ class InsertFakeQuant:
 
     name: ClassVar[str] = "insert_fake_quant"
     in_place: ClassVar[bool] = True  # rewrites the graph it is given
+
+    def __post_init__(self):
+        object.__setattr__(self, "config", as_quant_config(self.config, "insert_fake_quant(config=)"))
 
     def __call__(self, graph: Graph) -> PassResult:
         for node in graph:
@@ -99,7 +106,7 @@ class InsertFakeQuant:
 def insert_fake_quant(graph: Graph | None = None, /, *, config: QuantConfig | None = None):
     """`insert_fake_quant(graph)` runs with the int8 preset; `insert_fake_quant(config=...)`
     returns the configured pass."""
-    configured = InsertFakeQuant(config if config is not None else QuantConfig())
+    configured = InsertFakeQuant(as_quant_config(config))
     return configured if graph is None else configured(graph)
 
 
@@ -140,23 +147,26 @@ class _Placement:
                 continue
             if node.op in WEIGHTED_OPS:
                 self._quantize_weight(node)
-            # Value-moving ops run on whatever they get; a concat of quantized and float
-            # values must quantize the float ones (to the shared qparams, below).
-            if moves_values_only(node) or (node.op == "concat" and not any(
-                    id(v) in self.quantized for v in node.inputs if _is_float(v))):
+            spec = OPS[node.op]
+            indices = spec.data_inputs if spec.data_inputs is not None else range(len(node.inputs))
+            shares = spec.shares_quantization
+            # Value-moving ops run on whatever they get; a concat (or where) of quantized and
+            # float values must quantize the float ones (to the shared qparams, below).
+            if moves_values_only(node) or (shares and not any(
+                    id(node.inputs[i]) in self.quantized for i in indices if _is_float(node.inputs[i]))):
                 indices = ()
-            else:
-                indices = OPS[node.op].data_inputs
-                if indices is None:
-                    indices = range(len(node.inputs))
+            elif spec.category == "compare":
+                # A constant operand of a comparison is exact in its lookup table.
+                indices = [i for i in indices if not node.inputs[i].is_constant]
             for index in indices:
                 value = node.inputs[index] if index < len(node.inputs) else None
                 if _is_float(value) and id(value) not in self.quantized:
                     node.replace_input(value, self._requantize(value, node))
-            if node.op == "concat":
-                self._share_concat_qparams(node)
-            if moves_values_only(node) or node.op == "concat":
-                if all(id(v) in self.quantized for v in node.inputs if _is_float(v)):
+            if shares:
+                self._share_concat_qparams(node, indices)
+            if moves_values_only(node) or shares:
+                carried = [node.inputs[i] for i in indices] if shares else node.inputs
+                if carried and all(id(v) in self.quantized for v in carried if _is_float(v)):
                     self.quantized.update(id(v) for v in node.outputs)
             elif len(node.outputs) == 1 and _is_float(node.output):
                 self._quantize_output(node)
@@ -230,8 +240,10 @@ class _Placement:
                               self.following[id(owners[-1])], rounding=_rounding(node))
         self.graph.replace_all_uses(value, fq.output)
 
-    def _share_concat_qparams(self, node: Node) -> None:
-        sources = list({id(fq): fq for v in node.inputs if _is_float(v)
+    def _share_concat_qparams(self, node: Node, indices) -> None:
+        """The data inputs of a concat or where, and so its output, share one scale and zero
+        point (the first input's)."""
+        sources = list({id(fq): fq for v in (node.inputs[i] for i in indices) if _is_float(v)
                         for fq in source_fake_quants(v)}.values())
         if len(sources) < 2:
             return
@@ -241,15 +253,15 @@ class _Placement:
         shared_scale, shared_zero_point = sources[0].inputs[1], sources[0].inputs[2]
         for fq in sources:
             if fq.attrs.get("axis") is not None:
-                raise QuantizationError(f"{node.describe()} concatenates a per-channel quantized "
-                                        f"value ({fq.describe()}); concat needs shared per-tensor qparams")
+                raise QuantizationError(f"{node.describe()} reads a per-channel quantized value "
+                                        f"({fq.describe()}); {node.op} needs shared per-tensor qparams")
             fq.attrs.update(attrs)
             for old, new in ((fq.inputs[1], shared_scale), (fq.inputs[2], shared_zero_point)):
                 if old is not new:
                     fq.replace_input(old, new)
                     remove_if_unused(self.graph, old)
         names = ", ".join(f"%{fq.name}" for fq in sources)
-        self.notes.append(f"concat %{node.name}: {names} share one scale and zero point")
+        self.notes.append(f"{node.op} %{node.name}: {names} share one scale and zero point")
 
     def _quantize_graph_outputs(self) -> None:
         for value in list(self.graph.outputs):

@@ -46,7 +46,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from qcompiler.errors import OptionError, QuantizationError
 from qcompiler.ir import Graph
+from qcompiler.ir.ops import OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.lowering import check_calibrated, lower
 from qcompiler.quantization.lowering_state import TARGETS
@@ -65,11 +67,21 @@ class LowerToInteger:
 
     def __post_init__(self):
         if self.target not in TARGETS:
-            raise ValueError(f"unknown target {self.target!r}; valid targets: {', '.join(TARGETS)}")
+            raise OptionError(f"lower_to_integer: unknown target {self.target!r}; valid targets: "
+                              f"{', '.join(TARGETS)}")
+        if not isinstance(self.strict, bool):
+            raise OptionError(f"lower_to_integer: strict must be True or False, got {self.strict!r}")
 
     def __call__(self, graph: Graph) -> PassResult:
         if not check_calibrated(graph):
-            return PassResult(graph, False, ["no fake_quant nodes: nothing to lower"])
+            integer = [node for node in graph if OPS[node.op].category == "integer"]
+            if integer:
+                raise QuantizationError(f"graph {graph.name} is already integer ({integer[0].describe()}"
+                                        "): lower_to_integer takes the fake-quant graph qc.quantize "
+                                        "returns")
+            raise QuantizationError(f"graph {graph.name} has no fake_quant nodes, so there is "
+                                    "nothing to lower: quantize it first (qg = qc.quantize(model, "
+                                    "calibration_data); qc.lower_to_integer(qg))")
         state = lower(graph, target=self.target, strict=self.strict)
         return PassResult(state.new, True, state.notes)
 

@@ -50,6 +50,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.edit import (
     input_channel_axis,
@@ -57,6 +58,7 @@ from qcompiler.ir.edit import (
     optional_input,
     output_channel_axis,
     replace_constant,
+    require_float_graph,
     select_layers,
     why_not_float_constant,
 )
@@ -78,17 +80,18 @@ class merge_similar_neurons:  # lower case: with its options it reads like a fun
 
     def __post_init__(self):
         if self.threshold is not None and self.ratio is not None:
-            raise ValueError("merge_similar_neurons takes threshold= or ratio=, not both")
+            raise OptionError("merge_similar_neurons takes threshold= or ratio=, not both")
         if self.threshold is not None and not 0.0 <= self.threshold <= 2.0:
-            raise ValueError(f"threshold is a distance between unit vectors, in [0, 2]; "
-                             f"got {self.threshold}")
+            raise OptionError(f"threshold is a distance between unit vectors, in [0, 2]; "
+                              f"got {self.threshold}")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
+            raise OptionError(f"ratio must be in [0, 1), got {self.ratio}")
         for option in ("layers", "ignore"):
             if isinstance(getattr(self, option), str):
-                raise ValueError(f"{option} must be a tuple of names, got a string")
+                raise OptionError(f"{option} must be a tuple of names, got a string")
 
     def __call__(self, graph: Graph) -> PassResult:
+        require_float_graph(graph, "merge_similar_neurons")
         notes: list[str] = []
         producers = select_layers(graph, OUT_IN_WEIGHTED_OPS, self.layers, self.ignore,
                                   "merge_similar_neurons")

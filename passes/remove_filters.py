@@ -81,10 +81,10 @@ import torch
 from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import CRITERIA, channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
-from qcompiler.errors import PassError
+from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.dims import shape_at
-from qcompiler.ir.edit import input_channel_axis, optional_input, set_optional_input
+from qcompiler.ir.edit import input_channel_axis, optional_input, require_float_graph, set_optional_input
 from qcompiler.ir.evaluate import evaluate
 from qcompiler.ir.ops import TORCH_DTYPES
 from qcompiler.ir.pipeline import PassResult
@@ -110,30 +110,31 @@ class remove_filters:  # lower case: with its options it reads like a function c
 
     def __post_init__(self):
         if isinstance(self.ratio, Graph):
-            raise TypeError("remove_filters takes options, not a graph: run remove_filters()(graph), "
+            raise OptionError("remove_filters takes options, not a graph: run remove_filters()(graph), "
                             "or put remove_filters(ratio=...) in a Pipeline")
         if not (isinstance(self.ratio, (int, float)) and 0 <= self.ratio < 1):
-            raise ValueError(f"remove_filters: ratio must be in [0, 1), got {self.ratio!r}")
+            raise OptionError(f"remove_filters: ratio must be in [0, 1), got {self.ratio!r}")
         if self.criterion not in CRITERIA:
-            raise ValueError(f"remove_filters: unknown criterion {self.criterion!r}; "
-                             f"choose one of {', '.join(CRITERIA)}")
+            raise OptionError(f"remove_filters: unknown criterion {self.criterion!r}; "
+                              f"choose one of {', '.join(CRITERIA)}")
         if self.scope not in ("local", "global"):
-            raise ValueError(f"remove_filters: scope must be 'local' or 'global', got {self.scope!r}")
+            raise OptionError(f"remove_filters: scope must be 'local' or 'global', got {self.scope!r}")
         if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ValueError(f"remove_filters: round_to must be a positive int, got {self.round_to!r}")
+            raise OptionError(f"remove_filters: round_to must be a positive int, got {self.round_to!r}")
         if isinstance(self.ignored_layers, str):
-            raise ValueError("remove_filters: ignored_layers must be a tuple of names, got the "
-                             f"string {self.ignored_layers!r}")
+            raise OptionError("remove_filters: ignored_layers must be a tuple of names, got the "
+                              f"string {self.ignored_layers!r}")
         if self.criterion == "activation" and self.masks is None and not self.calibration_data:
-            raise ValueError("remove_filters: criterion 'activation' needs calibration_data")
+            raise OptionError("remove_filters: criterion 'activation' needs calibration_data")
         if self.compensate_with not in surgery.COMPENSATIONS:
-            raise ValueError(f"remove_filters: compensate_with must be one of "
-                             f"{', '.join(surgery.COMPENSATIONS)}, got {self.compensate_with!r}")
+            raise OptionError(f"remove_filters: compensate_with must be one of "
+                              f"{', '.join(surgery.COMPENSATIONS)}, got {self.compensate_with!r}")
         if self.compensate_bias and self.compensate_with == "mean" and not self.calibration_data:
-            raise ValueError("remove_filters: compensate_with='mean' needs calibration_data (the "
-                             "channel means are measured on it)")
+            raise OptionError("remove_filters: compensate_with='mean' needs calibration_data (the "
+                              "channel means are measured on it)")
 
     def __call__(self, graph: Graph) -> PassResult:
+        require_float_graph(graph, "remove_filters")
         groups = dependency_groups(graph)
         notes = [f"group {g.name} ({g.num_channels} channels) not pruned: {g.reasons[0]}"
                  for g in groups if not g.prunable]

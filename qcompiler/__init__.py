@@ -5,11 +5,18 @@ from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
 from qcompiler.budget import BudgetError, BudgetResult, search_budget
 from qcompiler.errors import (
+    CalibrationDataError,
     CaptureError,
+    InputError,
+    IntegerOnlyError,
     LoadError,
+    MissingDependencyError,
+    OptionError,
+    OutputPathError,
     ParseError,
     PassError,
     QCompilerError,
+    QuantizationError,
     UnsupportedOpError,
     VerificationError,
 )
@@ -25,8 +32,10 @@ from qcompiler.quantize import lower_to_integer, quantize
 from qcompiler.report import write_report
 
 __all__ = [
-    "CaptureError", "Graph", "LoadError", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
+    "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
+    "CalibrationDataError", "InputError", "IntegerOnlyError", "LoadError", "MissingDependencyError",
+    "OptionError", "OutputPathError", "QuantizationError",
     "backends", "cost", "load", "parse", "passes", "save", "to_torch", "trace",
     "QOverride", "QScheme", "QuantConfig", "quantize",
     "lower_to_integer",

@@ -81,7 +81,7 @@ from qcompiler.compression.budget_sensitivity import (
     run_batches,
 )
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES
-from qcompiler.errors import BudgetError  # noqa: F401  (re-exported: qcompiler.budget.BudgetError)
+from qcompiler.errors import BudgetError, OptionError  # noqa: F401  (BudgetError re-exported)
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import input_batches
 from qcompiler.passes.decompose_low_rank import decompose_low_rank
@@ -235,8 +235,8 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
              != (criterion, compensation)) or \
             [u.name for u in sensitivity.units] != [c.name for c in candidates] or \
             [u.measured for u in sensitivity.units] != [c.measured for c in candidates]:
-        raise ValueError("the given sensitivity was measured for another graph, method, criterion, "
-                         "error, fractions or compensation; measure it with the same options")
+        raise OptionError("the given sensitivity was measured for another graph, method, criterion, "
+                          "error, fractions or compensation; measure it with the same options")
     errors = [convex_errors(options, [unit.additive_error_at(k, error) for k in options])
               for unit, options in zip(sensitivity.units, settings, strict=True)]
     search = _Search(graph, method, candidates, settings, errors, sensitivity, batches)
@@ -264,17 +264,17 @@ def search_budget(graph: Graph, calibration_data: Iterable, target_ratio: float,
 
 def _check_options(target_ratio, metric: str, error: str, steps_per_unit: int, round_to) -> None:
     if not (isinstance(target_ratio, (int, float)) and 0 < target_ratio < 1):
-        raise ValueError(f"target_ratio must be in (0, 1) (the fraction of {metric} to keep), "
-                         f"got {target_ratio!r}")
+        raise OptionError(f"target_ratio must be in (0, 1) (the fraction of {metric} to keep), "
+                          f"got {target_ratio!r}")
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        raise OptionError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if error not in ERRORS:
-        raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
+        raise OptionError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
     if steps_per_unit < 1:
-        raise ValueError(f"steps_per_unit must be at least 1, got {steps_per_unit}")
+        raise OptionError(f"steps_per_unit must be at least 1, got {steps_per_unit}")
     if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be a positive integer (channels kept and ranks are multiples "
-                         f"of it), got {round_to!r}")
+        raise OptionError(f"round_to must be a positive integer (channels kept and ranks are multiples "
+                          f"of it), got {round_to!r}")
 
 
 def _check_reachable(graph: Graph, candidates, settings, metric: str, target_ratio: float,

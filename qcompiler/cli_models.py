@@ -1,20 +1,26 @@
-"""What a MODEL argument of the CLI names, and loading it: a built-in model or
-`path/to/file.py:factory`, where `factory()` returns `(module, example_inputs)`. Shared by
-the commands in `qcompiler.cli` and `qcompiler.cli_tvm`."""
+"""What a MODEL argument of the CLI names, and loading it: a built-in model,
+`path/to/file.py:factory`, where `factory()` returns `(module, example_inputs)`, or a graph
+saved with `qc.save` / `qcompiler quantize -o model.qc` (float, fake-quant or integer). Shared
+by the commands in `qcompiler.cli` and `qcompiler.cli_tvm`."""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import torch
 
-from qcompiler.ir import Graph
+from qcompiler.ir import DTYPES, FLOAT_DTYPES, Graph
+from qcompiler.ir.dims import shape_at
+from qcompiler.ir.edit import graph_stage
+from qcompiler.ir.ops import TORCH_DTYPES
 
 
 class UsageError(Exception):
@@ -30,12 +36,27 @@ def builtin_models() -> dict:
 @dataclass
 class LoadedModel:
     description: str
-    module: torch.nn.Module
+    module: torch.nn.Module | None  # None for a saved graph
     example_inputs: tuple
+    graph: Graph | None = None  # a saved graph (`.qc`): captured, maybe quantized or lowered
+
+    @property
+    def stage(self) -> str:
+        """"float" for a module; a saved graph's stage ("float", "fake-quant", "integer")."""
+        return "float" if self.graph is None else graph_stage(self.graph)
+
+    def require_module(self, command: str) -> torch.nn.Module:
+        if self.module is None:
+            raise UsageError(f"{command} takes a torch model (a built-in name or "
+                             f"path/to/file.py:factory), not a saved graph: {self.description}")
+        return self.module
 
 
 def load_model(spec: str) -> LoadedModel:
-    """A built-in name or `path/to/file.py:factory` -> the module and its example inputs."""
+    """A built-in name, `path/to/file.py:factory` or a saved `.qc` graph -> the module (or
+    graph) and example inputs."""
+    if spec.lower().endswith(".qc"):
+        return _saved_graph(spec)
     if spec.lower().endswith(".onnx"):
         raise UsageError(f"{spec}: ONNX models are not supported yet; give a built-in model name "
                          "or path/to/file.py:factory returning (module, example_inputs)")
@@ -100,6 +121,14 @@ def _check_factory_result(result, description: str) -> tuple[torch.nn.Module, tu
             and all(isinstance(x, torch.Tensor) for x in inputs)):
         raise UsageError(f"{description} must return {expected}; its second item is "
                          f"{_kind(inputs)}")
+    training = [name or type(module).__name__ for name, m in module.named_modules() if m.training]
+    if training:
+        # qc.trace refuses a training-mode model (dropout, batch statistics); a factory is
+        # meant for inference, so the CLI switches it and says so.
+        print(f"qcompiler: note: {description} returned {type(module).__name__} in training mode "
+              f"({', '.join(training[:3])}{', ...' if len(training) > 3 else ''}); switched it to "
+              "eval mode (model.eval()): dropout off, batch norms use their running statistics",
+              file=sys.stderr)
     return module.eval(), tuple(inputs)
 
 
@@ -109,9 +138,46 @@ def _kind(value) -> str:
     return f"a {type(value).__name__}"
 
 
+def _saved_graph(spec: str) -> LoadedModel:
+    from qcompiler.errors import LoadError
+    from qcompiler.ir.serialize import load
+
+    if not Path(spec).is_file():
+        raise UsageError(f"no such file: {spec}")
+    try:
+        graph = load(spec)
+    except LoadError as error:
+        raise UsageError(str(error)) from None
+    return LoadedModel(f"saved {graph_stage(graph)} graph {spec} ({graph.name})", None,
+                       example_inputs(graph), graph)
+
+
+def example_inputs(graph: Graph, batch: int = 1) -> tuple:
+    """Seeded inputs for a saved graph's inputs (a symbolic batch at `batch`): normal floats,
+    integers over their type's range (small non-negative ones for i64 / i32, e.g. token ids)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for value in graph.inputs:
+        shape = shape_at(value.shape, batch)
+        if value.dtype in FLOAT_DTYPES:
+            inputs.append(torch.randn(shape, generator=generator).to(TORCH_DTYPES[value.dtype]))
+        elif value.dtype == "bool":
+            inputs.append(torch.ones(shape, dtype=torch.bool))
+        else:
+            info = np.iinfo(DTYPES[value.dtype])
+            low, high = (0, 2) if info.bits > 16 else (int(info.min), int(info.max) + 1)
+            inputs.append(torch.randint(low, high, shape, generator=generator,
+                                        dtype=TORCH_DTYPES[value.dtype]))
+    return tuple(inputs)
+
+
 def capture(loaded: LoadedModel, out: TextIO) -> Graph:
     import qcompiler
 
+    if loaded.graph is not None:
+        out.write(f"loaded {loaded.description}: {len(loaded.graph)} nodes, "
+                  f"{len(loaded.graph.constants)} constants\n")
+        return loaded.graph
     start = time.perf_counter()
     graph = qcompiler.trace(loaded.module, loaded.example_inputs)
     out.write(f"captured {loaded.description}: {len(graph)} nodes, {len(graph.constants)} constants "

@@ -21,6 +21,7 @@ import numpy as np
 import qcompiler as qc
 from qcompiler.backends.tvm import TARGET_NAMES, lowering_target, quant_preset
 from qcompiler.backends.tvm import target as targets
+from qcompiler.quantization.lowering import FALLBACK_OPS
 
 DEMO_THREADS = 2
 # The /proc/cpuinfo flags that decide which int8 instructions a kernel may use.
@@ -53,7 +54,13 @@ def integer_graph_for(loaded, spec: str, target: str, preset: str | None, count:
     from qcompiler.examples.batches import demo_data
     from qcompiler.pipelines import canonical_float_pipeline
 
-    graph = canonical_float_pipeline().run(capture(loaded, out))
+    graph = capture(loaded, out)
+    if loaded.stage == "integer":  # a saved integer graph: built as it is
+        return graph, graph, not any(node.op in FALLBACK_OPS for node in graph), []
+    if loaded.stage == "fake-quant":  # a saved fake-quant graph: lowered as it is
+        strict = not any(node.op in FALLBACK_OPS for node in graph)
+        return graph, qc.lower_to_integer(graph, strict=strict, target="generic"), strict, []
+    graph = canonical_float_pipeline().run(graph)
     # The target's preset is lowered with the lowering target that checks its ranges; a preset
     # given by hand is left to `build`, whose refusal names the preset to use instead.
     lowering = lowering_target(target) if preset is None else "generic"
@@ -64,7 +71,7 @@ def integer_graph_for(loaded, spec: str, target: str, preset: str | None, count:
     start = time.perf_counter()
     quantized = qc.quantize(graph, calibration, config=qc.QuantConfig.preset(preset), progress=False)
     _progress(out, "qc.quantize", start)
-    strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
+    strict = not any(node.op in FALLBACK_OPS for node in quantized)
     integer = qc.lower_to_integer(quantized, strict=strict, target=lowering)
     return graph, integer, strict, evaluation
 
@@ -163,7 +170,8 @@ def run_bench(args, out: TextIO) -> int:
     out.write(f"CPU: {describe_cpu()}; {args.threads} threads\n")
     inputs = loaded.example_inputs
     if args.backend == "torch":
-        engine, label = torch_engine(loaded.module, inputs), "torch eager FP32"
+        engine, label = torch_engine(loaded.require_module("bench --backend torch"), inputs), \
+            "torch eager FP32"
     elif args.float:
         graph = canonical_float_pipeline().run(capture(loaded, out))
         engine, label = _engine(args, graph, inputs, True, out)

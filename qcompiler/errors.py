@@ -49,3 +49,41 @@ class IntegerOnlyError(QCompilerError):
 
 class BudgetError(QCompilerError):
     """A compression budget (`qc.search_budget`) cannot be met by the chosen method."""
+
+
+class OptionError(QCompilerError, ValueError, TypeError):
+    """An option of a pass or of a workflow (`qc.quantize`, `qc.finetune`, `qc.search_budget`,
+    `qc.sensitivity_analysis`, `qc.Pipeline`...) has a value or a type it cannot take; the
+    message names the option and what it accepts. It is a ValueError and a TypeError too, as
+    the errors these checks raised before it existed."""
+
+
+class OutputPathError(OptionError):
+    """An output path that cannot be written: its directory is missing (qcompiler does not
+    create directories) or is a file, it is not writable, or the path is a directory. Checked
+    before the work that produces the output starts."""
+
+
+class InputError(QCompilerError, ValueError):
+    """An input given to a backend (the integer interpreter) does not fit the graph: wrong
+    count, shape or dtype, or NaN / Inf where the graph quantizes it."""
+
+
+class MissingDependencyError(QCompilerError, ImportError):
+    """A feature needs an optional package that is not installed; the message names the
+    package and the pip extra that installs it."""
+
+
+def import_optional(module: str, extra: str, purpose: str):
+    """Import `module` (an optional dependency) or raise MissingDependencyError saying how to
+    install it: `pip install "qcompiler[<extra>]"` (from a checkout: `pip install -c
+    constraints.txt -e ".[<extra>]"`)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"{purpose} needs the package '{module.split('.')[0]}', which is not installed "
+            f"({error}); install qcompiler's '{extra}' extra: pip install -c constraints.txt "
+            f"-e \".[{extra}]\" from a checkout, or pip install \"qcompiler[{extra}]\"") from None

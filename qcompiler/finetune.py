@@ -44,7 +44,7 @@ from torch import fx, nn
 from tqdm import tqdm
 
 from qcompiler.backends.torch import to_torch
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import OptionError, QCompilerError
 from qcompiler.ir import Graph
 
 
@@ -69,8 +69,8 @@ def _split(batch, inputs: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor |
         return items, None
     if len(items) == inputs + 1:
         return items[:inputs], items[inputs]
-    raise ValueError(f"a training batch has {len(items)} item(s); the graph takes {inputs} input(s), "
-                     f"so give {inputs} (unlabelled, needs a teacher) or {inputs + 1} (with labels)")
+    raise OptionError(f"a training batch has {len(items)} item(s); the graph takes {inputs} input(s), "
+                      f"so give {inputs} (unlabelled, needs a teacher) or {inputs + 1} (with labels)")
 
 
 def _teacher_function(teacher) -> Callable | None:
@@ -84,16 +84,26 @@ def _teacher_function(teacher) -> Callable | None:
 
 def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e-3,
              teacher: Graph | nn.Module | Callable | None = None, temperature: float = 4.0,
-             alpha: float = 0.5, weight_decay: float = 0.0, progress: bool = True) -> FinetuneResult:
-    """Train `graph`'s learnable constants on `train_data`; see the module docstring."""
+             alpha: float = 0.5, weight_decay: float = 0.0, progress: bool | None = None
+             ) -> FinetuneResult:
+    """Train `graph`'s learnable constants on `train_data`; see the module docstring.
+    progress: a tqdm bar per epoch; None shows it only when stderr is a terminal."""
+    if not isinstance(graph, Graph):
+        hint = (" (capture it first: qc.trace(model, example_inputs))"
+                if isinstance(graph, nn.Module) else "")
+        raise OptionError(f"finetune takes a qcompiler Graph, got {type(graph).__name__}{hint}")
     if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        raise OptionError(f"epochs must be a positive int, got {epochs!r}")
+    if epochs > 1 and iter(train_data) is train_data:
+        raise OptionError(f"train_data is a one-shot iterator ({type(train_data).__name__}), but "
+                          f"epochs={epochs} reads it {epochs} times: the epochs after the first "
+                          "would see no batch. Pass a list of batches or a DataLoader")
     if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+        raise OptionError(f"lr must be positive, got {lr!r}")
     if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
+        raise OptionError(f"temperature must be positive, got {temperature!r}")
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        raise OptionError(f"alpha must be in [0, 1], got {alpha!r}")
     if len(graph.outputs) != 1 or len(graph.outputs[0].shape) != 2:
         shapes = ", ".join(str(list(v.shape)) for v in graph.outputs)
         raise QCompilerError(f"finetune needs a graph with one [N, classes] output; graph "
@@ -113,7 +123,8 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
         module.train()
         total, count = 0.0, 0
         bar = tqdm(train_data, total=steps_per_epoch, desc=f"finetune epoch {epoch + 1}/{epochs}",
-                   disable=not progress, file=sys.stderr, leave=False)
+                   disable=not (progress if progress is not None else sys.stderr.isatty()),
+                   file=sys.stderr, leave=False)
         for batch in bar:
             inputs, labels = _split(batch, len(graph.inputs))
             logits = module(*inputs)
@@ -127,8 +138,8 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
                 losses.append((1.0 - alpha if teacher_function is not None else 1.0,
                                F.cross_entropy(logits, labels)))
             if not losses:
-                raise ValueError("a training batch has no labels and no teacher was given: pass "
-                                 "teacher= (e.g. the uncompressed graph) or labelled batches")
+                raise OptionError("a training batch has no labels and no teacher was given: pass "
+                                  "teacher= (e.g. the uncompressed graph) or labelled batches")
             loss = sum(weight * term for weight, term in losses)
             optimizer.zero_grad()
             loss.backward()
@@ -138,7 +149,7 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
             total, count = total + float(loss.detach()) * len(inputs[0]), count + len(inputs[0])
             bar.set_postfix(loss=f"{total / count:.4f}")
         if count == 0:
-            raise ValueError("train_data yielded no batches")
+            raise OptionError("train_data yielded no batches")
         epoch_losses.append(total / count)
     module.eval()
 

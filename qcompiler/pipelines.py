@@ -15,6 +15,7 @@ from qcompiler.errors import QuantizationError
 from qcompiler.ir.pipeline import Pass, Pipeline
 from qcompiler.passes.absorb_high_bias import absorb_high_bias
 from qcompiler.passes.calibrate import calibrate
+from qcompiler.passes.convert_batchnorm_to_conv import convert_batchnorm_to_conv
 from qcompiler.passes.correct_bias import correct_bias
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code
 from qcompiler.passes.equalize_cross_layer import equalize_cross_layer
@@ -22,7 +23,7 @@ from qcompiler.passes.fold_batchnorm import fold_batchnorm
 from qcompiler.passes.fold_constants import fold_constants
 from qcompiler.passes.insert_fake_quant import insert_fake_quant
 from qcompiler.passes.round_adaptive import round_adaptive
-from qcompiler.quantization.config import QuantConfig
+from qcompiler.quantization.config import QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import EqualizeKeepingStatistics, RecordBatchnormStatistics
 
 
@@ -98,7 +99,7 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
     adaround: options of `round_adaptive` (e.g. `{}` for its defaults) to run AdaRound; None
         leaves round-to-nearest.
     """
-    config = config if config is not None else QuantConfig.preset("int8")
+    config = as_quant_config(config)
     data_free = calibration_data is None
     if data_free and adaround is not None:
         raise QuantizationError("AdaRound fits each layer's rounding on calibration data; "
@@ -107,6 +108,10 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
     statistics: dict | None = {} if data_free else None
     return [
         *ptq_float_steps(equalize=equalize, equalization=equalization, statistics=statistics),
+        # After folding (a batch norm that folds costs nothing) and equalization (which does
+        # not pass through a batch norm): the batch norms left (after a ReLU, on an input)
+        # become depthwise 1x1 convs, which integer lowering handles like any layer.
+        convert_batchnorm_to_conv,
         # After every weight rewrite: calibration reads the final weights.
         insert_fake_quant(config=config),
         # Weight ranges from the final weights; activation ranges from the float graph on
@@ -122,7 +127,7 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
         # quants; it changes biases only, which weight qparams do not depend on (activation
         # ranges are not re-measured). Measured input means when there is data; else the
         # analytical, data-free correction from the statistics.
-        *([correct_bias(calibration_data=calibration_data) if not data_free
+        *([correct_bias(calibration_data=calibration_data, progress=progress) if not data_free
            else correct_bias(statistics=statistics)] if bias_correction else []),
     ]
 

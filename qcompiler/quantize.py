@@ -25,7 +25,7 @@ from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
 from qcompiler.passes.lower_to_integer import LowerToInteger
 from qcompiler.pipelines import ptq_pipeline
-from qcompiler.quantization.config import QuantConfig
+from qcompiler.quantization.config import QuantConfig, as_quant_config
 
 
 def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | None = None,
@@ -43,7 +43,7 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
         (`{}` for its defaults); None keeps round-to-nearest.
     print_after: the pipeline's `print_after` (see `qcompiler.ir.pipeline`).
     """
-    config = config if config is not None else QuantConfig.preset("int8")
+    config = as_quant_config(config)
     if calibration_data is not None:
         passes = 1 + bias_correction + (adaround is not None)
         calibration_data = _reusable(calibration_data, passes_over_data=passes)
@@ -66,7 +66,8 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
 
 def lower_to_integer(graph: Graph, *, target: str = "generic", strict: bool = True) -> Graph:
     """The integer-only graph of a calibrated fake-quant graph (`docs/integer-spec.md`); the
-    caller's graph is not modified (a graph without fake_quant nodes comes back as it is).
+    caller's graph is not modified. A float graph (no fake_quant nodes) is refused
+    (QuantizationError): quantize it first.
 
     Like `qc.quantize`, this workflow function returns the Graph itself. The pass of the
     same name, `qc.passes.lower_to_integer`, returns a PassResult, as every pass does: the

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -44,13 +45,14 @@ from qcompiler.analysis.report_render import (
     Image,
     Paragraph,
     Table,
+    check_output_path,
     new_figure,
     png_bytes,
     render_html,
     render_markdown,
     write_atomically,
 )
-from qcompiler.errors import QuantizationError
+from qcompiler.errors import OutputPathError, QuantizationError
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import Evaluator, graph_inputs, is_fake_quant
 from qcompiler.ir.ops import OUT_IN_WEIGHTED_OPS
@@ -73,10 +75,8 @@ def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_d
 
     equalization: the CLE pass whose effect is shown (default `equalize_cross_layer` with its
     default options; e.g. `equalize_cross_layer(replace_relu6=True)` for ReLU6 networks)."""
-    path = Path(path)
+    path = check_report_path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".html", ".htm", ".md"):
-        raise ValueError(f"report path {path} must end in .html, .htm or .md")
     if not isinstance(float_graph, Graph) or not isinstance(quantized_graph, Graph):
         raise QuantizationError("write_report takes the float Graph and the quantized Graph "
                                 f"(got {type(float_graph).__name__} and {type(quantized_graph).__name__})")
@@ -103,6 +103,15 @@ def write_report(path, float_graph: Graph, quantized_graph: Graph, calibration_d
     else:
         write_atomically(path, render_html(title, blocks))
     return path
+
+
+def check_report_path(path) -> Path:
+    """The report's path, checked before any work: a .html, .htm or .md file that can be
+    written (its directory exists and is writable)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm", ".md"):
+        raise OutputPathError(f"report path {path} must end in .html, .htm or .md")
+    return check_output_path(path, "report")
 
 
 def _number(value) -> str:
@@ -309,7 +318,8 @@ def _fidelity(fidelity) -> list[Block]:
 
 def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, config: str = "int8",
                      equalize: bool = True, bias_correction: bool = True, photos: int | None = None,
-                     batch_size: int = 8, progress: bool | None = None) -> Path:
+                     batch_size: int = 8, progress: bool | None = None,
+                     log: TextIO | None = None) -> Path:
     """Quantize `module` with `qc.quantize` and write its report to `out` (for
     `qcompiler report MODEL --out report.html`).
 
@@ -317,19 +327,35 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
     photo pool (`qcompiler.examples.photos`; for image models taking one [N, 3, S, S] input) in batches of
     `batch_size`, and measure fidelity to FP32 on as many held-out crops; without it, the
     example inputs are the only calibration batch (a smoke test: ranges then describe those
-    inputs alone)."""
+    inputs alone). log: where to say what each step does and how long it should take
+    (`qcompiler.progress`); the long steps also draw tqdm bars on a terminal."""
     from qcompiler.analysis import metrics
     from qcompiler.backends.torch import to_torch
     from qcompiler.frontends.torch_export.capture import trace
+    from qcompiler.progress import about, expected_seconds, float_run_seconds
     from qcompiler.quantization.config import QuantConfig
+    from qcompiler.quantization.sensitivity import quantized_layers
     from qcompiler.quantize import quantize
 
+    def say(line: str) -> None:
+        if log is not None:
+            log.write(line + "\n")
+            log.flush()
+
+    check_report_path(out)  # before minutes of work
     if photos is not None:
         calibration, evaluation = _photo_pools(example_inputs, photos, batch_size)
         example_inputs = (next(iter(calibration)),)
     else:
         calibration = evaluation = [tuple(example_inputs)]
+    say("capturing the model (torch.export)")
     graph = trace(module, tuple(example_inputs))
+    calibration = list(calibration)
+    float_run = float_run_seconds(graph, calibration[0])
+    steps = {"calibrate": len(calibration), **({"correct_bias": len(calibration)}
+                                                if bias_correction else {})}
+    say(f"quantizing ({config}): calibration{' and bias correction' if bias_correction else ''} "
+        f"on {len(calibration)} batch(es), {about(expected_seconds(float_run, steps))}")
     quantized = quantize(graph, calibration, config=QuantConfig.preset(config), equalize=equalize,
                          bias_correction=bias_correction, progress=progress)
     fidelity = None
@@ -340,6 +366,11 @@ def report_for_model(module: torch.nn.Module, example_inputs: tuple, out, *, con
         label = (f"{config}{' + CLE' if equalize else ''}{' + bias correction' if bias_correction else ''}")
         fidelity = {label: metrics.fidelity(torch.cat([p[0] for p in pairs]),
                                             torch.cat([p[1] for p in pairs]))}
+    layers = len(quantized_layers(quantized))
+    batches = min(len(calibration), 2)  # write_report's sensitivity_batches
+    expected = expected_seconds(float_run, {"fake_quant_run": (layers + 1) * batches})
+    say(f"per-layer sensitivity: {layers} layers, each quantized network run on {batches} "
+        f"batch(es), {about(expected)}")
     return write_report(out, graph, quantized, calibration, fidelity, progress=progress,
                         title=f"Quantization report: {graph.name} ({config})")
 

@@ -12,6 +12,7 @@ from typing import TextIO
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from qcompiler.analysis.cost import cost
 from qcompiler.analysis.metrics import fidelity
@@ -22,6 +23,8 @@ from qcompiler.backends.torch import to_torch
 from qcompiler.errors import IntegerOnlyError
 from qcompiler.examples.batches import demo_data
 from qcompiler.ir import Graph
+from qcompiler.ir.edit import graph_stage
+from qcompiler.progress import about, expected_seconds, float_run_seconds, show_bars
 from qcompiler.quantization.config import QuantConfig
 from qcompiler.quantization.lowering import FALLBACK_OPS
 from qcompiler.quantize import lower_to_integer, quantize
@@ -45,17 +48,27 @@ def _calibration_batches(example_inputs: tuple, count: int, seed: int) -> list[t
     return batches
 
 
-def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
+def run_model_on_interpreter(module: torch.nn.Module | None, example_inputs: tuple, *,
                              calibration_batches: int = 4, strict: bool | None = None,
-                             seed: int = 0, out: TextIO | None = None) -> Agreement:
+                             seed: int = 0, out: TextIO | None = None,
+                             graph: Graph | None = None) -> Agreement | None:
     """Quantize `module` (int8 preset, calibrated on the example inputs plus random batches like
     them), lower it, run it on the example inputs, and print the outputs and their agreement
     with float and with fake-quant simulation. strict=None tries an integer-only lowering and
-    falls back to float islands (strict=False) if the model needs them, saying so."""
+    falls back to float islands (strict=False) if the model needs them, saying so.
+
+    A saved `graph` (module None) starts where it is: a float graph is quantized, a fake-quant
+    graph lowered (no float reference), an integer graph only run."""
     out = out or sys.stdout
-    batches = _calibration_batches(example_inputs, calibration_batches, seed)
-    fake_quant = quantize(module, batches, bias_correction=False, example_inputs=example_inputs,
-                             progress=False)
+    stage = "float" if graph is None else graph_stage(graph)
+    if stage == "integer":
+        return _run_integer_graph(graph, example_inputs, strict, out)
+    if stage == "float":
+        batches = _calibration_batches(example_inputs, calibration_batches, seed)
+        fake_quant = quantize(module if graph is None else graph, batches, bias_correction=False,
+                              example_inputs=example_inputs, progress=None)
+    else:
+        fake_quant = graph
     modes = [strict] if strict is not None else [True, False]
     for mode in modes:
         try:
@@ -66,19 +79,19 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
             if mode is modes[-1]:
                 raise
             out.write(f"not integer-only: {error}\nretrying with float fall backs (strict=False)\n")
-    with torch.no_grad():
-        reference = module(*example_inputs)
-    reference = reference if isinstance(reference, tuple) else (reference,)
+    reference = _float_reference(module, graph, example_inputs)
     for note in agreement.notes:
         out.write(f"lowering: {note}\n")
     for difference, ours, float_out in zip(agreement.outputs, agreement.interpreter_outputs,
                                            reference, strict=True):
-        float_out = float_out.numpy()
         out.write(f"output %{difference.name}: {list(ours.shape)}\n")
         with np.printoptions(precision=4, suppress=True, threshold=20, edgeitems=3):
             out.write(f"  interpreter: {ours.reshape(-1)[:8]}\n")
         out.write(f"  vs fake-quant simulation (exact): max {difference.max_steps:.3g} step(s), "
                   f"{difference.differing:.2%} of {difference.elements} elements differ\n")
+        if float_out is None:
+            continue
+        float_out = float_out.numpy()
         out.write(f"  vs float: max |difference| {np.abs(ours - float_out).max():.4g}")
         if ours.ndim == 2:
             agree = float((ours.argmax(1) == float_out.argmax(1)).mean())
@@ -88,6 +101,33 @@ def run_model_on_interpreter(module: torch.nn.Module, example_inputs: tuple, *,
     out.write(f"layers: {len(agreement.layers)} quantized activations; worst local disagreement "
               f"(each op on the simulation's inputs) {local:.3%} of elements\n")
     return agreement
+
+
+def _float_reference(module, graph: Graph | None, example_inputs: tuple) -> tuple:
+    """The float outputs to compare with: the module's, a saved float graph's, or Nones (a
+    saved fake-quant graph carries no float model)."""
+    if module is None and graph_stage(graph) != "float":
+        return (None,) * len(graph.outputs)
+    with torch.no_grad():
+        reference = (module if module is not None else to_torch(graph))(*example_inputs)
+    return reference if isinstance(reference, tuple) else (reference,)
+
+
+def _run_integer_graph(graph: Graph, example_inputs: tuple, strict: bool | None, out: TextIO):
+    """A saved integer graph: run it on the interpreter (strict unless it holds float fall
+    backs) and print its outputs; there is no simulation or float model to compare with."""
+    fall_backs = [node for node in graph if node.op in FALLBACK_OPS]
+    strict = not fall_backs if strict is None else strict
+    if fall_backs:
+        out.write(f"float fall backs: {len(fall_backs)} ({', '.join(n.describe() for n in fall_backs[:3])}"
+                  f"{', ...' if len(fall_backs) > 3 else ''})\n")
+    outputs = interpreter.run(graph, *[x.numpy() for x in example_inputs], strict=strict)
+    for value, array in zip(graph.outputs, outputs if isinstance(outputs, tuple) else (outputs,),
+                            strict=True):
+        out.write(f"output %{value.name}: {array.dtype}{list(array.shape)}\n")
+        with np.printoptions(precision=4, suppress=True, threshold=20, edgeitems=3):
+            out.write(f"  interpreter: {array.reshape(-1)[:8]}\n")
+    return None
 
 
 def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple, float_graph: Graph,
@@ -103,8 +143,14 @@ def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple
     preset = quant_preset("host")
     out.write(f"preset {preset!r}: the int8 operand ranges this machine's TVM kernels take "
               f"(qc.backends.tvm.quant_preset('host'); lowered with target={lowering_target('host')!r})\n")
+    float_run = float_run_seconds(float_graph, calibration[0])
+    expected = expected_seconds(float_run, {"calibrate": len(calibration),
+                                            "correct_bias": len(calibration)})
+    out.write(f"qc.quantize: calibration and bias correction on {len(calibration)} batches, "
+              f"{about(expected)} (estimated from one float run: {float_run:.2f} s)\n")
+    out.flush()
     start = time.perf_counter()
-    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=False)
+    quantized = quantize(float_graph, calibration, config=QuantConfig.preset(preset), progress=None)
     out.write(f"qc.quantize: {time.perf_counter() - start:.1f} s "
               "(fold BN, equalize, fake-quant, calibrate, bias correction)\n")
     strict = not any(node.op in FALLBACK_OPS for node in quantized)  # else float islands
@@ -118,7 +164,13 @@ def run_quantized_demo(spec: str, module: torch.nn.Module, example_inputs: tuple
     simulation = to_torch(quantized, trainable=False, exact=True)  # what the integers must equal
     reference, simulated, integers = [], [], []
     seconds = 0.0
-    for batch in evaluation:
+    expected = expected_seconds(float_run, {"interpreter": len(evaluation),
+                                            "exact_simulation": len(evaluation)})
+    out.write(f"\nevaluating {len(evaluation)} batches on the integer interpreter and the float64 "
+              f"simulation, {about(expected)}\n")
+    out.flush()
+    for batch in tqdm(evaluation, desc="interpreter + simulation", disable=not show_bars(None),
+                      leave=False):
         inputs = batch if isinstance(batch, tuple) else (batch,)
         with torch.no_grad():
             reference.append(module(*inputs).numpy())

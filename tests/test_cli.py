@@ -195,7 +195,10 @@ def test_run_on_the_interpreter_reports_agreement():
 def test_report_writes_html(tmp_path):
     target = tmp_path / "report.html"
     code, out = run(["report", "digits_cnn", "--out", str(target)])
-    assert code == 0 and out == f"wrote {target}\n"
+    assert code == 0 and out.endswith(f"wrote {target}\n")
+    assert out.startswith("capturing the model (torch.export)\nquantizing (int8): calibration and "
+                          "bias correction on 1 batch(es), ")
+    assert "per-layer sensitivity: 8 layers, each quantized network run on 1 batch(es), " in out
     html = target.read_text()
     assert html.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in html
 
@@ -219,3 +222,88 @@ def test_demo_default_runs_mobilenet_v2_end_to_end():
     assert max(_max_differences(result.stdout)) < 1e-3  # 1000 logits through 52 folded layers
     assert "== fidelity on 32 evaluation inputs ==" in result.stdout
     assert re.search(r"^ +integer interpreter vs FP32: top-1 agreement", result.stdout, re.MULTILINE)
+
+
+# ---- bad options and output paths: one message, exit 2, checked before the work -------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["report", "digits_cnn", "--out", "{tmp}/missing/r.html"],
+     r"qcompiler: error: report path .*missing/r\.html: directory .*missing does not exist "
+     r"\(qcompiler does not create directories; mkdir it first\)"),
+    (["report", "digits_cnn", "--out", "{tmp}/file/r.html"],
+     r"qcompiler: error: report path .*file/r\.html: .*file is a file, not a directory"),
+    (["report", "digits_cnn", "--out", "/proc/r.html"],
+     r"qcompiler: error: report path /proc/r\.html: cannot write into /proc"),
+    (["report", "digits_cnn", "--out", "{tmp}/r.pdf"],
+     r"qcompiler: error: report path .*r\.pdf must end in \.html, \.htm or \.md"),
+    (["report", "digits_cnn", "--out", "{tmp}/r.html", "--batch-size", "0"],
+     r"argument --batch-size: 0 is below 1"),
+    (["report", "digits_cnn", "--out", "{tmp}/r.html", "--photos", "many"],
+     r"argument --photos: 'many' is not a whole number"),
+    (["demo", "--images", "0"], r"argument --images: 0 is below 1"),
+    (["inspect", "digits_cnn", "--lines", "-3"], r"argument --lines: -3 is below 0"),
+])
+def test_bad_options_and_paths_are_one_line_and_exit_2(tmp_path, argv, message, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    loaded = []
+    monkeypatch.setattr(cli, "load_model", lambda spec: loaded.append(spec))  # must not be reached
+    try:
+        code, _ = run(argv)
+    except SystemExit as exit_info:  # argparse's own usage errors
+        code = exit_info.code
+    error = capsys.readouterr().err
+    assert code == 2 and re.search(message, error), error
+    assert "Traceback" not in error and not loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing created
+
+
+def test_console_script_never_prints_a_traceback(tmp_path):
+    script = Path(sys.executable).parent / "qcompiler"
+    for argv in (["report", "digits_cnn", "--out", "/proc/r.html"],
+                 ["report", "digits_cnn", "--out", str(tmp_path / "no" / "r.html")],
+                 ["demo", "--images", "0"]):
+        result = subprocess.run([str(script), *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.startswith(("usage: qcompiler", "qcompiler: error: ")), result.stderr
+
+
+def test_an_internal_error_is_one_line_with_exit_3(monkeypatch, capsys):
+    def crash(spec):
+        raise KeyError("surprise")
+    monkeypatch.setattr(cli, "load_model", crash)
+    assert run(["inspect", "digits_cnn"])[0] == 3
+    error = capsys.readouterr().err
+    assert error.startswith("qcompiler: internal error: KeyError: 'surprise' (a bug in qcompiler; "
+                            "please report it") and "QC_TRACEBACK=1" in error
+    assert "Traceback" not in error
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert re.fullmatch(r"qcompiler \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for expected in ("qcompiler demo [--model MODEL]", "qcompiler report MODEL --out F",
+                     "MODEL is a built-in name", "path/to/file.py:factory", "Built-in models: ",
+                     "Exit codes: 0 success; 1 ", "2 bad usage or bad input", "3 an internal error"):
+        assert expected in text, expected
+
+
+def test_a_training_mode_model_is_switched_to_eval_and_the_cli_says_so(tmp_path, capsys):
+    path = tmp_path / "train.py"
+    path.write_text(MODEL_FILE + textwrap.dedent("""
+        def training():
+            model, inputs = good()
+            return nn.Sequential(model, nn.Dropout(0.5)).train(), inputs
+    """))
+    code, out = run(["inspect", f"{path}:training"])
+    error = capsys.readouterr().err
+    assert code == 0 and "ops: " in out
+    assert re.search(r"qcompiler: note: .*train\.py:training returned Sequential in training mode "
+                     r"\(Sequential, 0, 0\.0, \.\.\.\); switched it to eval mode \(model\.eval\(\)\)", error)

@@ -30,16 +30,16 @@ def test_the_ptq_steps_in_order(digits):
     _, batches = digits
     assert step_names(batches) == [
         "eliminate_dead_code", "fold_constants", "absorb_high_bias", "fold_batchnorm",
-        "eliminate_dead_code", "equalize_cross_layer", "insert_fake_quant", "calibrate",
-        "correct_bias"]
+        "eliminate_dead_code", "equalize_cross_layer", "convert_batchnorm_to_conv",
+        "insert_fake_quant", "calibrate", "correct_bias"]
     assert step_names(batches, equalize=False, bias_correction=False, adaround={}) == [
         "eliminate_dead_code", "fold_constants", "fold_batchnorm", "eliminate_dead_code",
-        "insert_fake_quant", "calibrate", "round_adaptive"]
+        "convert_batchnorm_to_conv", "insert_fake_quant", "calibrate", "round_adaptive"]
     # Data-free: the batch-norm statistics are recorded before folding and carried through CLE.
     assert step_names(None) == [
         "eliminate_dead_code", "fold_constants", "absorb_high_bias", "record_batchnorm_statistics",
-        "fold_batchnorm", "eliminate_dead_code", "equalize_keeping_statistics", "insert_fake_quant",
-        "calibrate", "correct_bias"]
+        "fold_batchnorm", "eliminate_dead_code", "equalize_keeping_statistics",
+        "convert_batchnorm_to_conv", "insert_fake_quant", "calibrate", "correct_bias"]
 
 
 def test_qc_quantize_is_the_ptq_pipeline():

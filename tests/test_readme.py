@@ -15,7 +15,8 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
 
 
-def test_python_tour_runs(capsys):
+def test_python_tour_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the files it writes (digits.qc, out/) stay out of the checkout
     namespace: dict = {}
     for block in code_blocks("python"):  # one tour in several blocks, run in order
         exec(compile(block, "README.md", "exec"), namespace)  # its own asserts check its claims

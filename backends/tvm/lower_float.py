@@ -18,6 +18,7 @@ from tvm import relax, te, tirx
 from qcompiler.backends.tvm.errors import LoweringError
 from qcompiler.backends.tvm.kernels import window_counts
 from qcompiler.backends.tvm.lower_common import Lowering, constant, pool_geometry, shape_of
+from qcompiler.backends.tvm.lower_float_math import MATH_LOWERINGS
 from qcompiler.ir import Node
 
 
@@ -232,4 +233,5 @@ FLOAT_LOWERINGS = {
     "max_pool2d": lower_pool, "max_pool1d": lower_pool, "avg_pool2d": lower_pool,
     "avg_pool1d": lower_pool, "adaptive_avg_pool2d": lower_adaptive_avg_pool,
     "adaptive_avg_pool1d": lower_adaptive_avg_pool, "mean": lower_mean, "resize": lower_resize,
+    **MATH_LOWERINGS,
 }

@@ -57,6 +57,8 @@ _AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
 
 # name -> (TVM target dict, SIMD level, description)
 NAMED_TARGETS: dict[str, tuple[dict, str, str]] = {
+    # "x86": the portable x86 build, every x86-64 machine with AVX2 (the AVX2 build, 7-bit weights)
+    "x86": ({**_X86, "mcpu": "x86-64-v3"}, "avx2", "x86-64 with AVX2 + FMA (portable x86)"),
     "x86-avx2": ({**_X86, "mcpu": "x86-64-v3"}, "avx2", "x86-64 with AVX2 + FMA"),
     "x86-avx512": ({**_X86, "mcpu": "x86-64-v4"}, "avx512", "x86-64 with AVX-512 (no VNNI)"),
     "x86-vnni": ({**_X86, "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}, "vnni",

@@ -94,9 +94,18 @@ _PER_ELEMENT = MappingProxyType({
     "fake_quant": (4, 2),  # quantize, then dequantize
     "fake_quant_bias": (4, 3),  # step = s_in * s_w, then fake_quant on that step
     "qlookup": (1, 0),  # index = q - input_min, then a table read
+    # Nominal counts of the other elementwise functions (float; integer graphs use qlookup).
+    "abs": (1, 0), "leaky_relu": (1, 1), "prelu": (1, 1), "pow": (0, 1), "reciprocal": (0, 1),
+    "sqrt": (1, 2), "rsqrt": (1, 2), "exp": (2, 3), "log": (2, 3), "erf": (3, 4), "elu": (2, 3),
+    "softplus": (2, 3), "mish": (3, 5),  # x * tanh(softplus(x))
+    **{op: (1, 0) for op in ("eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or",
+                             "logical_not", "where")},
 })
 _POOLS = frozenset({"max_pool2d", "max_pool1d", "avg_pool2d", "avg_pool1d"})
-_REDUCTIONS = frozenset({"adaptive_avg_pool2d", "adaptive_avg_pool1d", "mean"})
+# Every input element summed (or compared) once, one divide per output; var and vector_norm
+# also square every element (counted as the divide's multiply: an underestimate).
+_REDUCTIONS = frozenset({"adaptive_avg_pool2d", "adaptive_avg_pool1d", "mean", "sum", "amax", "amin",
+                         "argmax", "var", "vector_norm"})
 _SPECIAL = frozenset({"clamp", "gelu", "layer_norm", "resize"})
 # Constant inputs that are not parameters in torch's sense (buffers or derived numbers):
 # batch-norm running statistics, quantization scales and zero points, requantization
@@ -107,7 +116,7 @@ _NOT_PARAMETERS = MappingProxyType({
 })
 # Ops that only move or reinterpret data: no arithmetic (their memory traffic still counts).
 _DATA_MOVEMENT = frozenset({"concat", "split", "slice", "reshape", "flatten", "permute",
-                            "transpose", "pad", "embedding"})
+                            "transpose", "pad", "embedding", "expand", "cast"})
 
 
 @dataclass(frozen=True)

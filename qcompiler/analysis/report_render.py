@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from qcompiler.errors import OutputPathError, import_optional
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -46,11 +48,11 @@ Block = Heading | Paragraph | Table | Image
 
 def new_figure(width: float, height: float):
     """A matplotlib Figure on an Agg canvas (no pyplot, no global backend switch)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
+    purpose = "the report's figures (qcompiler.report)"
+    agg = import_optional("matplotlib.backends.backend_agg", "bench", purpose)
+    figure = import_optional("matplotlib.figure", "bench", purpose).Figure(
+        figsize=(width, height), layout="constrained")
+    agg.FigureCanvasAgg(figure)
     return figure
 
 
@@ -126,15 +128,42 @@ def render_markdown(title: str, blocks: list[Block], image_folder: str) -> tuple
 _FILE_MODE, _FOLDER_MODE = 0o644, 0o755
 
 
+def check_output_path(path, what: str = "output") -> Path:
+    """`path` as a Path, if a file can be written there; else OutputPathError saying why.
+    The directory must exist already: a typo in it should not create a tree of folders."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputPathError(f"{what} path {path} is a directory; give a file name in it")
+    for parent in [directory, *directory.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise OutputPathError(f"{what} path {path}: {parent} is a file, not a directory")
+    if not directory.exists():
+        raise OutputPathError(f"{what} path {path}: directory {directory} does not exist (qcompiler "
+                              "does not create directories; mkdir it first)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputPathError(f"{what} path {path}: permission denied (the file is read-only)")
+    try:  # the one test that also holds for root and read-only file systems: write something
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"{what} path {path}: cannot write into {directory} "
+                              f"({error.strerror or error})") from None
+    return path
+
+
 def write_atomically(path: Path, text: str, images: dict[str, bytes] | None = None,
                      image_folder: Path | None = None) -> None:
     """Write `text` to `path` (and `images` into `image_folder`) so that a failure leaves
     the previous files, or none, never a half-written one: everything goes to temporary
-    names in the same directory first, then is renamed into place."""
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
+    names in the same directory first, then is renamed into place. The directory must exist
+    (`check_output_path`)."""
+    directory = check_output_path(path).parent
+    try:
+        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory,
+                                             prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    except OSError as error:
+        raise OutputPathError(f"writing {path} failed: {error.strerror or error}") from error
     temporary_folder = None
     try:
         with handle:
@@ -153,6 +182,11 @@ def write_atomically(path: Path, text: str, images: dict[str, bytes] | None = No
             temporary_folder.rename(image_folder)
             temporary_folder = None
         os.replace(handle.name, path)
+    except OSError as error:
+        Path(handle.name).unlink(missing_ok=True)
+        if temporary_folder is not None:
+            shutil.rmtree(temporary_folder, ignore_errors=True)
+        raise OutputPathError(f"writing {path} failed: {error.strerror or error}") from error
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         if temporary_folder is not None:

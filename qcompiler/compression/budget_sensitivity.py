@@ -47,6 +47,7 @@ from qcompiler.analysis.cost import node_macs
 from qcompiler.compression import channel_surgery as surgery
 from qcompiler.compression.channel_scores import channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, dependency_groups
+from qcompiler.errors import OptionError
 from qcompiler.ir import Graph, Node
 from qcompiler.ir.dims import shape_at
 from qcompiler.ir.edit import (
@@ -129,10 +130,10 @@ def output_error(reference: Sequence[tuple], outputs: Sequence[tuple], kind: str
         return math.sqrt(noise / signal) if signal > 0 else math.sqrt(noise)
     if kind == "kl":
         if any(len(ref) != 1 or ref[0].dim() != 2 for ref in reference):
-            raise ValueError("error='kl' needs a graph with one [N, classes] output; use 'relative_l2'")
+            raise OptionError("error='kl' needs a graph with one [N, classes] output; use 'relative_l2'")
         return metrics.mean_kl_divergence(torch.cat([ref[0] for ref in reference]),
                                           torch.cat([out[0] for out in outputs]))
-    raise ValueError(f"unknown error {kind!r}; choose one of {', '.join(ERRORS)}")
+    raise OptionError(f"unknown error {kind!r}; choose one of {', '.join(ERRORS)}")
 
 
 def additive(error: float, kind: str) -> float:
@@ -230,9 +231,9 @@ def candidate_units(graph: Graph, method: str, fractions: Sequence[float]) -> li
     channels removed, or of the full rank removed). A layer is a candidate only if some
     rank takes fewer MACs; its largest such rank is always measured."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise OptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not fractions or any(not 0 < f < 1 for f in fractions):
-        raise ValueError(f"fractions must be non-empty and each in (0, 1), got {tuple(fractions)}")
+        raise OptionError(f"fractions must be non-empty and each in (0, 1), got {tuple(fractions)}")
     units = []
     if method == "remove_filters":
         for group in prunable_groups(graph):
@@ -258,10 +259,10 @@ def measure_sensitivity(graph: Graph, calibration_data: Iterable, method: str = 
     output error; see the module docstring. `compensation` is the `compensate_with` of
     `remove_filters` whose result is simulated."""
     if error not in ERRORS:
-        raise ValueError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
+        raise OptionError(f"unknown error {error!r}; choose one of {', '.join(ERRORS)}")
     if compensation not in surgery.COMPENSATIONS:
-        raise ValueError(f"unknown compensation {compensation!r}; choose one of "
-                         f"{', '.join(surgery.COMPENSATIONS)}")
+        raise OptionError(f"unknown compensation {compensation!r}; choose one of "
+                          f"{', '.join(surgery.COMPENSATIONS)}")
     candidates = candidate_units(graph, method, fractions)
     batches = input_batches(calibration_data, graph)
     by_mean = method == "remove_filters" and compensation == "mean"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member
-from qcompiler.errors import PassError
+from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import evaluate, input_batches
 from qcompiler.numerics import importance
@@ -39,9 +39,9 @@ def channel_scores(graph: Graph, groups: Sequence[Group], criterion: str = "l1",
     (`importance.aggregate`). "activation" needs `calibration_data` (read once for all
     groups); "bn_scale" needs a batch norm in each group."""
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        raise OptionError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion == "activation" and not calibration_data:
-        raise ValueError("criterion 'activation' needs calibration_data")
+        raise OptionError("criterion 'activation' needs calibration_data")
     activations = _activation_means(graph, list(groups), calibration_data) \
         if criterion == "activation" else {}
     return {g.name: _group_scores(graph, g, criterion, activations) for g in groups}

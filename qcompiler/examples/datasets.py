@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from qcompiler.errors import import_optional
+
 
 @dataclass(frozen=True)
 class DigitsSplit:
@@ -26,9 +28,9 @@ class DigitsSplit:
 
 def load_digits_split(seed: int = 0, test_fraction: float = 0.2) -> DigitsSplit:
     """The digits data set split per class (see the module docstring)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    datasets = import_optional("sklearn.datasets", "bench", "the digits data set "
+                               "(qcompiler.examples.datasets)")
+    digits = datasets.load_digits()
     images = digits.images.astype(np.float32)
     labels = digits.target.astype(np.int64)
     rng = np.random.default_rng(seed)

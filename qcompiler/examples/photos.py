@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qcompiler.errors import import_optional
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,12 +85,13 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
 
 def load_source_images() -> tuple[list[SourceImage], dict[str, str]]:
     """The photographs that load offline, and {name: reason} for those that did not."""
-    import skimage.data
+    skimage_data = import_optional("skimage.data", "bench", "the photo crops of the demo, "
+                                   "reports and benchmarks (qcompiler.examples.photos)")
 
     images, skipped = [], {}
     for name in _SKIMAGE_PHOTOS:
         try:
-            pixels = getattr(skimage.data, name)()
+            pixels = getattr(skimage_data, name)()
             if name == "stereo_motorcycle":
                 name, pixels = "motorcycle", pixels[0]
             images.append(SourceImage(name, _as_rgb(pixels)))

@@ -185,6 +185,24 @@ def why_not_private(graph: Graph, value: Value, owner: Node, before_quantizing: 
 # ---- selecting layers by name ---------------------------------------------------------------------
 
 
+def graph_stage(graph: Graph) -> str:
+    """"integer" (from qc.lower_to_integer), "fake-quant" (from qc.quantize) or "float"."""
+    categories = {ops.OPS[node.op].category for node in graph}
+    return "integer" if "integer" in categories else "fake-quant" if "quant" in categories else "float"
+
+
+def require_float_graph(graph: Graph, pass_name: str) -> None:
+    """Raise PassError if `graph` is quantized (fake_quant or integer ops): the compression
+    passes rewrite float weights, and on a quantized graph they would find nothing they may
+    change and silently do nothing."""
+    quantized = [node for node in graph if ops.OPS[node.op].category in ("quant", "integer")]
+    if quantized:
+        raise PassError(f"{pass_name} rewrites float graphs, but graph {graph.name} is quantized "
+                        f"({len(quantized)} quantization or integer nodes, e.g. "
+                        f"{quantized[0].describe()}): run {pass_name} on the float graph, then "
+                        "quantize the result (qc.quantize)")
+
+
 def layer_names(node: Node) -> list[str]:
     """The names a layer answers to: its node name, its weight's name, and that name
     without a trailing `.weight` (the torch module path)."""

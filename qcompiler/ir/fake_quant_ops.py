@@ -70,10 +70,13 @@ def _fake_quant_exact(x, scale, zero_point, axis, qmin, qmax, rounding):
         else:  # torch's kernel: float32 reciprocal, float32 product, nearbyint
             inverse = (1.0 / scale.to(torch.float32)).reshape(shape)
             unclamped = torch.round(x.to(torch.float32) * inverse).to(torch.float64) + zero_point
-        value = (unclamped.clamp(qmin, qmax) - zero_point) * scale64
         inside = (unclamped >= qmin) & (unclamped <= qmax)
-    # value in the forward pass, gradient 1 inside the range and 0 outside.
-    return value + (x - x.detach()) * inside
+        # NaN quantizes to qmin, as in torch's float32 kernels and the integer path.
+        unclamped = torch.where(torch.isnan(unclamped), float(qmin), unclamped)
+        value = (unclamped.clamp(qmin, qmax) - zero_point) * scale64
+    # value in the forward pass, gradient 1 inside the range and 0 outside (where, not a
+    # product: an infinite x, a -inf mask fill, would make inf - inf = NaN).
+    return value + torch.where(inside, x - x.detach(), torch.zeros_like(x))
 
 
 def fake_quant_bias(bias, input_scale, weight_scale):

@@ -192,6 +192,12 @@ def qmean(x, *, dim, keepdim, input_zero_point, multiplier, shift, output_zero_p
     return _requantize(acc, multiplier, shift, output_zero_point, output_min, output_max, output_dtype)
 
 
-def qlookup(x, table, *, input_min):
-    """out = table[x - input_min] (spec 9)."""
-    return table[_offset(x, input_min)]
+def qlookup(x, table, *, input_min, axis=None):
+    """out = table[x - input_min] (spec 9); with `axis`, one table row per channel along that
+    axis: out[..., c, ...] = table[c, x[..., c, ...] - input_min]."""
+    index = _offset(x, input_min)
+    if axis is None:
+        return table[index]
+    channels = torch.arange(table.shape[0], device=x.device).reshape(
+        [-1 if d == axis % x.dim() else 1 for d in range(x.dim())])
+    return table[channels, index]

@@ -15,6 +15,7 @@ Input order follows torch's functional API (`conv2d(x, weight, bias)`,
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from qcompiler.errors import VerificationError
 from qcompiler.ir import integer_ops
+from qcompiler.ir import math_ops as m
 from qcompiler.ir.dims import PROBES, Dim, shape_at, solve_probe_dims, symbols
 from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias
 
@@ -55,7 +57,7 @@ class OpSpec:
     max_inputs: int
     attrs: dict = field(default_factory=dict)
     # "weighted" (the output is linear in a weight, input 1), "norm", "activation",
-    # "binary", "pool", "shape", "quant", "integer" or "other".
+    # "binary", "compare" (a bool result), "pool", "shape", "quant", "integer" or "other".
     category: str = "other"
     # Weighted ops: the axis of the weight that holds the output channels.
     weight_out_axis: int | None = None
@@ -81,6 +83,10 @@ class OpSpec:
     # Its output is an average of input values (pooling by averaging, mean), so it keeps a
     # channel's mean where it averages over positions only.
     averages: bool = False
+    # Its output holds values of its float data inputs, each element copied from one of them
+    # (concat, where): those inputs and the output share one quantization, so integer
+    # runtimes copy bytes (spec section 5).
+    shares_quantization: bool = False
 
 
 def _conv2d(x, w, b=None, *, stride, padding, dilation, groups):
@@ -177,6 +183,7 @@ def _resizes_by_nearest(attrs: dict) -> bool:
 
 
 _REQUANTIZES = {"requantizing": True}
+_HOMOGENEOUS = {"homogeneous": True}
 _LAYER = {"category": "weighted", "data_inputs": (0,), "requantizing": True}
 _AVERAGES = {"requantizing": True, "averages": True}
 
@@ -206,6 +213,25 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     _spec("sigmoid", torch.sigmoid, 1, category="activation", lookup=True),
     _spec("tanh", torch.tanh, 1, category="activation", lookup=True),
     _spec("softmax", F.softmax, 1, 1, {"dim": REQUIRED}),
+    # Elementwise functions of one activation (and constants): lookup tables (spec section 9).
+    *[_spec(name, fn, 1, category="activation", lookup=True, **kinds) for name, fn, kinds in [
+        ("abs", torch.abs, _HOMOGENEOUS), ("exp", torch.exp, {}), ("log", torch.log, {}),
+        ("erf", torch.erf, {}), ("sqrt", torch.sqrt, {}), ("rsqrt", torch.rsqrt, {}),
+        ("reciprocal", torch.reciprocal, {}), ("mish", F.mish, {})]],
+    _spec("pow", m.power, 1, 1, {"exponent": REQUIRED}, "activation", lookup=True),
+    _spec("leaky_relu", m.leaky_relu, 1, 1, {"negative_slope": 0.01}, "activation", lookup=True,
+          **_HOMOGENEOUS),
+    _spec("elu", m.elu, 1, 1, {"alpha": 1.0, "scale": 1.0, "input_scale": 1.0}, "activation",
+          lookup=True),
+    _spec("softplus", m.softplus, 1, 1, {"beta": 1.0, "threshold": 20.0}, "activation", lookup=True),
+    # Slopes [1] (one lookup table) or [C] along axis 1 (one table per channel).
+    _spec("prelu", m.prelu, 2, data_inputs=(0,), lookup=True),
+    # Casts, comparisons and selection (masks): bool results; `where` selects from inputs 1, 2.
+    _spec("cast", m.cast, 1, 1, {"dtype": REQUIRED}),
+    *[_spec(name, getattr(torch, name), 2, category="compare")
+      for name in ("eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or")],
+    _spec("logical_not", torch.logical_not, 1, category="compare"),
+    _spec("where", m.where, 3, data_inputs=(1, 2), shares_quantization=True),
     # Elementwise binary ops, with numpy broadcasting.
     _spec("add", torch.add, 2, category="binary", **_REQUANTIZES),
     _spec("sub", torch.sub, 2, category="binary", **_REQUANTIZES),
@@ -224,8 +250,17 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
           homogeneous=True, **_AVERAGES),
     # Whether it keeps channels apart depends on `dim`: not marked homogeneous.
     _spec("mean", torch.mean, 1, 1, {"dim": REQUIRED, "keepdim": False}, "pool", **_AVERAGES),
+    _spec("sum", m.reduce_sum, 1, 1, {"dim": REQUIRED, "keepdim": False}, "pool", **_REQUANTIZES),
+    # The largest / smallest element along `dim` is one of the input's values.
+    *[_spec(name, fn, 1, 1, {"dim": REQUIRED, "keepdim": False}, "pool", moves_values=True)
+      for name, fn in (("amax", m.amax), ("amin", m.amin))],
+    _spec("argmax", m.argmax, 1, 1, {"dim": REQUIRED, "keepdim": False}),
+    # No integer form (float fall backs): statistics over an axis.
+    _spec("var", m.var, 1, 1, {"dim": REQUIRED, "correction": 1, "keepdim": False}),
+    _spec("vector_norm", m.vector_norm, 1, 1, {"ord": 2.0, "dim": None, "keepdim": False}),
     # Data movement.
-    _spec("concat", _concat, 1, 1 << 16, {"dim": REQUIRED}, "shape"),
+    _spec("concat", _concat, 1, 1 << 16, {"dim": REQUIRED}, "shape", shares_quantization=True),
+    _spec("expand", m.expand, 1, 1, {"shape": REQUIRED}, "shape", moves_values=True),
     _spec("split", _split, 1, 1, {"axis": REQUIRED, "sizes": REQUIRED}, "shape", moves_values=True),
     _spec("slice", _slice, 1, 1, {"axis": REQUIRED, "start": REQUIRED, "end": REQUIRED, "step": 1},
           "shape", moves_values=True),
@@ -284,7 +319,7 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     _spec("qmean", integer_ops.qmean, 1, 1, {"dim": REQUIRED, "keepdim": False, **_INPUT_ZP,
                                               **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer",
           **_REQUANTIZES),
-    _spec("qlookup", integer_ops.qlookup, 2, 2, {"input_min": REQUIRED}, "integer"),
+    _spec("qlookup", integer_ops.qlookup, 2, 2, {"input_min": REQUIRED, "axis": None}, "integer"),
 ]}
 
 
@@ -315,11 +350,18 @@ def moves_values_only(op: str, attrs: dict) -> bool:
 
 
 
+def _unknown_op(op: str) -> VerificationError:
+    close = difflib.get_close_matches(op, list(OPS), n=3, cutoff=0.75)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return VerificationError(f"unknown op '{op}'; {hint}the {len(OPS)} IR ops are listed in "
+                             "qcompiler.ir.ops.OPS (docs/ops.md)")
+
+
 def attrs_with_defaults(op: str, attrs: dict) -> dict:
     """The full attribute dict of an op, defaults filled in; unknown or missing ones raise."""
     spec = OPS.get(op)
     if spec is None:
-        raise VerificationError(f"unknown op '{op}'; the IR ops are: {', '.join(sorted(OPS))}")
+        raise _unknown_op(op)
     unknown = set(attrs) - set(spec.attrs)
     if unknown:
         raise VerificationError(f"op '{op}' has no attribute(s) {sorted(unknown)}; "
@@ -371,7 +413,7 @@ def infer_types(op: str, inputs: list, attrs: dict) -> list[tuple[tuple, str]]:
     Symbolic dimensions (`qcompiler.ir.dims`) are inferred from two runs at probe sizes."""
     spec = OPS.get(op)
     if spec is None:
-        raise VerificationError(f"unknown op '{op}'; the IR ops are: {', '.join(sorted(OPS))}")
+        raise _unknown_op(op)
     if not spec.min_inputs <= len(inputs) <= spec.max_inputs:
         raise VerificationError(f"op '{op}' takes {spec.min_inputs}..{spec.max_inputs} inputs, "
                                 f"got {len(inputs)}")

@@ -18,6 +18,7 @@ checks the IR after every pass and blames the pass that broke it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from qcompiler.errors import PassError, QCompilerError, VerificationError
+from qcompiler.errors import OptionError, PassError, QCompilerError, VerificationError
 from qcompiler.ir.graph import Graph
 
 
@@ -69,7 +70,7 @@ class Pipeline:
                  print_after: str | Iterable[str] | None = None):
         for p in passes:
             if not callable(p):
-                raise TypeError(f"pipeline step {p!r} is not a pass (a callable taking a Graph)")
+                raise OptionError(f"pipeline step {p!r} is not a pass (a callable taking a Graph)")
         self.passes = list(passes)
         self.verify_each = verify_each
         self.print_after = print_after
@@ -102,8 +103,8 @@ class Pipeline:
             try:
                 result = p(current)
             except QCompilerError as error:
-                raise PassError(f"pass '{name}' failed (passes run before it: {before}): "
-                                f"{error}") from error
+                raise failed_in_pass(type(error))(f"pass '{name}' failed (passes run before it: "
+                                                  f"{before}): {error}") from error
             except Exception as error:
                 raise PassError(f"pass '{name}' crashed (passes run before it: {before}): "
                                 f"{type(error).__name__}: {error}") from error
@@ -131,6 +132,18 @@ class Pipeline:
         if not copied:  # no pass worked in place: the result is new, or the input itself
             current = current.copy() if current is graph else current
         return current, records
+
+
+@functools.cache
+def failed_in_pass(error_class: type) -> type:
+    """The class of the error a pipeline raises when a pass raised one of `error_class`: a
+    PassError (it names the pass and those before it) that is still an `error_class`, so
+    `except qc.QuantizationError` catches a quantization error raised inside `qc.quantize`.
+    Made once per class; it keeps the class's name."""
+    if issubclass(error_class, PassError):
+        return error_class
+    return type(error_class.__name__, (error_class, PassError),
+                {"__module__": error_class.__module__, "__doc__": error_class.__doc__})
 
 
 def _print_after_setting(print_after: str | Iterable[str] | None) -> set[str]:

@@ -22,11 +22,12 @@ factor if any (`f32[N,3,224,224]`, `f32[N*4,16,8]`; `qcompiler.ir.dims`).
 from __future__ import annotations
 
 import ast
+import math
 import re
 
 import numpy as np
 
-from qcompiler.errors import ParseError
+from qcompiler.errors import ParseError, VerificationError
 from qcompiler.ir.dims import is_static, parse_dim
 from qcompiler.ir.dtypes import DTYPES
 from qcompiler.ir.graph import Graph, QParams, Value
@@ -108,20 +109,38 @@ def _parse_keyvalues(text: str, where: str) -> dict:
     return result
 
 
+# The largest element count a type may declare: counts are int64 everywhere (numpy, torch).
+_MAX_ELEMENTS = (1 << 63) - 1
+
+
+def _parse_qparams(qtext: str, where: str) -> QParams:
+    fields = _parse_keyvalues(qtext.rstrip(")"), where)
+    expected = ("expected q(bits=8, signed=True, axis=None, narrow_range=False, scale=[...], "
+                "zero_point=[...])")
+    try:
+        scale = np.array(fields.pop("scale"), np.float32)
+        zero_point = np.array(fields.pop("zero_point"), np.int64)
+        qparams = QParams(scale, zero_point.astype(np.int32), **fields)
+    except (KeyError, TypeError, ValueError) as error:
+        reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise ParseError(f"{where}: bad quantization parameters q({qtext}: {reason}; {expected}") from None
+    bits = qparams.bits
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ParseError(f"{where}: quantization parameters with bits={bits!r}; integer types hold "
+                         "2 to 16 bits")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ParseError(f"{where}: quantization scale {scale.tolist()} is not finite and positive")
+    if scale.shape != zero_point.shape and zero_point.size != 1:
+        raise ParseError(f"{where}: {scale.size} scale(s) but {zero_point.size} zero point(s)")
+    return qparams
+
+
 def _parse_type(text: str, where: str) -> tuple[tuple[int, ...], str, QParams | None]:
     text = text.strip()
     qparams = None
     if " q(" in text:
         text, _, qtext = text.partition(" q(")
-        fields = _parse_keyvalues(qtext.rstrip(")"), where)
-        try:
-            qparams = QParams(np.array(fields.pop("scale"), np.float32),
-                              np.array(fields.pop("zero_point"), np.int32), **fields)
-        except (KeyError, TypeError, ValueError) as error:
-            reason = f"missing {error}" if isinstance(error, KeyError) else str(error)
-            raise ParseError(f"{where}: bad quantization parameters q({qtext}: {reason}; expected "
-                             "q(bits=8, signed=True, axis=None, narrow_range=False, scale=[...], "
-                             "zero_point=[...])") from None
+        qparams = _parse_qparams(qtext, where)
     match = _TYPE.match(text)
     if not match or match.group(1) not in DTYPES:
         raise ParseError(f"{where}: bad type {text!r}; expected e.g. f32[1,3,224,224] or "
@@ -130,28 +149,42 @@ def _parse_type(text: str, where: str) -> tuple[tuple[int, ...], str, QParams | 
         dims = tuple(parse_dim(d) for d in match.group(2).split(",") if d)
     except ValueError as error:
         raise ParseError(f"{where}: bad type {text!r}: {error}") from None
+    elements = math.prod(d for d in dims if isinstance(d, int))  # per unit of a symbolic dim
+    if elements > _MAX_ELEMENTS:
+        raise ParseError(f"{where}: type {text} holds {elements} elements, more than an "
+                         "int64 element count can hold")
+    if qparams is not None and qparams.axis is not None and not -len(dims) <= qparams.axis < len(dims):
+        raise ParseError(f"{where}: quantization axis {qparams.axis} is not an axis of {text}")
     return dims, match.group(1), qparams
 
 
-def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
+def parse(text: str, constants: dict[str, np.ndarray] | None = None, *, verify: bool = True
+          ) -> Graph:
     """Read graph text back into a Graph. Constants printed as a digest or as `external` take
-    their data from `constants` (name -> array); a digest is checked."""
+    their data from `constants` (name -> array); a digest is checked. The text must be one
+    graph: its header, definitions, one `return` line, and `}`. With `verify` (the default)
+    the graph is then verified (op signatures, dtypes, shapes), so an impossible graph is a
+    ParseError naming what is wrong. Line numbers count every line of the text."""
     constants = constants or {}
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if not lines:
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)
+                if line.strip()]
+    if not numbered:
         raise ParseError("empty text: expected 'graph NAME(...) {'")
-    header = _HEADER.match(lines[0])
+    first_line, header_text = numbered[0]
+    header = _HEADER.match(header_text)
     if not header:
-        raise ParseError(f"line 1: expected 'graph NAME(%x: f32[...]) {{', got {lines[0]!r}")
+        raise ParseError(f"line {first_line}: expected 'graph NAME(%x: f32[...]) {{', got "
+                         f"{header_text!r}")
     graph = Graph(header.group(1))
     for part in _split_top_level(header.group(2)):
         match = _INPUT.match(part)
         if match is None:
-            raise ParseError(f"line 1: expected a graph input like '%x: f32[1,3]', got {part!r}")
+            raise ParseError(f"line {first_line}: expected a graph input like '%x: f32[1,3]', got "
+                             f"{part!r}")
         name, type_text = match.groups()
         if name in graph.values:
-            raise ParseError(f"line 1: graph input %{name} is defined twice")
-        shape, dtype, qparams = _parse_type(type_text, "line 1")
+            raise ParseError(f"line {first_line}: graph input %{name} is defined twice")
+        shape, dtype, qparams = _parse_type(type_text, f"line {first_line}")
         graph.add_input(name, shape, dtype).qparams = qparams
 
     def lookup(name: str, where: str) -> Value | None:
@@ -162,48 +195,27 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
             raise ParseError(f"{where}: %{name.lstrip('%')} is used before it is defined")
         return value
 
-    closed = False
-    for number, line in enumerate(lines[1:], start=2):
+    closed, returned = False, None  # returned: the line number of the return
+    for number, line in numbered[1:]:
         where = f"line {number}"
         if closed:
             raise ParseError(f"{where}: text after the graph's closing '}}': {line!r}")
         if line == "}":
+            if returned is None:
+                raise ParseError(f"{where}: the graph has no 'return' line; end it with "
+                                 "'return %output' before '}'")
             closed = True
             continue
+        if returned is not None:
+            kind = "a second 'return'" if _RETURN.match(line) else f"{line!r} comes"
+            raise ParseError(f"{where}: {kind} after the 'return' on line {returned}; 'return' "
+                             "is the last line before '}'")
         if (match := _RETURN.match(line)) is not None:
             graph.outputs = [lookup(n.strip(), where) for n in match.group(1).split(",") if n.strip()]
+            returned = number
             continue
         if (match := _CONST.match(line)) is not None:
-            name, _, dense, digest, type_text = match.groups()
-            shape, dtype, qparams = _parse_type(type_text, where)
-            if not is_static(shape):
-                raise ParseError(f"{where}: constant %{name} has a symbolic shape "
-                                 f"{type_text.strip()}; constants have concrete shapes")
-            if dense is not None:
-                try:
-                    data = np.array(_literal(dense, where), dtype=DTYPES[dtype])
-                except (ValueError, TypeError, OverflowError) as error:
-                    raise ParseError(f"{where}: constant %{name} data is not a flat list of "
-                                     f"{dtype} numbers: {error}") from None
-                if data.size != int(np.prod(shape)):
-                    raise ParseError(f"{where}: constant %{name} lists {data.size} numbers but its "
-                                     f"type {type_text.strip()} holds {int(np.prod(shape))}")
-                data = data.reshape(shape)
-            elif name in constants:
-                data = np.asarray(constants[name], dtype=DTYPES[dtype])
-                if data.shape != shape:
-                    raise ParseError(f"{where}: data given for %{name} has shape {list(data.shape)}, "
-                                     f"but the text says {type_text.strip()}")
-            else:
-                kind = "a digest" if digest is not None else "external"
-                raise ParseError(f"{where}: constant %{name} is printed as {kind}; pass its "
-                                 "data in parse(text, constants={name: array})")
-            if name in graph.values:
-                raise ParseError(f"{where}: value %{name} is defined twice")
-            value = graph.add_constant(name, data, dtype)
-            value.qparams = qparams
-            if digest is not None and value.digest() != digest:
-                raise ParseError(f"{where}: data given for %{name} does not match sha1:{digest}")
+            _parse_constant(graph, match, where, constants)
             continue
         if (match := _NODE.match(line)) is not None:
             outs, op, args, attr_text, type_text = match.groups()
@@ -221,4 +233,46 @@ def parse(text: str, constants: dict[str, np.ndarray] | None = None) -> Graph:
                 value.qparams = qparams
             continue
         raise ParseError(f"{where}: cannot read {line!r}")
+    if not closed:
+        last = numbered[-1][0]
+        missing = "a 'return' line and " if returned is None else ""
+        raise ParseError(f"line {last}: the text ends without {missing}the graph's closing '}}'")
+    if verify:
+        try:
+            graph.verify()
+        except VerificationError as error:
+            raise ParseError(f"the text parses but does not describe a valid graph: {error}") from None
     return graph
+
+
+def _parse_constant(graph: Graph, match, where: str, constants: dict) -> None:
+    name, _, dense, digest, type_text = match.groups()
+    shape, dtype, qparams = _parse_type(type_text, where)
+    if not is_static(shape):
+        raise ParseError(f"{where}: constant %{name} has a symbolic shape "
+                         f"{type_text.strip()}; constants have concrete shapes")
+    if dense is not None:
+        try:
+            data = np.array(_literal(dense, where), dtype=DTYPES[dtype])
+        except (ValueError, TypeError, OverflowError) as error:
+            raise ParseError(f"{where}: constant %{name} data is not a flat list of "
+                             f"{dtype} numbers: {error}") from None
+        if data.size != math.prod(shape):
+            raise ParseError(f"{where}: constant %{name} lists {data.size} numbers but its "
+                             f"type {type_text.strip()} holds {math.prod(shape)}")
+        data = data.reshape(shape)
+    elif name in constants:
+        data = np.asarray(constants[name], dtype=DTYPES[dtype])
+        if data.shape != shape:
+            raise ParseError(f"{where}: data given for %{name} has shape {list(data.shape)}, "
+                             f"but the text says {type_text.strip()}")
+    else:
+        kind = "a digest" if digest is not None else "external"
+        raise ParseError(f"{where}: constant %{name} is printed as {kind}; pass its "
+                         "data in parse(text, constants={name: array})")
+    if name in graph.values:
+        raise ParseError(f"{where}: value %{name} is defined twice")
+    value = graph.add_constant(name, data, dtype)
+    value.qparams = qparams
+    if digest is not None and value.digest() != digest:
+        raise ParseError(f"{where}: data given for %{name} does not match sha1:{digest}")

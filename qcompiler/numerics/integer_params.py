@@ -7,13 +7,15 @@ numbers or arrays and knows nothing about the IR.
 
 - `weighted_multipliers`: `M[c] = s_in * s_w[c] / s_out` as (M0, shift) pairs (spec 3).
 - `bias_scales`, `quantize_bias`: `round_half_even(b / (s_in * s_w[c]))`, saturated to int32
-  (spec 1, 7); `fake_quantize_bias`: the real values those integers stand for, which is what
-  fake-quant simulation adds (the `fake_quant_bias` op), so lowering and simulation share
-  this one rounding.
+  (spec 1, 7); `weight_scales_fitting_bias`: weight scales coarse enough that no channel's
+  int32 bias needs more than 2**30; `fake_quantize_bias`: the real values those integers
+  stand for, which is what fake-quant simulation adds (the `fake_quant_bias` op), so
+  lowering and simulation share this one rounding.
 - `add_multipliers`: the two multipliers of `qadd` with one shared shift (spec 5).
 - `average_multipliers`: one (M0, shift) per window count for average pooling (spec 6).
 - `fused_clamp`: the output clamp of a requantizing op with relu/clamp folded in (spec 4).
-- `lookup_table`: the 2**bits-entry table of an elementwise function (spec 9).
+- `lookup_table`, `lookup_values`: the 2**bits-entry table of an elementwise function
+  (spec 9), quantized or (bool / integer results) not.
 - `worst_case_accumulator`: the bound of spec 7, per output channel.
 """
 
@@ -59,6 +61,34 @@ def quantize_bias(bias: np.ndarray | None, input_scale: float, weight_scales: np
                                                                           channels))
     saturated = int(np.count_nonzero((exact < INT32_MIN) | (exact > INT32_MAX)))
     return np.clip(exact, INT32_MIN, INT32_MAX).astype(np.int32), saturated
+
+
+# The largest |int32 bias| calibration lets a channel have: the other half of the int32
+# accumulator's range is left to the sum of products (spec section 7).
+BIAS_LIMIT = 1 << 30
+
+
+def weight_scales_fitting_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray,
+                               limit: int = BIAS_LIMIT) -> np.ndarray:
+    """Weight scales (float32, the shape of `weight_scales`) no smaller than given and large
+    enough that every channel's int32 bias `round(b / (s_in * s_w[c]))` stays within `limit`.
+
+    A channel whose weights are near zero (|w| ~ 1e-9 after folding a batch norm with a
+    vanishing gamma) gets a tiny weight scale, floored at float32 epsilon, while its bias
+    stays large (-1 to -7 in pretrained EfficientNet stems): its bias quantized on the grid
+    s_in * s_w would need more than 32 bits. Its weights are below any step that lets the
+    bias fit, so they quantize to zero and the channel computes its bias, as the float one
+    nearly does. A per-tensor scale (one entry) grows for the channel that needs most."""
+    bias = np.abs(np.asarray(bias, np.float64).reshape(-1))
+    scales = np.asarray(weight_scales, np.float32).reshape(-1)
+    needed = bias / (np.float64(input_scale) * limit)
+    if scales.size == 1:
+        needed = np.array([needed.max(initial=0.0)])
+    # float32 rounding must not undercut the bound: round the needed scale up.
+    needed32 = needed.astype(np.float32)
+    needed32 = np.where(needed32.astype(np.float64) < needed,
+                        np.nextafter(needed32, np.float32(np.inf)), needed32)
+    return np.maximum(scales, needed32).astype(np.float32).reshape(np.shape(weight_scales))
 
 
 def fake_quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray,
@@ -113,15 +143,25 @@ def fused_clamp(qmin: int, qmax: int, scale: float, zero_point: int,
     return low, high
 
 
+def lookup_values(function: Callable[[np.ndarray], np.ndarray], input_scale: float,
+                  input_zero_point: int, input_range: tuple[int, int]) -> np.ndarray:
+    """`function(dequantize(q))` for every input integer q in [qmin_in, qmax_in], in order:
+    the table of a function with a bool or integer result (a comparison, a cast), or the
+    real values a `lookup_table` quantizes. The last axis of the result runs over q."""
+    levels = np.arange(input_range[0], input_range[1] + 1, dtype=np.int64)
+    return np.asarray(function(dequantize(levels, input_scale, input_zero_point)))
+
+
 def lookup_table(function: Callable[[np.ndarray], np.ndarray], input_scale: float,
                  input_zero_point: int, input_range: tuple[int, int], output_scale: float,
                  output_zero_point: int, output_range: tuple[int, int]) -> np.ndarray:
     """`table[q - qmin_in] = quantize(function(dequantize(q)))` for every input integer q
     (int32; the caller casts it to the output dtype). `function` maps float32 arrays to
-    float32 arrays; dequantize and quantize are the simulation's own (spec 9, 10)."""
-    levels = np.arange(input_range[0], input_range[1] + 1, dtype=np.int64)
-    real = dequantize(levels, input_scale, input_zero_point)
-    result = np.asarray(function(real), np.float32)
+    float32 arrays (it may add leading axes, e.g. one row per channel); dequantize and
+    quantize are the simulation's own (spec 9, 10): a NaN result (sqrt or log of a negative
+    level) quantizes to qmin, as torch's fake-quant kernel does."""
+    result = np.asarray(lookup_values(function, input_scale, input_zero_point, input_range),
+                        np.float32)
     return quantize(result, output_scale, output_zero_point, *output_range)
 
 

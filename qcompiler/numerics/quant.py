@@ -105,9 +105,11 @@ def quantize(x, scale, zero_point, qmin: int, qmax: int, axis: int | None = None
     inv_scale = (np.float32(1.0) / np.asarray(scale, np.float32)).astype(np.float32)
     inv_scale = _broadcast(inv_scale, x.ndim, axis)
     zero_point = _broadcast(np.asarray(zero_point, np.int64), x.ndim, axis)
-    # The product is float32 (as torch computes it); rint rounds half to even.
+    # The product is float32 (as torch computes it); rint rounds half to even. NaN becomes
+    # qmin, as in torch's kernel; +-inf saturate.
     rounded = np.rint((x * inv_scale).astype(np.float32)).astype(np.float64)
-    return np.clip(rounded + zero_point, qmin, qmax).astype(np.int32)
+    result = np.clip(rounded + zero_point, qmin, qmax)
+    return np.where(np.isnan(result), qmin, result).astype(np.int32)
 
 
 def dequantize(q, scale, zero_point, axis: int | None = None) -> np.ndarray:

@@ -36,13 +36,16 @@ import numpy as np
 
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.ir.edit import layer_bias
 from qcompiler.ir.evaluate import Evaluator, graph_runs, is_fake_quant
-from qcompiler.ir.ops import WEIGHTED_OPS
+from qcompiler.ir.ops import FAKE_QUANT_OPS, WEIGHTED_OPS
+from qcompiler.numerics.integer_params import weight_scales_fitting_bias
 from qcompiler.numerics.quant import choose_qparams
-from qcompiler.quantization.config import QScheme, QuantConfig
+from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import range_activations_data_free
 from qcompiler.quantization.observers import make_observer
-from qcompiler.quantization.quantizers import fake_quant_nodes, observed_name
+from qcompiler.quantization.quantizers import bias_scale_sources, fake_quant_nodes, observed_name
+from qcompiler.quantization.range_check import RangeRecord, check_range
 
 
 def scheme_of(node: Node) -> QScheme:
@@ -65,6 +68,12 @@ class QuantPoint:
     observer: object = None
     fixed_range: tuple | None = None  # set by the data-free path instead of an observer
     activation_inputs: list[Value] = field(default_factory=list)
+    record: RangeRecord = field(default_factory=RangeRecord)  # `range_check`: infinities, outliers
+
+    def observe(self, array: np.ndarray, batch: int | None, name: str) -> None:
+        finite = self.record.observe(array, batch, name)
+        if finite is not None:
+            self.observer.update(finite)
 
     @property
     def name(self) -> str:
@@ -125,12 +134,14 @@ def calibrate(graph: Graph, calibration_data: Iterable | None, config: QuantConf
 
 def calibrate_in_place(work: Graph, calibration_data: Iterable | None,
                        config: QuantConfig | None = None, *, progress: bool | None = None,
-                       statistics: dict | None = None, sigmas: float = 3.0) -> int:
+                       statistics: dict | None = None, sigmas: float = 3.0,
+                       notes: list[str] | None = None) -> int:
     """`calibrate`, writing the scales and zero points into `work` itself (the pass
     `qcompiler.passes.calibrate` does, on the pipeline's copy); the number of quantization
     points. Everything is measured before anything is written, so an error leaves `work` as
-    it was."""
-    config = config if config is not None else QuantConfig()
+    it was. What a reader should know (infinities left out of ranges, near-dead channels
+    given a coarser weight scale) is appended to `notes`."""
+    config = as_quant_config(config)
     points = quant_points(work, config)
     if not points:
         raise QuantizationError(f"graph {work.name} has no fake_quant nodes to calibrate; "
@@ -139,42 +150,105 @@ def calibrate_in_place(work: Graph, calibration_data: Iterable | None,
     for point in points:
         for node in point.nodes:
             if node.inputs[0].is_constant:
-                point.observer.update(node.inputs[0].data)
+                point.observe(node.inputs[0].data, None, node.inputs[0].name)
     activation_points = [p for p in points if p.activation_inputs]
     if activation_points:
         if calibration_data is None:
             range_activations_data_free(work, activation_points, statistics, sigmas)
         else:
             _observe(work, activation_points, calibration_data, progress)
-    for point in points:
-        lo, hi = point.fixed_range if point.fixed_range is not None else point.observer.range()
+    chosen = []
+    for point in points:  # in graph order: the first absurd range is the one to report
+        lo, hi = _range(point)
         scale, zero_point = choose_qparams(lo, hi, bits=point.scheme.bits,
                                            symmetric=point.scheme.symmetric,
                                            signed=point.scheme.signed,
                                            narrow_range=point.scheme.narrow_range)
+        if point.activation_inputs and point.fixed_range is None:
+            check_range(point.record, float(np.min(lo)), float(np.max(hi)), point.scheme.bits,
+                        point.name, point.activation_inputs[0])
+        chosen.append((point, scale, zero_point))
+    for point, scale, zero_point in chosen:
         point.scale.data, point.zero_point.data = scale, zero_point
+        if notes is not None and point.record.infinities:
+            notes.append(f"%{point.name}: {point.record.infinities} infinite value(s) (a mask "
+                         "filled with -inf?) saturate to the ends of its range and are left out of it")
         qparams = QParams(scale, zero_point, point.scheme.bits, point.scheme.signed, point.axis,
                           point.scheme.narrow_range)
         for node in point.nodes:
             node.output.qparams = qparams
+    fitted = _fit_bias_grids(work)
+    if notes is not None:
+        notes.extend(fitted)
     return len(points)
 
 
+def _fit_bias_grids(graph: Graph) -> list[str]:
+    """Widen the weight scale of channels whose int32 bias would not fit (near-dead channels:
+    `integer_params.weight_scales_fitting_bias`); notes naming them."""
+    notes = []
+    for layer in graph:
+        bias, sources = layer_bias(layer), bias_scale_sources(layer)
+        if bias is None or sources is None or not bias.is_constant:
+            continue
+        input_scale, weight_scale = sources
+        fitted = weight_scales_fitting_bias(bias.data, float(input_scale.data[0]), weight_scale.data)
+        if np.array_equal(fitted, weight_scale.data):
+            continue
+        changed = np.flatnonzero(np.broadcast_to(fitted != weight_scale.data, fitted.shape))
+        weight = layer.inputs[1].producer.inputs[0].data
+        magnitude = np.abs(weight).reshape(weight.shape[0], -1).max(axis=1)
+        dead = int((magnitude < np.broadcast_to(fitted, magnitude.shape) / 2).sum())
+        weight_scale.data = fitted
+        for user in weight_scale.users:  # the weight's fake_quant(s): their qparams follow
+            if user.op == "fake_quant" and user.inputs[1] is weight_scale:
+                old = user.output.qparams
+                user.output.qparams = QParams(fitted, old.zero_point, old.bits, old.signed,
+                                              old.axis, old.narrow_range)
+        shown = ", ".join(str(c) for c in changed[:8]) + (", ..." if len(changed) > 8 else "")
+        notes.append(f"{layer.describe()}: the int32 bias of {len(changed)} channel(s) ({shown}) "
+                     f"would exceed 2**30 on the grid s_in * s_w, so their weight scale grows to "
+                     f"fit it; {dead} channel(s) have weights below half a step (near-dead): "
+                     "they compute their bias alone")
+    return notes
+
+
+def _range(point: QuantPoint) -> tuple:
+    if point.fixed_range is not None:
+        return point.fixed_range
+    try:
+        return point.observer.range()
+    except ValueError:  # it saw nothing finite
+        raise QuantizationError(f"%{point.name} saw only infinite values during calibration, "
+                                "so it has no range; exclude its node from quantization "
+                                "(QuantConfig(exclude_nodes=[...]))") from None
+
+
 def _check_constants_finite(graph: Graph) -> None:
+    """NaN in any constant, or Inf in a weight or bias, is an error. An infinite constant
+    operand (a -inf mask fill) saturates like an infinite activation (`range_check`)."""
     quantization_params = {id(node.inputs[i]) for node in fake_quant_nodes(graph) for i in (1, 2)}
+    layer_parameters = {id(v) for node in graph if node.op in WEIGHTED_OPS for v in node.inputs[1:]
+                        if v is not None}
+    layer_parameters |= {id(node.inputs[0]) for node in graph if node.op in FAKE_QUANT_OPS
+                         and id(node.output) in layer_parameters}
     for value in graph.constants:
         if id(value) in quantization_params:  # NaN until calibrated; about to be replaced
             continue
         data = value.data
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        if not np.issubdtype(data.dtype, np.floating):
+            continue
+        bad = np.isnan(data) if id(value) not in layer_parameters else ~np.isfinite(data)
+        if bad.any():
             # Name the layers that read the weight, looking through its fake_quant.
             readers = [reader for user in value.users for reader in
                        (user.output.users if user.op == "fake_quant" else [user])]
             users = ", ".join(f"%{reader.name}" for reader in readers) or "no node"
-            bad = int((~np.isfinite(data)).sum())
+            kind = "weight" if id(value) in layer_parameters else "constant"
             raise QuantizationError(
-                f"weight %{value.name} (used by {users}) contains NaN or Inf in {bad} of "
-                f"{data.size} values; fix the model's parameters before quantizing")
+                f"{kind} %{value.name} (used by {users}) contains NaN or Inf in "
+                f"{int(bad.sum())} of {data.size} values; fix the model's parameters before "
+                "quantizing")
 
 
 class _Observation(Evaluator):
@@ -193,12 +267,12 @@ class _Observation(Evaluator):
             return
         for tensor in result if isinstance(result, list) else [result]:
             array = tensor.numpy()
-            if not np.isfinite(array).all():
+            if np.isnan(array).any():
                 where = value.producer.describe() if value.producer is not None else f"input %{value.name}"
-                raise QuantizationError(f"calibration batch {self.index}: {where} produced NaN or "
-                                        "Inf; check the model and the data for overflow")
+                raise QuantizationError(f"calibration batch {self.index}: {where} produced NaN; "
+                                        "check the model and the data for overflow")
             for point in points:
-                point.observer.update(array)
+                point.observe(array, self.index, value.name)
 
 
 def _observe(work: Graph, points: list[QuantPoint], calibration_data, progress) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 from qcompiler.errors import QuantizationError
@@ -28,6 +28,29 @@ from qcompiler.numerics.quant import quant_range
 from qcompiler.quantization.observers import OBSERVERS, make_observer
 
 
+def _refuse_unknown_fields(cls):
+    """Make a misspelt field (QuantConfig(activation_observr=...)) a QuantizationError that
+    names the field and the closest real one, rather than the generated __init__'s
+    TypeError. Wraps the dataclass's generated __init__ once, where the class is defined."""
+    generated = cls.__init__
+    names = [f.name for f in fields(cls)]
+
+    def __init__(self, *args, **changes):
+        for key in changes:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=2)
+                hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+                raise QuantizationError(f"{cls.__name__} has no field {key!r}; {hint}its fields "
+                                        f"are {', '.join(names)}")
+        generated(self, *args, **changes)
+
+    __init__.__doc__ = generated.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+
+@_refuse_unknown_fields
 @dataclass(frozen=True)
 class QScheme:
     """One integer format: `bits` (2..8, or 16 for activations), signed or not, symmetric
@@ -70,6 +93,7 @@ class QScheme:
                 f"{' narrow-range' if self.narrow_range else ''}")
 
 
+@_refuse_unknown_fields
 @dataclass(frozen=True)
 class QOverride:
     """Schemes that replace the global ones for some nodes; None keeps the global one."""
@@ -84,6 +108,7 @@ _INT8_WEIGHTS = QScheme(8, symmetric=True, per_channel=True, narrow_range=True)
 _UINT8_ACTIVATIONS = QScheme(8, signed=False)
 
 
+@_refuse_unknown_fields
 @dataclass(frozen=True)
 class QuantConfig:
     weight: QScheme = _INT8_WEIGHTS
@@ -148,8 +173,10 @@ class QuantConfig:
     def preset(cls, name: str, **changes) -> QuantConfig:
         """A named configuration; keyword arguments replace its fields."""
         if name not in PRESETS:
+            close = difflib.get_close_matches(str(name), list(PRESETS), n=2)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise QuantizationError(f"unknown QuantConfig preset {name!r}; valid presets: "
-                                    f"{', '.join(PRESETS)}")
+                                    f"{', '.join(PRESETS)}{hint}")
         return replace(PRESETS[name], **changes)
 
     # ---- lookups ------------------------------------------------------------------
@@ -190,6 +217,19 @@ class QuantConfig:
                         else "; print(graph) lists the node names")
                 raise QuantizationError(f"QuantConfig.{kind} names {name!r}, which is not a node "
                                         f"or input of graph {graph.name}{hint}")
+
+
+def as_quant_config(config, where: str = "config") -> QuantConfig:
+    """What every `config=` option takes: a QuantConfig, a preset name ("int8", "w4a8"...),
+    or None for the int8 preset."""
+    if config is None:
+        return PRESETS["int8"]
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, str):
+        return QuantConfig.preset(config)
+    raise QuantizationError(f"{where} must be a QuantConfig or a preset name "
+                            f"({', '.join(PRESETS)}), got {type(config).__name__}")
 
 
 def _check_scheme(scheme, role: str, where: str) -> None:

@@ -13,17 +13,16 @@ check of spec section 7. What the result preserves is written in the pass that w
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 import numpy as np
 
 from qcompiler.errors import IntegerOnlyError, QuantizationError
 from qcompiler.ir import FLOAT_DTYPES, Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only
-from qcompiler.ir.ops import LOOKUP_OPS, OPS
+from qcompiler.ir.ops import LOOKUP_OPS, OPS, ops_where
 from qcompiler.numerics.integer_params import largest_offset, worst_case_accumulator
 from qcompiler.quantization import lowering_rules as compute
 from qcompiler.quantization import lowering_rules_layout as layout
+from qcompiler.quantization import lowering_rules_masks as masks
 from qcompiler.quantization.lowering_rules import check_rounding, emit_requantize
 from qcompiler.quantization.lowering_state import LoweringState, Rule, fake_quant_qparams
 from qcompiler.quantization.quantizers import require_calibrated
@@ -38,9 +37,19 @@ RULES: dict[str, Rule] = {
     "avg_pool2d": layout.lower_avg_pool, "avg_pool1d": layout.lower_avg_pool,
     "adaptive_avg_pool2d": layout.lower_adaptive_avg_pool,
     "adaptive_avg_pool1d": layout.lower_adaptive_avg_pool, "mean": layout.lower_mean,
+    "sum": layout.lower_mean,
     **{op: layout.lower_moving for op in ("reshape", "flatten", "permute", "transpose", "slice",
-                                          "split", "max_pool2d", "max_pool1d", "pad")},
+                                          "split", "max_pool2d", "max_pool1d", "pad", "expand",
+                                          "amax", "amin")},
     "concat": layout.lower_concat, "embedding": layout.lower_embedding,
+    "cast": masks.lower_cast, **{op: masks.lower_compare for op in ops_where(category="compare")},
+    "where": masks.lower_where, "argmax": masks.lower_argmax,
+}
+# What to do about a float op without a rule, where something can be done.
+_HINTS = {
+    "batch_norm": "; a batch norm that cannot fold is a depthwise 1x1 conv: run "
+                  "qc.passes.convert_batchnorm_to_conv before insert_fake_quant (qc.quantize does)",
+    "resize": "; nearest resizing moves values and stays integer (mode='nearest')",
 }
 # Float ops without a rule: they always fall back to float (softmax, layer_norm, ...).
 FALLBACK_OPS = frozenset(op for op, spec in OPS.items()
@@ -73,7 +82,7 @@ def lower(graph: Graph, *, target: str = "generic", strict: bool = True) -> Lowe
             continue  # read by its layer's rule (int32 bias), or made on demand by as_float
         rule = RULES.get(node.op)
         reason = rule(state, node) if rule is not None else \
-            f"{node.op} has no integer form (docs/integer-spec.md, section 9)"
+            f"{node.op} has no integer form (docs/integer-spec.md, section 9)" + _HINTS.get(node.op, "")
         if reason is not None:
             _fall_back(state, node, reason)
     state.new.outputs = [_output(state, value) for value in graph.outputs]
@@ -137,12 +146,7 @@ def _fall_back(state: LoweringState, node: Node, reason: str) -> None:
             f"{node.describe()} cannot be lowered to integer ops: {reason}. Lower with "
             "strict=False to run it in float32 between dequantize and quantize (the integer "
             "interpreter then needs strict=False too)")
-    inputs = [None if v is None else state.as_float(v) for v in node.inputs]
-    new = state.new.create_node(node.op, inputs, [v.name for v in node.outputs],
-                                [(v.shape, v.dtype) for v in node.outputs], deepcopy(node.attrs),
-                                source=node.source)
-    for old, value in zip(node.outputs, new.outputs, strict=True):
-        state.float_of[id(old)] = value
+    new = state.copy_as_float(node)
     if is_float:
         state.fallbacks.append(f"%{node.name} ({node.op}: {reason})")
     grid = state.as_int(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
@@ -166,8 +170,7 @@ def _check_overflow(state: LoweringState) -> None:
             node = state.new.values[name].producer
             raise QuantizationError(
                 f"{node.describe()}: the worst-case int32 accumulator is {bound} "
-                f"(2**{np.log2(bound):.2f} >= 2**31), so it could wrap; use fewer weight or "
-                "activation bits for this layer (QuantConfig node_overrides) or split it")
+                f"(2**{np.log2(bound):.2f} >= 2**31), so it could wrap; {_overflow_cause(node)}")
     worst = sorted(bounds.items(), key=lambda item: -item[1])[:3]
     shown = ", ".join(f"%{name} 2**{np.log2(max(bound, 1)):.1f}" for name, bound in worst)
     state.notes.append(f"overflow check (spec section 7): {len(bounds)} accumulating op(s), all "
@@ -176,6 +179,24 @@ def _check_overflow(state: LoweringState) -> None:
         if bound >= 1 << 30:
             state.notes.append(f"%{name}: worst-case accumulator 2**{np.log2(bound):.2f} leaves "
                                "less than one bit of headroom below 2**31")
+
+
+def _overflow_cause(node: Node) -> str:
+    """Why an accumulator can reach 2**31, and what to do: a bias too large for its grid (a
+    near-dead channel), or too many products of too many bits."""
+    if node.op in ("qconv2d", "qconv1d", "qlinear"):
+        weight, bias = node.inputs[1].data, node.inputs[2].data.astype(np.int64)
+        products = worst_case_accumulator(weight, None, _offset(node.inputs[0]))
+        channel = int(np.argmax(np.abs(bias) + products))
+        if abs(int(bias[channel])) >= products[channel]:
+            return (f"the cause is its int32 bias: channel {channel} holds {int(bias[channel])} "
+                    f"(the sum of its products at most {int(products[channel])}), a bias far larger "
+                    "than the step s_in * s_w of its weights (a near-dead channel: weights near "
+                    "zero, a bias that is not). Calibrate with qc.quantize or "
+                    "qcompiler.quantization.calibrate, which widen such channels' weight scale so "
+                    "that the bias fits (they then compute their bias alone), or remove the channel")
+    return ("the cause is the sum of its products: use fewer weight or activation bits for this "
+            "layer (QuantConfig node_overrides) or split it")
 
 
 def accumulator_bounds(graph: Graph) -> dict[str, int]:

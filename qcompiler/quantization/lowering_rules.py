@@ -318,26 +318,38 @@ def lower_activation(state: LoweringState, node: Node):
 
 
 def lower_lookup(state: LoweringState, node: Node):
+    """An elementwise function of one 8-bit input (its other inputs constants, e.g. PReLU's
+    slopes) as a table; slopes per channel (along axis 1) give one table row per channel."""
     inputs = int_inputs(state, node, [0])
     if isinstance(inputs, str):
         return inputs
     x = inputs[0]
     if x.qparams.bits > 8:
         return f"its input is {x.qparams.bits}-bit; lookup tables are built for up to 8 bits"
+    extra = [v for v in node.inputs[1:] if v is not None]
+    if any(not v.is_constant for v in extra):
+        return "its parameters (inputs after the first) are not constants"
+    channels = max((v.data.size for v in extra), default=1)
+    if channels > 1 and (len(x.shape) < 2 or x.shape[1] != channels):
+        return f"its {channels} parameters do not run along axis 1 of its input"
     found = quantized_output(state, node)
     if isinstance(found, str):
         return found
     chain, fake_quant, out_q = found
+    constants = [torch.from_numpy(v.data) for v in extra]
 
     def function(real: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(real)
-        for step in [node, *chain]:
+        # One row of levels per channel, laid out [1, C, levels] so that per-channel
+        # parameters apply along axis 1 as they do in the graph.
+        tensor = torch.from_numpy(real).reshape(1, 1, -1).expand(1, channels, -1)
+        tensor = run_op(node.op, [tensor, *constants], node.attrs)[0]
+        for step in chain:
             tensor = run_op(step.op, [tensor], step.attrs)[0]
-        return tensor.numpy()
+        return tensor.reshape(channels, -1).numpy() if channels > 1 else tensor.reshape(-1).numpy()
 
     table = lookup_table(function, scale_of(x), zero_point_of(x), (x.qparams.qmin, x.qparams.qmax),
                          float(out_q.scale[0]), int(out_q.zero_point[0]), (out_q.qmin, out_q.qmax))
     table = state.constant(f"{node.name}.table", table, integer_dtype(out_q, node.describe()))
-    result = state.emit("qlookup", [x, table], {"input_min": x.qparams.qmin}, node.name,
-                           node.source).output
+    attrs = {"input_min": x.qparams.qmin, **({"axis": 1} if channels > 1 else {})}
+    result = state.emit("qlookup", [x, table], attrs, node.name, node.source).output
     finish(state, node, chain, fake_quant, result)

@@ -59,8 +59,10 @@ def _emit_avg_pool(state: LoweringState, node, x, op, attrs, chain, fake_quant, 
     finish(state, node, chain, fake_quant, result)
 
 
-def _emit_mean(state: LoweringState, node, x, dims, keepdim, chain, fake_quant, out_q) -> None:
-    count = int(np.prod([x.shape[d] for d in dims]))
+def _emit_mean(state: LoweringState, node, x, dims, keepdim, chain, fake_quant, out_q,
+               average: bool = True) -> None:
+    """qmean over `dims`: M = s_in / (s_out * count) for a mean, s_in / s_out for a sum."""
+    count = int(np.prod([x.shape[d] for d in dims])) if average else 1
     m0, shift = multiplier(float(np.float64(scale_of(x)) / (np.float64(out_q.scale[0]) * count)), node)
     attrs = {"dim": dims, "keepdim": keepdim, "input_zero_point": zero_point_of(x), "multiplier": m0,
              "shift": shift, **output_attrs(out_q, chain, node.describe())}
@@ -69,6 +71,7 @@ def _emit_mean(state: LoweringState, node, x, dims, keepdim, chain, fake_quant, 
 
 
 def lower_mean(state: LoweringState, node: Node):
+    """mean, and sum (the same accumulation without the division by the count)."""
     found = quantized_operands(state, node, [0])
     if isinstance(found, str):
         return found
@@ -78,7 +81,7 @@ def lower_mean(state: LoweringState, node: Node):
         return (f"it averages over the batch dimension ({x.type_str}), whose size the integer "
                 "multiplier would have to fix")
     _emit_mean(state, node, x, dims, bool(node.attrs.get("keepdim", False)), chain, fake_quant,
-               out_q)
+               out_q, average=node.op == "mean")
     return None
 
 

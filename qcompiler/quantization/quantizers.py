@@ -49,7 +49,8 @@ def observed_name(value: Value) -> str:
 
 
 def source_fake_quants(value: Value) -> list[Node]:
-    """The fake_quant nodes whose numbers `value` holds (through value-moving ops and concat)."""
+    """The fake_quant nodes whose numbers `value` holds (through value-moving ops, concat and
+    where)."""
     producer = value.producer
     if producer is None:
         return []
@@ -57,6 +58,8 @@ def source_fake_quants(value: Value) -> list[Node]:
         return [producer]
     if producer.op == "concat":
         return [fq for v in producer.inputs for fq in source_fake_quants(v)]
+    if producer.op == "where":
+        return [fq for v in producer.inputs[1:] for fq in source_fake_quants(v)]
     if moves_values_only(producer):
         return source_fake_quants(producer.inputs[0])
     return []

@@ -221,6 +221,14 @@ def sensitivity_analysis(quantized_graph: Graph, calibration_data: Iterable, *, 
 
     if mode not in MODES:
         raise QuantizationError(f"sensitivity_analysis(mode={mode!r}): choose one of {', '.join(MODES)}")
+    if isinstance(quantized_graph, torch.nn.Module):
+        raise QuantizationError(f"sensitivity_analysis takes the quantized Graph, not the "
+                                f"{type(quantized_graph).__name__} module: quantized = "
+                                "qc.quantize(model, data); qc.sensitivity_analysis(quantized, data, "
+                                "reference=model)")
+    if not isinstance(quantized_graph, Graph):
+        raise QuantizationError(f"sensitivity_analysis takes the quantized Graph (qc.quantize), got "
+                                f"{type(quantized_graph).__name__}")
     if not fake_quant_nodes(quantized_graph):
         raise QuantizationError(f"graph {quantized_graph.name} has no fake_quant nodes: sensitivity "
                                 "analysis needs a quantized graph (qc.quantize)")

@@ -396,6 +396,77 @@ def test_qlookup_matches_the_python_reference(data):
     np.testing.assert_array_equal(semantics[0].numpy(), result)
 
 
+@SETTINGS
+@given(st.data())
+def test_per_channel_qlookup_matches_the_python_reference(data):
+    """One table row per channel along `axis` (PReLU with a slope per channel)."""
+    draw = data.draw
+    in_dtype, out_dtype = draw(st.sampled_from(["u8", "i8"])), draw(st.sampled_from(["u8", "i8"]))
+    shape = draw(st.lists(st.integers(1, 4), min_size=2, max_size=4))
+    axis = draw(st.integers(0, len(shape) - 1))
+    x = int_array(draw, shape, in_dtype)
+    table = int_array(draw, (shape[axis], 256), out_dtype)
+    low = RANGES[in_dtype][0]
+    expected = np.zeros(shape, np.int64)
+    for index in itertools.product(*[range(s) for s in shape]):
+        expected[index] = int(table[index[axis], int(x[index]) - low])
+    attrs = {"input_min": low, "axis": axis}
+    result = KERNELS["qlookup"](x, table, **attrs)
+    np.testing.assert_array_equal(result.astype(np.int64), expected)
+    assert result.dtype == table.dtype
+    semantics = run_op("qlookup", [torch.from_numpy(x), torch.from_numpy(table)], attrs)[0].numpy()
+    np.testing.assert_array_equal(semantics, result)
+
+
+@SETTINGS
+@given(st.data())
+def test_bool_tables_are_gathers_too(data):
+    """A comparison or cast of a quantized value is a table of bools (spec section 13)."""
+    x = int_array(data.draw, data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)), "u8")
+    table = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).integers(0, 2, 256) > 0
+    result = KERNELS["qlookup"](x, table, input_min=0)
+    assert result.dtype == np.bool_
+    assert result.tolist() == np.vectorize(lambda v: bool(table[int(v)]))(x).tolist()
+
+
+_INTEGER_OPS = ["cast", "eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or",
+                "logical_not", "where", "amax", "amin", "argmax", "expand"]
+
+
+@SETTINGS
+@given(st.sampled_from(_INTEGER_OPS), st.sampled_from(["u8", "i8"]), st.data())
+def test_ops_on_integers_and_masks_match_torch(op, dtype, data):
+    """The ops that run on integers and bools as they are (masks, selection, extremes; spec
+    section 13) compute what their torch semantics compute, dtype included."""
+    shape = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    a, b = int_array(data.draw, shape, dtype), int_array(data.draw, shape, dtype)
+    mask = int_array(data.draw, shape, "u8") > 127
+    rank = len(shape)
+    attrs = {}
+    if op == "cast":
+        arrays, attrs = [a], {"dtype": data.draw(st.sampled_from(["bool", "i64", "i32", "u8", "i8"]))}
+    elif op in ("logical_and", "logical_or"):
+        arrays = [mask, a > b]
+    elif op == "logical_not":
+        arrays = [mask]
+    elif op == "where":
+        arrays = [mask, a, b]
+    elif op in ("amax", "amin"):
+        dims = sorted(data.draw(st.sets(st.integers(0, rank - 1), min_size=1)))
+        arrays, attrs = [a], {"dim": dims, "keepdim": data.draw(st.booleans())}
+    elif op == "argmax":
+        arrays = [a]
+        attrs = {"dim": data.draw(st.integers(0, rank - 1)), "keepdim": data.draw(st.booleans())}
+    elif op == "expand":
+        arrays, attrs = [a[..., :1]], {"shape": [2, *shape]}
+    else:
+        arrays = [a, b]
+    result = KERNELS[op](*arrays, **attrs)
+    expected = run_op(op, [torch.from_numpy(np.ascontiguousarray(v)) for v in arrays], attrs)[0].numpy()
+    np.testing.assert_array_equal(result, expected)
+    assert result.dtype == expected.dtype
+
+
 def test_qconcat_copies_its_inputs_in_order():
     a = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
     b = np.arange(6, 9, dtype=np.uint8).reshape(1, 1, 3)

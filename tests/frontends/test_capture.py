@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import Lambda
 from torch import nn
 
 import qcompiler as qc
@@ -126,19 +127,6 @@ def test_bert_inputs_and_position_embedding_constant(builtin_captures):
 
 
 # ---- op coverage with small modules ----------------------------------------------------------------
-
-
-class Lambda(nn.Module):
-    """A module whose forward is `fn(self, *inputs)`; submodules are passed as keyword arguments."""
-
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            setattr(self, name, child)
-
-    def forward(self, *inputs):
-        return self.fn(self, *inputs)
 
 
 def _attention(m, q, k, v):
@@ -318,16 +306,27 @@ def test_in_place_op_on_a_buffer_leaves_the_model_untouched():
     torch.testing.assert_close(qc.to_torch(graph)(x), x * 3.0, **TOLERANCE)
 
 
-def test_inputs_sharing_memory_stay_separate_and_dict_outputs_are_flattened():
+def test_inputs_sharing_memory_stay_separate_and_nested_outputs_are_flattened():
     class TwoInputs(nn.Module):
         def forward(self, x, y):
-            return {"sum": x + 2 * y, "x": x}
+            return x + 2 * y, [x, y]
     x = torch.randn(2, 4)
     graph = qc.trace(TwoInputs().eval(), (x, x))  # torch.export alone would fuse x and y
     a, b = torch.randn(2, 4), torch.randn(2, 4)
-    total, first = qc.to_torch(graph)(a, b)
+    total, first, second = qc.to_torch(graph)(a, b)
     torch.testing.assert_close(total, a + 2 * b, **TOLERANCE)
     torch.testing.assert_close(first, a, **TOLERANCE)
+    torch.testing.assert_close(second, b, **TOLERANCE)
+
+
+def test_dict_outputs_are_refused_rather_than_losing_their_keys():
+    class Named(nn.Module):
+        def forward(self, x):
+            return {"sum": x + 1, "pair": (x, x * 2)}
+    with pytest.raises(CaptureError, match=r"^Named\.forward returns a dict with keys \['sum', 'pair'\] "
+                       r"as the output; the IR's outputs are a flat list of tensors, so the names "
+                       r"would be lost\. Return a tuple in a fixed order"):
+        qc.trace(Named().eval(), (torch.randn(2, 4),))
 
 
 def test_captured_types_are_checked_against_torch(monkeypatch):
@@ -378,12 +377,12 @@ class RunningSum(nn.Module):
         return torch.cumsum(x, dim=1)
 
 
-def test_unsupported_op_names_op_node_source_and_ir_ops():
+def test_unsupported_op_names_op_node_source_and_what_to_do():
     model = RunningSum().eval()
     with pytest.raises(UnsupportedOpError, match=r"unsupported op aten\.cumsum\.default \(node %cumsum at "
                        r".*test_capture\.py:\d+: `return torch\.cumsum\(x, dim=1\)`\): the IR has no "
-                       r"mapping for it\. "
-                       r"The IR ops are: .*adaptive_avg_pool1d, .*conv2d"):
+                       r"mapping for it; no IR op accumulates along an axis; for a short fixed axis, "
+                       r"a conv1d with a kernel of ones computes a running sum$"):
         qc.trace(model, (torch.randn(2, 4),))
 
 

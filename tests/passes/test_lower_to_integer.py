@@ -123,12 +123,16 @@ def test_runs_in_a_pipeline_and_the_result_verifies():
     assert ops(graph) == ["quantize", "qconv2d", "dequantize"]
 
 
-def test_a_graph_without_fake_quants_is_left_unmodified():
+def test_a_float_graph_is_refused_not_returned_unchanged():
     graph = Graph("float")
     x = graph.add_input("x", (2, 3))
     graph.outputs = [graph.add_node("relu", [x]).output]
-    result = lower_to_integer(graph)
-    assert not result.modified and result.graph is graph
+    with pytest.raises(QuantizationError, match=r"^graph float has no fake_quant nodes, so there is "
+                       r"nothing to lower: quantize it first \(qg = qc\.quantize\(model, "
+                       r"calibration_data\); qc\.lower_to_integer\(qg\)\)$"):
+        lower_to_integer(graph)
+    with pytest.raises(QuantizationError, match="nothing to lower"):
+        qc.lower_to_integer(graph)
 
 
 # ---- one rule per op: the integer op appears and agrees with the simulation ---------------------------

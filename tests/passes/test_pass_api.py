@@ -21,7 +21,8 @@ PASSES = sorted(name for name in dir(passes) if not name.startswith("_")
 
 
 def test_every_pass_is_listed():
-    assert PASSES == ["absorb_high_bias", "calibrate", "correct_bias", "decompose_low_rank",
+    assert PASSES == ["absorb_high_bias", "calibrate", "convert_batchnorm_to_conv", "correct_bias",
+                      "decompose_low_rank",
                       "eliminate_dead_code", "equalize_cross_layer", "fold_batchnorm", "fold_constants",
                       "insert_fake_quant", "lower_to_integer", "merge_similar_neurons",
                       "recalibrate_batchnorm", "remove_filters", "round_adaptive"]

@@ -39,7 +39,8 @@ def test_origins_name_integer_values_of_the_activation_fake_quants(quantized):
 
 
 def test_ops_without_a_rule_fall_back():
-    assert FALLBACK_OPS == {"softmax", "layer_norm", "batch_norm", "conv_transpose2d", "resize"}
+    assert FALLBACK_OPS == {"softmax", "layer_norm", "batch_norm", "conv_transpose2d", "resize",
+                            "var", "vector_norm"}
 
 
 def test_the_state_checks_the_target(quantized):

@@ -32,27 +32,38 @@ from __future__ import annotations
 import inspect
 import operator
 import traceback
+import warnings
 
 import torch
 from torch import fx, nn
 
 from qcompiler.errors import CaptureError
 from qcompiler.frontends.torch_export import dynamic
-from qcompiler.frontends.torch_export.convert import TORCH_PATHS, USER_FRAME, Converter, aten_name, short_path
+from qcompiler.frontends.torch_export.convert import (
+    TORCH_PATHS,
+    USER_FRAME,
+    BatchDependentOpError,
+    Converter,
+    aten_name,
+    short_path,
+)
 from qcompiler.frontends.torch_export.ops import DECOMPOSED_OPS
 from qcompiler.ir import Graph
 from qcompiler.ir.ops import TORCH_DTYPES, ir_dtype
 
 
-def trace(model: nn.Module, example_inputs: tuple, *, dynamic_batch: bool = True) -> Graph:
+def trace(model: nn.Module, example_inputs: tuple, *, dynamic_batch: bool | None = None) -> Graph:
     """Capture `model` (in eval mode) into an IR Graph.
 
-    dynamic_batch=True (the default): the batch dimension is symbolic, `f32[N,3,224,224]`,
-    so the graph calibrates, simulates, lowers and runs at any batch size. The batch is
-    dimension 0 of the first input with dimensions, and every input whose dimension 0 has
-    the same size shares it (see `qcompiler.frontends.torch_export.dynamic`). A model whose
-    code fixes the batch size is refused with a CaptureError naming the line; pass
-    dynamic_batch=False to capture it at the example inputs' shapes (every shape static).
+    The batch dimension is symbolic, `f32[N,3,224,224]`, so the graph calibrates, simulates,
+    lowers and runs at any batch size. The batch is dimension 0 of the first input with
+    dimensions, and every input whose dimension 0 has the same size shares it (see
+    `qcompiler.frontends.torch_export.dynamic`). A model whose code fixes the batch size is
+    refused with a CaptureError naming the line. dynamic_batch=None (the default): a model
+    with an op that takes sizes computed from the batch (the zero state of a recurrent layer,
+    `torch.zeros(x.shape[0], hidden)`) is captured at the example inputs' batch size, with a
+    warning naming the op; True refuses it instead (BatchDependentOpError); False captures
+    every model at the example inputs' shapes (every shape static).
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"qc.trace needs a torch.nn.Module, got {type(model).__name__}")
@@ -63,7 +74,22 @@ def trace(model: nn.Module, example_inputs: tuple, *, dynamic_batch: bool = True
         raise CaptureError(f"{type(model).__name__} is in training mode (modules {shown}); call "
                            "model.eval() before qc.trace: dropout and batch_norm compute something "
                            "else in training mode")
-    program = _decomposed(_export(model, inputs, dynamic_batch))
+    try:
+        return _capture(model, inputs, dynamic_batch is not False)
+    except (BatchDependentOpError, FixedBatchError) as error:
+        if dynamic_batch:
+            raise
+        warnings.warn(f"qc.trace: {error}. Captured {type(model).__name__} at the example inputs' "
+                      f"batch size, {inputs[0].shape[0] if inputs[0].dim() else 1}, instead of any "
+                      "batch (dynamic_batch=False asks for that without this warning)",
+                      stacklevel=2)
+        return _capture(model, inputs, False)
+
+
+def _capture(model: nn.Module, inputs: tuple, dynamic_batch: bool) -> Graph:
+    program = _export(model, inputs, dynamic_batch)
+    _check_outputs(model, program.call_spec.out_spec)
+    program = _decomposed(program)
     return Converter(program, model).run().verify()
 
 
@@ -146,7 +172,11 @@ def _export(model: nn.Module, inputs: tuple, dynamic_batch: bool) -> torch.expor
         return torch.export.export(model, export_inputs, dynamic_shapes=dynamic_shapes)
 
     try:
-        return export()
+        with warnings.catch_warnings():
+            # nn.LSTM / GRU / RNN re-assign their weight list in forward; torch.export warns
+            # about it, but the weights are parameters it lifts all the same.
+            warnings.filterwarnings("ignore", message=r"The tensor attributes self\._flat_weights")
+            return export()
     except Exception as export_error:
         if dynamic_shapes is not None and dynamic.is_constraint_violation(export_error):
             raise _batch_error(model, export, export_error) from None
@@ -169,6 +199,10 @@ def _export(model: nn.Module, inputs: tuple, dynamic_batch: bool) -> torch.expor
             "still refuse it") from export_error
 
 
+class FixedBatchError(CaptureError):
+    """The model's code fixes the batch size (torch.export found the batch specialized)."""
+
+
 def _batch_error(model: nn.Module, export, error: BaseException) -> CaptureError:
     frame = dynamic.specialization_site(export, TORCH_PATHS)
     site = " (torch.export does not say where)"
@@ -177,12 +211,28 @@ def _batch_error(model: nn.Module, export, error: BaseException) -> CaptureError
         site = f" at {short_path(frame.filename)}:{frame.lineno}{code}"
     pinned = dynamic.pinned_value(error)
     fixed = f" to {pinned}" if pinned is not None else ""
-    return CaptureError(
+    return FixedBatchError(
         f"{type(model).__name__} cannot take any batch size: its code fixes the batch "
         f"dimension{fixed}{site}. Write the batch as -1 "
         "or x.shape[0] (x.view(x.shape[0], -1), not x.view(8, -1)) and drop branches on the "
         "batch size, or capture at the example inputs' batch size only with "
         "qc.trace(model, inputs, dynamic_batch=False)")
+
+
+def _check_outputs(model: nn.Module, spec, path: str = "the output") -> None:
+    """Outputs must be tensors, or tuples / lists of them (flattened in order into the graph
+    outputs; named tuples such as max's (values, indices) keep their order): a dict's keys
+    (or a dataclass's field names) would be lost without a word."""
+    if spec is None or spec.type is None or issubclass(spec.type, (tuple, list)):
+        for index, child in enumerate(spec.children() if spec is not None else []):
+            _check_outputs(model, child, f"{path}[{index}]")
+        return
+    kind = spec.type.__name__
+    keys = f" with keys {list(spec.context)}" if isinstance(spec.context, (list, tuple)) else ""
+    raise CaptureError(
+        f"{type(model).__name__}.forward returns a {kind}{keys} as {path}; the IR's outputs are "
+        "a flat list of tensors, so the names would be lost. Return a tuple in a fixed order "
+        "(e.g. wrap the model: `return out['logits'], out['hidden']`)")
 
 
 def _is_view(node: fx.Node) -> bool:

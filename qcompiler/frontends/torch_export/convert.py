@@ -23,9 +23,10 @@ from torch.export.graph_signature import OutputKind
 
 from qcompiler.errors import CaptureError, UnsupportedOpError, VerificationError
 from qcompiler.frontends.torch_export.dynamic import ir_shape
+from qcompiler.frontends.torch_export.hints import unsupported_hint
 from qcompiler.frontends.torch_export.ops import HANDLERS, IDENTITY_OPS
 from qcompiler.ir import Graph, Value
-from qcompiler.ir.ops import OPS, TORCH_DTYPES, ir_dtype
+from qcompiler.ir.ops import TORCH_DTYPES, ir_dtype
 
 # Stack frames from these are torch's, not the user's (fx runs generated code as <eval_with_key>).
 TORCH_PATHS = (os.path.dirname(torch.__file__), "<eval_with_key>")
@@ -50,6 +51,13 @@ def short_path(path: str) -> str:
 SIZE_TAKING_OPS = frozenset({"view", "reshape", "_unsafe_view", "unflatten"})
 # torch.export's runtime checks on sizes (by aten name prefix): no IR node.
 SIZE_ASSERTIONS = ("_assert_scalar", "sym_constrain_range", "_assert_tensor_metadata")
+
+
+class BatchDependentOpError(UnsupportedOpError):
+    """An op with no IR form at a symbolic batch size: sizes computed from the batch (the zero
+    state `torch.zeros(x.shape[0], hidden)` of a recurrent layer), slicing or concatenating
+    along the batch. `qc.trace` then captures at the example inputs' batch size (with a
+    warning), or refuses with dynamic_batch=True."""
 
 
 @dataclass(frozen=True)
@@ -163,17 +171,17 @@ class Converter:
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
         leaves = torch.utils._pytree.tree_leaves((args, kwargs))
         if any(isinstance(leaf, Size) for leaf in leaves) and self.aten_name not in SIZE_TAKING_OPS:
-            self.unsupported("its arguments depend on the batch size (x.shape[0] or a size computed "
-                             "from it), and only reshapes may take those in the IR, whose other "
-                             "sizes are fixed; capture with qc.trace(..., dynamic_batch=False) to "
-                             "fix the batch size")
+            self.batch_dependent("its arguments depend on the batch size (x.shape[0] or a size "
+                                 "computed from it), and only reshapes may take those in the IR, "
+                                 "whose other sizes are fixed")
         if (not any(isinstance(leaf, Value) for leaf in leaves)
                 and torch.Tag.nondeterministic_seeded not in target.tags):
             result = self._fold(target, args, kwargs, in_place)
         else:
             handler = HANDLERS.get(self.aten_name)
             if handler is None:
-                self.unsupported("the IR has no mapping for it")
+                self.unsupported(f"the IR has no mapping for it; "
+                                 f"{unsupported_hint(self.aten_name, HANDLERS)}")
             result = handler(self, _bind(target, args, kwargs))
         self._check(node, result)
         if in_place:  # defensive: torch already points later readers at this node
@@ -252,8 +260,15 @@ class Converter:
     def unsupported(self, why: str):
         target = self.node.target
         raise UnsupportedOpError(f"unsupported op aten.{target._overloadpacket.__name__}."
-                                 f"{target._overloadname} ({self._where()}): {why}. "
-                                 f"The IR ops are: {', '.join(sorted(OPS))}")
+                                 f"{target._overloadname} ({self._where()}): {why}")
+
+    def batch_dependent(self, why: str):
+        """Refuse the current node because it needs a fixed batch size (`qc.trace` then
+        captures at the example inputs' batch, or refuses with dynamic_batch=True)."""
+        target = self.node.target
+        raise BatchDependentOpError(f"unsupported op aten.{target._overloadpacket.__name__}."
+                                    f"{target._overloadname} ({self._where()}) at any batch size: "
+                                    f"{why}")
 
     def emit(self, op: str, inputs: list, attrs: dict | None = None, part: str | None = None):
         """Append an IR node for the current aten node; returns its output (a tuple if several)."""
@@ -303,8 +318,7 @@ class Converter:
         try:
             return ir_shape(shape, self._where())
         except ValueError as error:
-            raise CaptureError(f"{error}; capture with qc.trace(..., dynamic_batch=False) to fix "
-                               "the batch size") from None
+            raise BatchDependentOpError(f"{error}; the graph needs a fixed batch size") from None
 
     @property
     def out_shapes(self) -> list[tuple]:

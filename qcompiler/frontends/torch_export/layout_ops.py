@@ -29,8 +29,8 @@ def _fixed_axis(ctx, x, axis: int, what: str) -> int:
     """The size of `axis`, which must not be the symbolic batch for `what`."""
     size = ctx.shape(x)[axis]
     if isinstance(size, Dim):
-        ctx.unsupported(f"{what} along the batch dimension ({size}) has no IR form at an unknown "
-                        "batch size; capture with qc.trace(..., dynamic_batch=False) to fix it")
+        ctx.batch_dependent(f"{what} along the batch dimension ({size}) has no IR form at an "
+                            "unknown batch size")
     return size
 
 

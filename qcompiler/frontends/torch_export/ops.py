@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from qcompiler.frontends.torch_export.layout_ops import LAYOUT_HANDLERS, first_argument
+from qcompiler.frontends.torch_export.math_handlers import MATH_HANDLERS
 
 # Composite ops that we let torch's own decomposition table rewrite (into
 # matmul/softmax/reshape/permute/...) before conversion, rather than hand-writing
@@ -25,6 +26,10 @@ DECOMPOSED_OPS = (
     "scaled_dot_product_attention", "_scaled_dot_product_attention_math",
     "_scaled_dot_product_flash_attention_for_cpu", "einsum", "pixel_shuffle", "pixel_unshuffle",
     "channel_shuffle", "native_channel_shuffle", "glu", "baddbmm",
+    # Recurrent layers and cells: unrolled over the (static) sequence into linear layers,
+    # sigmoid, tanh and elementwise products, which quantize and lower like any other.
+    "lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+    "rnn_relu_cell",
 )
 
 # Ops that return their input unchanged at inference (dropout only with train=False).
@@ -41,15 +46,6 @@ def _ints(value, rank: int) -> list[int]:
 
 def _identity(ctx, args):
     return first_argument(args)
-
-
-def _same_type_identity(ctx, args):
-    """`.to()`, `.type_as()`...: fine when nothing changes; the IR has no cast op."""
-    x = first_argument(args)
-    if ctx.dtype(x) != ctx.out_dtype or ctx.shape(x) != ctx.out_shape:
-        ctx.unsupported(f"it changes {ctx.dtype(x)}{list(ctx.shape(x))} to "
-                        f"{ctx.out_dtype}{list(ctx.out_shape)}; the IR has no cast op")
-    return x
 
 
 def _copy(ctx, args):
@@ -251,7 +247,7 @@ def _adaptive_avg_pool(rank):
 def _mean(ctx, args):
     x = args["self"]
     if args.get("dtype") is not None and args["dtype"] != ctx.torch_dtype(x):
-        ctx.unsupported("mean with a dtype change; the IR has no cast op")
+        ctx.unsupported(f"mean with dtype={args['dtype']}: cast the input first (x.to(...))")
     rank = len(ctx.shape(x))
     dims = args.get("dim")
     dims = list(range(rank)) if not dims else [int(d) % rank for d in dims]
@@ -267,7 +263,6 @@ def _table():
 
     add(" ".join(IDENTITY_OPS), _identity)
     add(" ".join(DROPOUT_OPS), _dropout)
-    add("to _to_copy type_as", _same_type_identity)
     add("copy", _copy)
     add("_assert_tensor_metadata _assert_scalar sym_constrain_range_for_size", _no_output)
     add("conv1d conv2d", _conv)
@@ -301,7 +296,7 @@ def _table():
     add("adaptive_avg_pool2d _adaptive_avg_pool2d", _adaptive_avg_pool(2))
     add("adaptive_avg_pool1d", _adaptive_avg_pool(1))
     add("mean", _mean)
-    return {**LAYOUT_HANDLERS, **table}
+    return {**LAYOUT_HANDLERS, **MATH_HANDLERS, **table}
 
 
 HANDLERS = _table()

@@ -79,8 +79,43 @@ def float_op_graph() -> Graph:
     add("resize", [image], {"size": [14, 10], "mode": "nearest"})
     add("resize", [image], {"size": [10, 14], "mode": "bilinear", "align_corners": False})
     add("resize", [image], {"size": [10, 14], "mode": "bilinear", "align_corners": True})
+    _add_math_ops(add, const, image, signal, tokens)
     graph.outputs.extend(outputs)
     return graph.verify()
+
+
+def _add_math_ops(add, const, image, signal, tokens):
+    """The ops real networks add: masks, casts, norms, recurrent-cell activations."""
+    positive = add("abs", [image])
+    for op in ("exp", "log", "erf", "sqrt", "rsqrt", "reciprocal", "mish"):
+        add(op, [positive if op in ("log", "sqrt", "rsqrt", "reciprocal") else image])
+    for exponent in (2.0, 3.0, 0.5):
+        add("pow", [positive if exponent == 0.5 else image], {"exponent": exponent})
+    add("leaky_relu", [image], {"negative_slope": 0.2})
+    add("elu", [image], {"alpha": 1.6732632, "scale": 1.0507010, "input_scale": 1.0})  # SELU
+    add("softplus", [image], {"beta": 2.0, "threshold": 1.0})
+    add("prelu", [image, const("slopes", 4)])
+    add("prelu", [signal, const("slope", 1)])
+    add("cast", [image], {"dtype": "i64"})
+    add("cast", [tokens], {"dtype": "f32"})
+    mask = add("cast", [tokens], {"dtype": "bool"})
+    above = add("gt", [image, const("edge", 7)])
+    for op in ("eq", "ne", "ge", "lt", "le"):
+        add(op, [image, positive])
+    add("logical_and", [above, add("lt", [image, positive])])
+    add("logical_or", [mask, add("logical_not", [mask])])
+    add("where", [above, image, const("other", 4, 1, 1)])
+    add("sum", [image], {"dim": [2, 3], "keepdim": False})
+    add("amax", [image], {"dim": [1], "keepdim": True})
+    add("amin", [image], {"dim": -1, "keepdim": False})
+    add("argmax", [image], {"dim": 1, "keepdim": False})
+    add("argmax", [signal], {"dim": None, "keepdim": False})
+    add("var", [image], {"dim": [2, 3], "correction": 1, "keepdim": True})
+    add("var", [signal], {"dim": None, "correction": 0, "keepdim": False})
+    for order, dim in ((2.0, [-1]), (1.0, None), (float("inf"), [1]), (3.0, [2, 3])):
+        add("vector_norm", [image], {"ord": order, "dim": dim, "keepdim": False})
+    pooled = add("mean", [image], {"dim": [2, 3], "keepdim": True})
+    add("expand", [pooled], {"shape": [2, 4, 3, 5]})
 
 
 def test_every_ir_op_but_fake_quant_has_a_lowering():

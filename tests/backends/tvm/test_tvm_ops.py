@@ -252,7 +252,8 @@ def test_quantize_rounds_float32_ties_half_to_even():
     scale = 0.125  # a power of two: x * 8 is exact, so every k + 0.5 is a tie
     ties = (np.arange(-40, 40, dtype=np.float32) + np.float32(0.5)) * np.float32(scale)
     # 0.1 and friends: x * (1 / s) and x / s differ by an ulp for some of these.
-    awkward = np.float32([0.1, 0.3, 0.7, 1.1, 2.675, -0.35, 1e-8, -1e9, 1e9, np.inf, -np.inf])
+    # (The interpreter refuses non-finite inputs, so the extremes are finite.)
+    awkward = np.float32([0.1, 0.3, 0.7, 1.1, 2.675, -0.35, 1e-8, -1e9, 1e9, 3e38, -3e38])
     cases = [OpCase("quantize", [ties.reshape(1, -1)], [None],
                     {"scale": scale, "zero_point": zero_point, "qmin": 0, "qmax": 255, "dtype": "u8"})
              for zero_point in (0, 1, 128)]

@@ -50,7 +50,7 @@ def test_simd_level_from_cpu_flags(flags, isa):
     assert targets.x86_isa(flags) == isa
 
 
-@pytest.mark.parametrize("name", ["x86-avx2", "x86-avx512", "x86-vnni"])
+@pytest.mark.parametrize("name", ["x86", "x86-avx2", "x86-avx512", "x86-vnni"])
 def test_each_x86_target_runs_exactly_or_is_refused_clearly(name):
     """7-bit weights fit every target. Where this CPU has the target's features the model runs
     bit for bit; where it lacks them, running is refused before any instruction executes."""
@@ -87,7 +87,7 @@ def test_unknown_target_lists_the_valid_ones():
     with pytest.raises(TargetError) as error:
         qc.backends.tvm.build(graph, "x86-sse")
     assert str(error.value) == (
-        "unknown TVM target 'x86-sse'; valid targets: host, x86-avx2, x86-avx512, x86-vnni, "
+        "unknown TVM target 'x86-sse'; valid targets: host, x86, x86-avx2, x86-avx512, x86-vnni, "
         "aarch64, aarch64-dotprod, or a TVM target dict such as {'kind': 'llvm', 'mtriple': "
         "'x86_64-linux-gnu', 'mcpu': 'znver3'}")
 
@@ -121,7 +121,8 @@ def test_full_range_weights_are_refused_for_vpmaddubsw_targets_naming_the_preset
 
 
 @pytest.mark.parametrize(("name", "preset", "lowering"), [
-    ("x86-avx2", "int8-avx2", "x86"), ("x86-avx512", "int8-avx2", "x86"), ("x86-vnni", "int8", "generic"),
+    ("x86", "int8-avx2", "x86"), ("x86-avx2", "int8-avx2", "x86"), ("x86-avx512", "int8-avx2", "x86"),
+    ("x86-vnni", "int8", "generic"),
     ("aarch64", "int8-aarch64", "aarch64"), ("aarch64-dotprod", "int8-aarch64", "aarch64")])
 def test_quant_preset_gives_operands_the_target_computes_exactly(name, preset, lowering):
     """The preset's weights fit the target's range, and `lower_to_integer` with the matching
