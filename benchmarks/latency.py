@@ -4,6 +4,8 @@ and onnxruntime, batch 1, in one run on one machine at one thread count.
     python benchmarks/latency.py                    # MobileNetV2, ResNet-18, BERT-style: ~6 min
     python benchmarks/latency.py --models mobilenet_v2 --rounds 5
 
+Needs the `tvm`, `onnx` and `bench` extras and the pretrained MobileNetV2 weights (README).
+
 Models: the ImageNet-pretrained MobileNetV2 at 224x224 (calibrated on photographs), a
 ResNet-18 (torchvision's layout, random weights and batch-norm statistics) at 224x224 on
 random inputs, and the BERT-style encoder (128 tokens). Engines, each at `--threads`
