@@ -82,7 +82,7 @@ def test_compile_for_an_unknown_target_lists_the_valid_ones(tmp_path, capsys):
     code, _ = run(["compile", "digits_cnn", "--target", "riscv", "-o", str(tmp_path / "m")])
     assert code == 2
     assert capsys.readouterr().err == (
-        "qcompiler: error: unknown target 'riscv'; valid targets: host, x86-avx2, x86-avx512, "
+        "qcompiler: error: unknown target 'riscv'; valid targets: host, x86, x86-avx2, x86-avx512, "
         "x86-vnni, aarch64, aarch64-dotprod\n")
 
 
