@@ -335,9 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
 
+    from qcompiler.cli_remote import add_arguments as add_remote_arguments
     from qcompiler.cli_tvm import add_commands
 
     add_commands(commands, model_help)
+    add_remote_arguments(commands.choices["bench"])
     return parser
 
 
