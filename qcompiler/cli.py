@@ -338,9 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_command.set_defaults(run=run_inspect)
 
     from qcompiler.cli_onnx import add_commands as add_onnx_commands
+    from qcompiler.cli_remote import add_arguments as add_remote_arguments
     from qcompiler.cli_tvm import add_commands
 
     add_commands(commands, model_help)
+    add_remote_arguments(commands.choices["bench"])
     add_onnx_commands(commands, model_help)
     return parser
 

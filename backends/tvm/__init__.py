@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from qcompiler.backends.tvm.errors import (  # noqa: F401  (the package's public face)
     ArtifactError,
+    DeviceLostError,
     LoweringError,
+    NoDeviceError,
+    RemoteError,
     TargetError,
+    TrackerUnreachableError,
     TVMBackendError,
     WeightRangeError,
 )

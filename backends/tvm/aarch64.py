@@ -163,24 +163,24 @@ def _extract(wheel: Path, destination: Path) -> None:
             target.write_bytes(archive.read(member))
 
 
-def runner() -> Path:
-    """Our runner, cross-compiled for aarch64 against the cached runtime (rebuilt when its
-    source changes)."""
+def runner(source_path: Path = RUNNER_SOURCE) -> Path:
+    """Our runner (or another program of runner/), cross-compiled for aarch64 against the
+    cached runtime (rebuilt when its source changes)."""
     directory = runtime()
-    source = RUNNER_SOURCE.read_bytes()
-    binary = directory / f"qc_runner-{hashlib.sha256(source).hexdigest()[:12]}"
+    source = source_path.read_bytes()
+    binary = directory / f"{source_path.stem}-{hashlib.sha256(source).hexdigest()[:12]}"
     if binary.exists():
         return binary
     compiler = _require(CROSS_CXX, "g++-aarch64-linux-gnu")
     staging = binary.with_suffix(".tmp")
-    command = [compiler, "-std=c++17", "-O2", str(RUNNER_SOURCE), "-o", str(staging),
+    command = [compiler, "-std=c++17", "-O2", str(source_path), "-o", str(staging),
                f"-I{directory / 'include'}", f"-L{directory / 'lib'}",
                # DT_RPATH (not RUNPATH) so that libtvm_runtime finds libtvm_ffi beside it too.
                f"-Wl,--disable-new-dtags,-rpath,{directory / 'lib'}", "-Wl,--no-as-needed",
                "-ltvm_runtime", "-ltvm_ffi"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise TargetError(f"building the aarch64 runner failed: {done.stderr.strip()[-2000:]}")
+        raise TargetError(f"building the aarch64 {source_path.stem} failed: {done.stderr.strip()[-2000:]}")
     os.replace(staging, binary)
     return binary
 

@@ -23,3 +23,20 @@ class WeightRangeError(TargetError):
 
 class ArtifactError(TVMBackendError):
     """A compiled-model directory is missing, incomplete or corrupted."""
+
+
+class RemoteError(TVMBackendError):
+    """Running on remote devices through a TVM RPC tracker failed (`remote.py`); the message
+    names the tracker, the device key or the device and what to do."""
+
+
+class TrackerUnreachableError(RemoteError):
+    """No RPC tracker answers at the address given (refused, unresolvable, or silent)."""
+
+
+class NoDeviceError(RemoteError):
+    """The tracker has no device registered under the key, or none became free in time."""
+
+
+class DeviceLostError(RemoteError):
+    """Every device died or stopped answering before the work was done."""
