@@ -92,12 +92,13 @@ def _session(path: str, threads: int):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def onnxruntime_engines(module: torch.nn.Module, inputs: tuple, calibration: Iterable, threads: int
-                        ) -> tuple[Callable[[], object], Callable[[], object]]:
-    """(FP32, INT8) onnxruntime callables on `inputs`: the module exported to ONNX (opset 17),
-    and that model quantized by onnxruntime's `quantize_static` in QDQ form with uint8
-    activations and per-channel int8 weights (its U8S8 default, the pairing its x86 kernels
-    are fastest with), calibrated on `calibration` (batches shaped like `inputs`)."""
+def onnxruntime_files(module: torch.nn.Module, inputs: tuple, calibration: Iterable
+                      ) -> tuple[str, str]:
+    """(FP32, INT8) ONNX files in a new temporary directory: the module exported to ONNX
+    (opset 17, inputs named input0, input1...), and that model quantized by onnxruntime's
+    `quantize_static` in QDQ form with uint8 activations and per-channel int8 weights (its
+    U8S8 default, the pairing its x86 kernels are fastest with), calibrated on `calibration`
+    (batches shaped like `inputs`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -123,6 +124,14 @@ def onnxruntime_engines(module: torch.nn.Module, inputs: tuple, calibration: Ite
     quant_pre_process(fp32, prepared)
     quantize_static(prepared, int8, Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return fp32, int8
+
+
+def onnxruntime_engines(module: torch.nn.Module, inputs: tuple, calibration: Iterable, threads: int
+                        ) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(FP32, INT8) onnxruntime callables on `inputs`, running `onnxruntime_files`."""
+    fp32, int8 = onnxruntime_files(module, inputs, calibration)
+    names = [f"input{i}" for i in range(len(inputs))]
     feeds = {n: t.numpy() for n, t in zip(names, inputs, strict=True)}
     sessions = [_session(path, threads) for path in (fp32, int8)]
     return tuple((lambda session=session: session.run(None, feeds)) for session in sessions)
