@@ -24,6 +24,8 @@ untimed call, the median over rounds of the time per call):
   l1, multiples of 16 channels: the structured-compression benchmark's setting, searched at
   112x112 on 2 calibration inputs, timed at 224x224; quality is that benchmark's business,
   speed is this one's);
+- our TVM INT8 build with the batch kept symbolic (`build` without `batch=`: one library for
+  every batch size), timed at batch 1 beside the batch-1 build (`--no-symbolic` skips it);
 - on a host with AVX-512, also our builds for `x86-avx2` (the AVX2 kernels: vpmaddubsw with
   7-bit weights, the int8-avx2 preset), run on this CPU: their INT8/FP32 ratio is the AVX2
   figure (onnxruntime and torch still use the host's best instructions, so only our own
@@ -65,6 +67,7 @@ from qcompiler.examples import models  # noqa: E402
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 ENGINES = ("torch eager FP32", "onnxruntime FP32", "onnxruntime INT8", "TVM FP32", "TVM INT8")
 AVX2_ENGINES = ("TVM FP32 (x86-avx2)", "TVM INT8 (x86-avx2)")
+SYMBOLIC = "TVM INT8, symbolic batch"
 PROFILED = 5  # slowest kernels listed per build
 
 
@@ -111,9 +114,10 @@ def load(name: str, calibration_count: int) -> tuple[nn.Module, list[torch.Tenso
     return model, batches[:calibration_count], batches[calibration_count:]
 
 
-def our_builds(model, calibration, evaluation, target: str) -> dict:
+def our_builds(model, calibration, evaluation, target: str, symbolic: bool = False) -> dict:
     """FP32 and INT8 builds of `model` for `target`, their compile times, and how many of
-    the INT8 build's outputs differ from the interpreter's on `evaluation`."""
+    the INT8 build's outputs differ from the interpreter's on `evaluation`; with `symbolic`,
+    also the INT8 build that keeps the batch symbolic."""
     config = qc.QuantConfig.preset(qc.backends.tvm.quant_preset(target))
     quantized = qc.quantize(model, calibration, config=config, progress=False)
     strict = not any(node.op in ("softmax", "layer_norm") for node in quantized)
@@ -124,10 +128,17 @@ def our_builds(model, calibration, evaluation, target: str) -> dict:
     start = time.perf_counter()
     fp32 = qc.backends.tvm.build(qc.trace(model, (calibration[0],)), target, batch=1)
     fp32_seconds = time.perf_counter() - start
-    differing = sum(int(np.count_nonzero(int8.run(x.numpy()) != qc.backends.interpreter.run(
-        integer, x.numpy(), strict=strict))) for x in evaluation)
+    builds = [int8]
+    any_batch, any_batch_seconds = None, None
+    if symbolic:
+        start = time.perf_counter()
+        any_batch = qc.backends.tvm.build(integer, target)
+        any_batch_seconds = time.perf_counter() - start
+        builds.append(any_batch)
+    differing = sum(int(np.count_nonzero(build.run(x.numpy()) != qc.backends.interpreter.run(
+        integer, x.numpy(), strict=strict))) for x in evaluation for build in builds)
     return {"int8": int8, "fp32": fp32, "int8_build_s": int8_seconds, "fp32_build_s": fp32_seconds,
-            "differing": differing}
+            "differing": differing, "int8_any_batch": any_batch, "int8_any_batch_build_s": any_batch_seconds}
 
 
 def compressed_build(model, calibration) -> tuple[object, float]:
@@ -167,7 +178,7 @@ def measure(name: str, args) -> tuple[dict, list[dict]]:
     load_before = os.getloadavg()[0]
     model, calibration, evaluation = load(name, args.calibration)
     example = evaluation[0]
-    host = our_builds(model, calibration, evaluation, "host")
+    host = our_builds(model, calibration, evaluation, "host", symbolic=args.symbolic)
     engines = {"torch eager FP32": torch_engine(model, (example,))}
     start = time.perf_counter()
     ort_fp32, ort_int8 = onnxruntime_engines(model, (example,), calibration, args.threads)
@@ -175,6 +186,8 @@ def measure(name: str, args) -> tuple[dict, list[dict]]:
     x = example.numpy()
     engines.update({"onnxruntime FP32": ort_fp32, "onnxruntime INT8": ort_int8,
                     "TVM FP32": lambda: host["fp32"].run(x), "TVM INT8": lambda: host["int8"].run(x)})
+    if args.symbolic:
+        engines[SYMBOLIC] = lambda: host["int8_any_batch"].run(x)
     macs_ratio = None
     if args.compression and name != "bert_style":
         compressed, macs_ratio = compressed_build(model, calibration)
@@ -195,6 +208,7 @@ def measure(name: str, args) -> tuple[dict, list[dict]]:
         "INT8 / ORT FP32": ratio(latencies, "TVM INT8", "onnxruntime FP32"),
         "FP32 / ORT FP32": ratio(latencies, "TVM FP32", "onnxruntime FP32"),
         "our FP32 / our INT8": ratio(latencies, "TVM FP32", "TVM INT8"),
+        "symbolic / batch-1 INT8": ratio(latencies, SYMBOLIC, "TVM INT8"),
         "AVX2 build FP32 / INT8": ratio(latencies, "TVM FP32 (x86-avx2)", "TVM INT8 (x86-avx2)"),
         "compressed MACs ratio": round(macs_ratio, 3) if macs_ratio else "",
         "compressed / original TVM FP32": ratio(latencies, "TVM FP32, 30% fewer MACs", "TVM FP32"),
@@ -203,6 +217,8 @@ def measure(name: str, args) -> tuple[dict, list[dict]]:
         "TVM INT8 build s": round(host["int8_build_s"], 1),
         "TVM FP32 build s": round(host["fp32_build_s"], 1),
         "onnxruntime export + quantize_static s": round(ort_seconds, 1)})
+    if args.symbolic:
+        row["TVM INT8 symbolic batch build s"] = round(host["int8_any_batch_build_s"], 1)
     if avx2:
         row.update({"TVM INT8 (x86-avx2) build s": round(avx2["int8_build_s"], 1),
                     "TVM FP32 (x86-avx2) build s": round(avx2["fp32_build_s"], 1)})
@@ -220,6 +236,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=16, help="calibration inputs (all engines)")
     parser.add_argument("--no-compression", dest="compression", action="store_false",
                         help="skip the TVM FP32 build of the CNNs with 30%% fewer MACs")
+    parser.add_argument("--no-symbolic", dest="symbolic", action="store_false",
+                        help="skip the INT8 build that keeps the batch symbolic")
     parser.add_argument("--no-avx2", dest="avx2", action="store_false",
                         help="skip the x86-avx2 builds (default: built when the host runs AVX2 code "
                         "and has more than AVX2)")
@@ -232,9 +250,11 @@ def main() -> None:
         row, profile = measure(name, args)
         rows.append(row)
         profiles.extend(profile)
-    engines = [*ENGINES, *(["TVM FP32, 30% fewer MACs"] if args.compression else []),
+    engines = [*ENGINES, *([SYMBOLIC] if args.symbolic else []),
+               *(["TVM FP32, 30% fewer MACs"] if args.compression else []),
                *(AVX2_ENGINES if args.avx2 else ())]
     ratios = ["INT8 / ORT INT8", "INT8 / ORT FP32", "FP32 / ORT FP32", "our FP32 / our INT8",
+              *(["symbolic / batch-1 INT8"] if args.symbolic else []),
               *(["AVX2 build FP32 / INT8"] if args.avx2 else []),
               *(["compressed MACs ratio", "compressed / original TVM FP32"] if args.compression else [])]
     flags = sorted(set(ISA_FLAGS) & targets.cpu_flags())
@@ -245,6 +265,8 @@ def main() -> None:
         "Latency per call, batch 1 (median over rounds)": (rows, ["model", *(f"{e} ms" for e in engines)]),
         "Ratios (same run)": (rows, ["model", *ratios, "load before", "load after"]),
         "Compile time (s) and exactness": (rows, ["model", "TVM INT8 build s", "TVM FP32 build s",
+                                                   *(["TVM INT8 symbolic batch build s"] if args.symbolic
+                                                     else []),
                                                    "onnxruntime export + quantize_static s",
                                                    "INT8 outputs differing from the interpreter"]),
         f"Five slowest kernels of each host build ({top.describe()})": (

@@ -21,6 +21,7 @@ import numpy as np
 import qcompiler as qc
 from qcompiler.backends.tvm import TARGET_NAMES, lowering_target, quant_preset
 from qcompiler.backends.tvm import target as targets
+from qcompiler.backends.tvm.artifact import type_text
 from qcompiler.quantization.lowering import FALLBACK_OPS
 
 DEMO_THREADS = 2
@@ -81,6 +82,8 @@ def run_compile(args, out: TextIO) -> int:
 
     if args.target not in TARGET_NAMES:
         raise UsageError(f"unknown target {args.target!r}; valid targets: {', '.join(TARGET_NAMES)}")
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be a positive batch size, got {args.batch}")
     loaded = load_model(args.model)
     if args.float:
         from qcompiler.cli_models import capture
@@ -91,14 +94,14 @@ def run_compile(args, out: TextIO) -> int:
         _, graph, _, _ = integer_graph_for(loaded, args.model, args.target, args.preset,
                                            args.calibration, out)
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, args.target, batch=batch_of(loaded.example_inputs))
+    compiled = qc.backends.tvm.build(graph, args.target, batch=args.batch)
     _progress(out, f"qc.backends.tvm.build for {compiled.target.describe()}", start)
     directory = compiled.export_library(args.output)
     size = (directory / "model.so").stat().st_size
     out.write(f"wrote {directory}: model.so ({size / 1024:.0f} kB) and manifest.json\n")
     for kind, tensors in (("input", compiled.inputs), ("output", compiled.outputs)):
         for tensor in tensors:
-            out.write(f"  {kind} {tensor['name']}: {tensor['dtype']}{tensor['shape']}\n")
+            out.write(f"  {kind} {tensor['name']}: {type_text(tensor)}\n")
     for fall_back in compiled.fall_backs:
         out.write(f"  float fall back: {fall_back}\n")
     return 0
@@ -277,6 +280,9 @@ def add_commands(commands, model_help: str) -> None:
                                  help="QuantConfig preset (default: the one the target needs)")
     compile_command.add_argument("--calibration", type=int, default=8, metavar="N",
                                  help="calibration inputs (default 8)")
+    compile_command.add_argument("--batch", type=int, default=None, metavar="N",
+                                 help="compile for this batch size only (faster kernels; default: "
+                                      "one library for every batch size)")
     compile_command.set_defaults(run=run_compile)
 
     bench = commands.add_parser("bench", help="time a model on a backend (median, min, max)")

@@ -38,7 +38,7 @@ def test_compile_writes_library_and_manifest(compiled_digits):
     assert f"int8 preset {preset!r} (qc.backends.tvm.quant_preset('host'))" in out
     assert re.search(rf"^wrote {re.escape(str(directory))}: model.so \(\d+ kB\) and manifest.json$", out,
                      re.MULTILINE)
-    assert "  input x: f32[4, 1, 8, 8]\n" in out
+    assert "  input x: f32[N, 1, 8, 8]\n" in out  # one library for every batch size
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["target"]["name"] == "host" and manifest["graph"] == "DigitsCNN"
 

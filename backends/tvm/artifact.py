@@ -1,6 +1,8 @@
 """A compiled model on disk: a directory holding the shared library (`model.so`) and
 `manifest.json`, which says what the library computes and for what:
 
+- `symbols`: the symbolic dimensions (the batch `N`) the library leaves open: one library
+  runs every batch size; shapes write them as text (`"N"`, `"N*4"`);
 - `inputs`, `outputs`: name, shape, dtype and quantization parameters (those of the
   `quantize` that reads a float input and of the `dequantize` that produces a float output,
   or the value's own for an integer one);
@@ -26,6 +28,8 @@ from pathlib import Path
 
 from qcompiler.backends.tvm.errors import ArtifactError
 from qcompiler.backends.tvm.target import TargetSpec
+from qcompiler.ir import dims
+from qcompiler.ir.dims import Dim
 
 FORMAT = "qcompiler-tvm-artifact"
 FORMAT_VERSION = 1
@@ -55,8 +59,29 @@ def _boundary_qparams(value) -> dict | None:
 
 
 def _tensor(value) -> dict:
-    return {"name": value.name, "shape": [int(d) for d in value.shape], "dtype": value.dtype,
-            "qparams": _boundary_qparams(value)}
+    """Name, shape (a symbolic dimension as its text, "N" or "N*4": `dims.parse_dim` reads it
+    back), dtype and boundary qparams of a graph input or output."""
+    shape = [str(d) if isinstance(d, Dim) else int(d) for d in value.shape]
+    return {"name": value.name, "shape": shape, "dtype": value.dtype, "qparams": _boundary_qparams(value)}
+
+
+def type_text(entry: dict) -> str:
+    """A manifest input's or output's type as text: `f32[N, 1, 8, 8]`."""
+    return f"{entry['dtype']}[{', '.join(str(d) for d in entry['shape'])}]"
+
+
+def symbols_of(graph) -> list[str]:
+    """The symbolic dimensions' names of the graph's inputs (the library takes any size)."""
+    return sorted(set().union(*(dims.symbols(v.shape) for v in graph.inputs)))
+
+
+def shape_of(entry: dict) -> tuple:
+    """A manifest input's or output's shape with its symbolic dimensions as `Dim`s."""
+    try:
+        return tuple(dims.parse_dim(d) if isinstance(d, str) else int(d) for d in entry["shape"])
+    except (ValueError, TypeError) as error:
+        raise ArtifactError(f"the manifest's shape of %{entry.get('name')} is corrupted "
+                            f"({entry.get('shape')!r}: {error})") from None
 
 
 def versions() -> dict:
@@ -79,6 +104,8 @@ def manifest_for(graph, spec: TargetSpec, fall_backs: list[str], functions: dict
         "library": LIBRARY, "library_sha256": None,
         "target": {"name": spec.name, "config": spec.config, "arch": spec.arch, "isa": spec.isa,
                    "description": spec.description, "weight_range": list(spec.weight_range)},
+        # Symbolic dimensions the compiled library leaves open (any batch), [] when static.
+        "symbols": symbols_of(graph),
         "inputs": [_tensor(v) for v in graph.inputs],
         "outputs": [_tensor(v) for v in graph.outputs],
         "fall_backs": list(fall_backs),

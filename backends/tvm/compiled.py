@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from qcompiler.backends.tvm import artifact
-from qcompiler.backends.tvm.errors import ArtifactError, LoweringError, TargetError, TVMBackendError
+from qcompiler.backends.tvm.errors import ArtifactError, TargetError, TVMBackendError
 from qcompiler.backends.tvm.peak import Peak, peak
 from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import DTYPES, Graph
+from qcompiler.ir.dims import bind_sizes, shape_at
 
 
 def _threads() -> int:
@@ -134,20 +135,29 @@ class CompiledModel:
 
     # ---- running ---------------------------------------------------------------------
 
+    @property
+    def symbols(self) -> list[str]:
+        """The symbolic dimensions the library leaves open ([] for a fixed-shape build)."""
+        return list(self.manifest.get("symbols", []))
+
     def checked_inputs(self, inputs) -> list[np.ndarray]:
-        """The inputs as contiguous numpy arrays of exactly the compiled shapes and dtypes."""
+        """The inputs as contiguous numpy arrays of the compiled shapes and dtypes (any size
+        for a symbolic dimension, the same for every input that shares its symbol)."""
         if len(inputs) != len(self.inputs):
-            expected = ", ".join(f"{i['name']}: {i['dtype']}{i['shape']}" for i in self.inputs)
+            expected = ", ".join(f"{i['name']}: {artifact.type_text(i)}" for i in self.inputs)
             raise QCompilerError(f"{self.manifest['graph']} takes {len(self.inputs)} input(s) "
                                  f"({expected}), got {len(inputs)}")
-        arrays = []
+        arrays, sizes = [], {}
         for spec, array in zip(self.inputs, inputs, strict=True):
             if hasattr(array, "detach"):  # a torch tensor
                 array = array.detach().cpu().numpy()
             array = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
-            if list(array.shape) != spec["shape"] or array.dtype != DTYPES[spec["dtype"]]:
-                raise QCompilerError(f"input %{spec['name']} expects {spec['dtype']}{spec['shape']}, "
-                                     f"got {array.dtype}{list(array.shape)}")
+            mismatch = bind_sizes(artifact.shape_of(spec), array.shape, sizes, "it")
+            if mismatch is None and array.dtype != DTYPES[spec["dtype"]]:
+                mismatch = f"its dtype is {array.dtype}"
+            if mismatch is not None:
+                raise QCompilerError(f"input %{spec['name']} expects {artifact.type_text(spec)}, got "
+                                     f"{array.dtype}{list(array.shape)} ({mismatch})")
             arrays.append(array)
         return arrays
 
@@ -183,9 +193,11 @@ class CompiledModel:
             outputs = [result.numpy()] if len(self.outputs) == 1 else [r.numpy() for r in result]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
-    def benchmark(self, repeat: int = 10, number: int = 1, profile: bool = False) -> BenchmarkResult:
+    def benchmark(self, repeat: int = 10, number: int = 1, profile: bool = False,
+                  batch: int = 1) -> BenchmarkResult:
         """Time `repeat` measurements of `number` calls on seeded inputs (after one warm-up
-        call); `profile` adds a per-kernel table from five more, instrumented calls."""
+        call); `profile` adds a per-kernel table from five more, instrumented calls. A build
+        with a symbolic batch runs at `batch` (a fixed-shape build at its own)."""
         import tvm
 
         if self.target.is_cross:
@@ -194,28 +206,30 @@ class CompiledModel:
         if repeat < 1 or number < 1:
             raise QCompilerError(f"benchmark needs repeat >= 1 and number >= 1, got {repeat}, {number}")
         vm = self._machine()
-        arguments = [tvm.runtime.tensor(a) for a in self.example_inputs()]
+        arguments = [tvm.runtime.tensor(a) for a in self.example_inputs(batch=batch)]
         timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
         seconds = np.asarray(timer(*arguments).results, np.float64) * 1e3
         top = peak(self.target.isa, _threads()) if profile else None
-        per_op = self._profile(vm, arguments, top) if profile else []
+        # The manifest counts a symbolic build's arithmetic per batch item.
+        per_op = self._profile(vm, arguments, top, batch if self.symbols else 1) if profile else []
         return BenchmarkResult(float(np.median(seconds)), float(seconds.min()), float(seconds.max()),
                                repeat, number, _threads(), self.target.name, per_op, top)
 
-    def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
-        """Seeded inputs of the compiled shapes: standard normal floats; integer inputs
-        (token ids) in [0, 10)."""
+    def example_inputs(self, seed: int = 0, batch: int = 1) -> list[np.ndarray]:
+        """Seeded inputs of the compiled shapes (a symbolic dimension at `batch`): standard
+        normal floats; integer inputs (token ids) in [0, 10)."""
         rng = np.random.default_rng(seed)
         arrays = []
         for spec in self.inputs:
             dtype = DTYPES[spec["dtype"]]
+            shape = shape_at(artifact.shape_of(spec), batch)
             if np.issubdtype(dtype, np.floating):
-                arrays.append(rng.standard_normal(spec["shape"]).astype(dtype))
+                arrays.append(rng.standard_normal(shape).astype(dtype))
             else:
-                arrays.append(rng.integers(0, 10, spec["shape"]).astype(dtype))
+                arrays.append(rng.integers(0, 10, shape).astype(dtype))
         return arrays
 
-    def _profile(self, vm, arguments, top: Peak, runs: int = 5) -> list[OpTime]:
+    def _profile(self, vm, arguments, top: Peak, batch: int, runs: int = 5) -> list[OpTime]:
         """Per-kernel times from `runs` instrumented calls (each kernel's median over runs),
         with each kernel's arithmetic from the manifest. A Python callback brackets every
         kernel, so tiny kernels look slower than they are."""
@@ -250,7 +264,8 @@ class CompiledModel:
             info = kernels.get(name, {})
             dtype = info.get("dtype", "float32")
             rows.append(OpTime(name, functions.get(name, []), calls[0][name], value * 1e3, value / overall,
-                               info.get("kernel", "generic"), dtype, int(info.get("ops", 0)), top.of(dtype)))
+                               info.get("kernel", "generic"), dtype, batch * int(info.get("ops", 0)),
+                               top.of(dtype)))
         return sorted(rows, key=lambda row: -row.total_ms)
 
     # ---- export ------------------------------------------------------------------------
@@ -277,8 +292,9 @@ class CompiledModel:
 def build(graph: Graph, target="host", *, batch: int | None = None,
           schedules: bool = True) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
-    of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
-    `batch` (`Graph.at_batch`; the Relax lowering takes static shapes). `schedules=False`
+    of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension stays symbolic
+    (one module runs any batch) unless `batch` fixes it (`Graph.at_batch`: the fast path, its
+    kernels know every loop bound). `schedules=False`
     builds every node with the generic computes of `kernels.py` (the reference: the same
     integers, much slower)."""
     import tvm
@@ -290,12 +306,7 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     if not isinstance(graph, Graph):
         raise QCompilerError(f"qc.backends.tvm.build takes an IR Graph, got {type(graph).__name__}; "
                              "capture a module with qc.trace (or qc.quantize + qc.lower_to_integer)")
-    if not graph.is_static:
-        if batch is None:
-            symbolic = ", ".join(f"%{v.name}: {v.type_str}" for v in graph.inputs if not v.is_static)
-            raise LoweringError(f"graph {graph.name} has a symbolic batch ({symbolic}) and the TVM "
-                                "lowering compiles static shapes: pass the batch size to compile "
-                                "for, qc.backends.tvm.build(graph, target, batch=8)")
+    if batch is not None and not graph.is_static:
         graph = graph.at_batch(batch)
     spec = resolve_target(target)
     check_weight_range(graph, spec)
@@ -312,7 +323,7 @@ def kernel_info(graph: Graph, lowered) -> dict:
     """PrimFunc -> the kernel that runs it (a name of `kernel_table.py`; "lanewise" for the
     blocked element-wise and pooling computes, "generic" for `kernels.py` and Relax's
     operators, "layout" for conversions), its data type and its arithmetic (2 x MACs of its
-    nodes), for the profile's GOPS."""
+    nodes; per batch item when the batch is symbolic), for the profile's GOPS."""
     from qcompiler.analysis.cost import node_macs
     from qcompiler.backends.tvm.plan import kernel_names
 

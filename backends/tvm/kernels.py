@@ -72,8 +72,13 @@ def _offset(value, zero_point: int):
 def broadcast_index(shape, out_rank: int, index):
     """The index into a tensor of `shape` that numpy broadcasting reads at output `index`."""
     lead = out_rank - len(shape)
-    return [tirx.const(0, "int64") if int(size) == 1 else index[lead + axis]
+    return [tirx.const(0, "int64") if _is_one(size) else index[lead + axis]
             for axis, size in enumerate(shape)]
+
+
+def _is_one(size) -> bool:
+    """A constant 1 (a symbolic batch is never broadcast: the IR's types agree on it)."""
+    return isinstance(size, int | tirx.IntImm) and int(size) == 1
 
 
 # ---- graph boundary -------------------------------------------------------------------------

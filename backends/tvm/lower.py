@@ -86,7 +86,16 @@ def _lower_node(ctx: Lowering, node, lowerings) -> None:
         return  # computed by the kernel of plan.fused[node.name]
     blocked = plan is not None and node.name in plan.blocked
     lowering = BLOCKED_LOWERINGS[node.op] if blocked else lowerings[node.op]
-    results = lowering(ctx, node, attrs_with_defaults(node.op, node.attrs))
+    try:
+        results = lowering(ctx, node, attrs_with_defaults(node.op, node.attrs))
+    except TypeError as error:  # Dim.__index__: the lowering needs a symbolic size as a number
+        if "symbolic dimension" not in str(error):
+            raise
+        dim = str(error).split(" has no value")[0]  # "symbolic dimension N"
+        raise LoweringError(f"the TVM backend cannot keep the batch symbolic in {node.describe()}: "
+                            f"its lowering needs the size of the {dim} as a number; compile at a "
+                            "fixed batch size, qc.backends.tvm.build(graph, target, "
+                            "batch=8)") from None
     if results is None:  # a blocked lowering stored its outputs itself
         return
     results = results if isinstance(results, list) else [results]

@@ -20,7 +20,15 @@ from tvm import relax
 from qcompiler.backends.tvm import blocked, blocked_float, blocked_int8, kernel_table, packing
 from qcompiler.backends.tvm.epilogue import requantize_form
 from qcompiler.backends.tvm.kernels import Output, qadd, requantize, window_counts
-from qcompiler.backends.tvm.lower_common import Lowering, constant, pool_geometry, scalar, shape_of
+from qcompiler.backends.tvm.lower_common import (
+    Lowering,
+    constant,
+    pool_geometry,
+    product,
+    relax_shape,
+    scalar,
+    shape_of,
+)
 from qcompiler.backends.tvm.plan import STORAGE_RANGES, Blocked
 from qcompiler.backends.tvm.schedules import schedule_copy, schedule_elementwise, schedule_pool
 from qcompiler.ir import Node
@@ -50,7 +58,7 @@ def _kernel_schedule(ctx: Lowering, kernel: kernel_table.Kernel):
 
 def _slice_channels(ctx: Lowering, expr, lead: list, padded: int, channels: int):
     """A dense kernel's `(M, O'/L, L)` result as `[*lead, O]`."""
-    result = ctx.emit(relax.op.reshape(expr, [*lead, padded]))
+    result = ctx.emit(relax.op.reshape(expr, relax_shape([*lead, padded])))
     if padded == channels:
         return result
     return ctx.emit(relax.op.strided_slice(result, axes=[len(lead)], begin=[0], end=[channels]))
@@ -64,10 +72,11 @@ def _dense_operand(ctx: Lowering, node: Node, depth_multiple: int, integer: bool
     form = ctx.blocked_forms.get(x.name)
     if form is not None and form[1].flat:
         expr, layout = form
-        return ctx.emit(relax.op.reshape(expr, [x.shape[0], layout.padded])), [x.shape[0]], \
+        rows = shape_of(x)[0]
+        return ctx.emit(relax.op.reshape(expr, relax_shape([rows, layout.padded]))), [rows], \
             layout.padded, layout.offset
     lead, depth = shape_of(x)[:-1], int(x.shape[-1])
-    operand = ctx.emit(relax.op.reshape(ctx[x], [int(np.prod(lead)), depth]))
+    operand = ctx.emit(relax.op.reshape(ctx[x], relax_shape([product(lead), depth])))
     if not integer:
         return operand, lead, depth, 0
     offset, padded = ctx.plan.offset(x.dtype), packing.round_up(depth, depth_multiple)

@@ -3,8 +3,11 @@ and the Relax expression of each IR value), constants, shapes, the TVM dtype nam
 pooling geometry. The op lowerings are in `lower_integer.py` and `lower_float.py`, the
 driver in `lower.py`.
 
-Shapes are static: the IR records every value's shape. (A symbolic batch dimension follows
-once the IR has one; the lowerings read shapes only through `shape_of`.)
+The IR records every value's shape. A symbolic dimension (`Dim("N", f)`, the batch) becomes
+`f * n` with one `tir.Var` per symbol name (`symbol`), so one compiled module runs any batch;
+the lowerings read shapes only through `shape_of`. An op whose lowering needs the size of a
+symbolic dimension as a number raises TypeError (`Dim.__index__`), which `lower.py` turns into
+a LoweringError that names the node and suggests `build(..., batch=)`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from collections.abc import Callable
 
 import numpy as np
-from tvm import relax
+from tvm import relax, tirx
 
 from qcompiler.backends.tvm import blocked
 from qcompiler.backends.tvm.errors import LoweringError
@@ -22,6 +25,7 @@ from qcompiler.backends.tvm.kernels import INT_DTYPES
 from qcompiler.backends.tvm.plan import Blocked, Plan
 from qcompiler.backends.tvm.schedules import schedule_elementwise
 from qcompiler.ir import Node, Value
+from qcompiler.ir.dims import Dim
 
 TVM_DTYPES = {**INT_DTYPES, "f32": "float32", "f16": "float16", "f64": "float64", "bool": "bool"}
 FLOAT_DTYPES = ("f32", "f16", "f64")
@@ -119,8 +123,33 @@ def var_function_name(builder: relax.BlockBuilder, var: relax.Var) -> str:
     return call.args[0].name_hint if call is not None else "?"
 
 
-def shape_of(value: Value) -> list[int]:
-    return [int(d) for d in value.shape]
+@functools.cache
+def symbol(name: str) -> tirx.Var:
+    """The int64 `tir.Var` of a symbolic dimension's name: the same object for every use, so
+    Relax matches the sizes of all values that share the symbol."""
+    return tirx.Var(name.lower(), "int64")
+
+
+def shape_of(value: Value) -> list:
+    """The value's shape for Relax/TE: ints, and `factor * symbol(name)` for a `Dim`."""
+    return [_dim(d) for d in value.shape]
+
+
+def relax_shape(dims) -> list:
+    """A shape for Relax's shape arguments (reshape, broadcast_to): every dim a PrimExpr
+    (Relax refuses a list mixing Python ints with symbolic expressions)."""
+    return [tirx.IntImm("int64", d) if isinstance(d, int) else d for d in dims]
+
+
+def product(dims):
+    """The product of ints and PrimExprs (a symbolic element count)."""
+    return functools.reduce(lambda a, b: a * b, dims, 1)
+
+
+def _dim(d) -> object:
+    if not isinstance(d, Dim):
+        return int(d)
+    return symbol(d.name) if d.factor == 1 else symbol(d.name) * d.factor
 
 
 def scalar(attrs: dict, key: str) -> int:

@@ -17,7 +17,7 @@ from tvm import relax, te, tirx
 
 from qcompiler.backends.tvm.errors import LoweringError
 from qcompiler.backends.tvm.kernels import window_counts
-from qcompiler.backends.tvm.lower_common import Lowering, constant, pool_geometry, shape_of
+from qcompiler.backends.tvm.lower_common import Lowering, constant, pool_geometry, relax_shape, shape_of
 from qcompiler.backends.tvm.lower_float_math import MATH_LOWERINGS
 from qcompiler.ir import Node
 
@@ -196,9 +196,10 @@ def lower_pool(ctx: Lowering, node: Node, attrs: dict):
 def lower_adaptive_avg_pool(ctx: Lowering, node: Node, attrs: dict):
     x = node.inputs[0]
     if len(x.shape) == 3:  # via a 2-D pool over an [N, C, 1, L] view
-        view = relax.op.reshape(ctx[x], [x.shape[0], x.shape[1], 1, x.shape[2]])
+        n, c, length = shape_of(x)
+        view = relax.op.reshape(ctx[x], relax_shape([n, c, 1, length]))
         pooled = relax.op.nn.adaptive_avg_pool2d(view, [1, int(node.output.shape[-1])])
-        return ctx.emit(relax.op.reshape(pooled, shape_of(node.output)))
+        return ctx.emit(relax.op.reshape(pooled, relax_shape(shape_of(node.output))))
     return ctx.emit(relax.op.nn.adaptive_avg_pool2d(ctx[x], [int(d) for d in node.output.shape[2:]]))
 
 

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from tvm import relax
 
-from qcompiler.backends.tvm.lower_common import TVM_DTYPES, Lowering, constant, shape_of
+from qcompiler.backends.tvm.lower_common import TVM_DTYPES, Lowering, constant, relax_shape, shape_of
 from qcompiler.ir import Node
 
 
@@ -53,7 +53,7 @@ def lower_argmax(ctx: Lowering, node: Node, attrs: dict):
         x, dim = relax.op.reshape(x, [-1]), 0
     result = relax.op.argmax(x, int(dim), keepdims=bool(attrs["keepdim"]))
     if attrs["keepdim"] and attrs["dim"] is None:
-        result = relax.op.reshape(result, shape_of(node.output))
+        result = relax.op.reshape(result, relax_shape(shape_of(node.output)))
     return ctx.emit(relax.op.astype(result, "int64"))
 
 
@@ -99,7 +99,7 @@ def lower_cast(ctx: Lowering, node: Node, attrs: dict):
 
 
 def lower_expand(ctx: Lowering, node: Node, attrs: dict):
-    return ctx.emit(relax.op.broadcast_to(ctx[node.inputs[0]], shape_of(node.output)))
+    return ctx.emit(relax.op.broadcast_to(ctx[node.inputs[0]], relax_shape(shape_of(node.output))))
 
 
 def lower_pow(ctx: Lowering, node: Node, attrs: dict):

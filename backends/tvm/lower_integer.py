@@ -15,7 +15,14 @@ from tvm import relax, te, tirx
 from qcompiler.backends.tvm import kernels
 from qcompiler.backends.tvm.errors import LoweringError
 from qcompiler.backends.tvm.kernels import Output
-from qcompiler.backends.tvm.lower_common import Lowering, constant, pool_geometry, scalar, shape_of
+from qcompiler.backends.tvm.lower_common import (
+    Lowering,
+    constant,
+    pool_geometry,
+    relax_shape,
+    scalar,
+    shape_of,
+)
 from qcompiler.ir import DTYPES, Node
 
 
@@ -148,7 +155,7 @@ def lower_concat(ctx: Lowering, node: Node, attrs: dict):
 
 
 def lower_reshape(ctx: Lowering, node: Node, attrs: dict):
-    return ctx.emit(relax.op.reshape(ctx[node.inputs[0]], shape_of(node.output)))
+    return ctx.emit(relax.op.reshape(ctx[node.inputs[0]], relax_shape(shape_of(node.output))))
 
 
 def lower_permute(ctx: Lowering, node: Node, attrs: dict):

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm.s_tir import Schedule
+from tvm.tirx import IntImm
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,10 @@ def _block(sch: Schedule, name: str):
         return None
 
 
-def _extent(sch: Schedule, loop) -> int:
-    return int(sch.get(loop).extent)
+def _extent(sch: Schedule, loop) -> int | None:
+    """The loop's trip count, None when it is symbolic (the batch of a symbolic build)."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, IntImm) else None
 
 
 def schedule_copy(sch: Schedule, name: str = "pad", contiguous: bool = True) -> None:
@@ -181,7 +184,9 @@ def schedule_dense(sch: Schedule, registers: Registers, intrinsic: str | None) -
     loops = sch.get_loops(conv)
     rows, blocks, lanes = loops[:3]
     reduction = loops[3:]
-    reg_m, oc_tile = register_tile(_extent(sch, rows), _extent(sch, blocks),
+    # A symbolic row count (the batch) has no divisor to tile by: one row at a time, as at
+    # batch 1, with the channel blocks filling the registers.
+    reg_m, oc_tile = register_tile(_extent(sch, rows) or 1, _extent(sch, blocks),
                                    Registers(registers.accumulators, 8))
     rows_outer, rows_inner = sch.split(rows, [None, reg_m])
     blocks_outer, blocks_inner = sch.split(blocks, [None, oc_tile])
@@ -242,5 +247,5 @@ def _elementwise_block(sch: Schedule, block) -> None:
     elif len(loops) == 2:
         sch.parallel(loops[0])
     inner = loops[-1]
-    if _extent(sch, inner) <= 64:
+    if (_extent(sch, inner) or 65) <= 64:
         sch.vectorize(inner)

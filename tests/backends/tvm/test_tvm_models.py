@@ -5,6 +5,9 @@
   encoder's layer_norm and softmax) included;
 - float graphs (`qc.trace`) compiled for the host match `qc.to_torch` within 1e-4.
 
+Both are compiled once with the batch kept symbolic (`f32[N,...]`) and run at batch sizes
+1, 2 and 5, with the scheduled kernels and (for the integer graphs) the generic ones.
+
 The digits CNN, a ResNet-style CNN, a BERT-style encoder, a 1-D audio model and the
 ImageNet-pretrained MobileNetV2 (at 64x64 here; at 224x224 and on aarch64 under qemu in
 the slow tests, test_tvm_aarch64.py)."""
@@ -32,11 +35,17 @@ def factory(name: str, resolution: int = 64):
     return getattr(models, name)()
 
 
-def batches(example: torch.Tensor, count: int, seed: int) -> list[torch.Tensor]:
+def batches(example: torch.Tensor, count: int, seed: int, batch: int | None = None) -> list[torch.Tensor]:
+    """`count` seeded inputs shaped like `example` (with `batch` rows when given)."""
     generator = torch.Generator().manual_seed(seed)
+    shape = example.shape if batch is None else (batch, *example.shape[1:])
     if example.is_floating_point():
-        return [torch.randn(example.shape, generator=generator) for _ in range(count)]
-    return [torch.randint(0, 100, example.shape, generator=generator) for _ in range(count)]
+        return [torch.randn(shape, generator=generator) for _ in range(count)]
+    return [torch.randint(0, 100, shape, generator=generator) for _ in range(count)]
+
+
+# One symbolic build runs every batch size: these (1, a pair, a prime that is no tile size).
+BATCH_SIZES = (1, 2, 5)
 
 
 def integer_graph(model, example, target: str = "host"):
@@ -57,16 +66,36 @@ def quantized_model(request):
     return request.param, graph, strict, example
 
 
-def test_integer_models_are_exact_on_the_host(quantized_model):
-    name, graph, strict, example = quantized_model
-    compiled = qc.backends.tvm.build(graph, "host", batch=len(example))
-    for x in batches(example, 3, seed=1):
+def assert_exact_at_every_batch(compiled, graph, strict, example, name):
+    assert compiled.symbols == ["N"] and compiled.inputs[0]["shape"][0] == "N"
+    for batch in BATCH_SIZES:
+        (x,) = batches(example, 1, seed=batch, batch=batch)
         expected = qc.backends.interpreter.run(graph, x.numpy(), strict=strict)
         actual = compiled.run(x.numpy())
-        assert actual.dtype == expected.dtype == np.float32
-        assert np.count_nonzero(actual != expected) == 0, name
+        assert actual.dtype == expected.dtype == np.float32 and actual.shape[0] == batch
+        assert np.count_nonzero(actual != expected) == 0, (name, batch)
+
+
+def test_integer_models_are_exact_on_the_host(quantized_model):
+    name, graph, strict, example = quantized_model
+    assert not graph.is_static  # qc.trace keeps the batch symbolic
+    compiled = qc.backends.tvm.build(graph, "host")
+    assert_exact_at_every_batch(compiled, graph, strict, example, name)
     if not strict:  # the BERT-style encoder: its float islands are reported
         assert compiled.fall_backs and all("layer_norm" in f or "softmax" in f for f in compiled.fall_backs)
+
+
+# The generic kernels take 2-3x longer to build: the two largest models run in the slow tests.
+GENERIC_MODELS = [*MODELS[:1], *MODELS[2:4], *(pytest.param(m, marks=pytest.mark.slow)
+                                             for m in (MODELS[1], MODELS[4]))]
+
+
+@pytest.mark.parametrize("name", GENERIC_MODELS)
+def test_integer_models_are_exact_with_the_generic_kernels_at_every_batch(name):
+    model, (example,) = factory(name)
+    graph, strict = integer_graph(model, example)
+    compiled = qc.backends.tvm.build(graph, "host", schedules=False)
+    assert_exact_at_every_batch(compiled, graph, strict, example, name)
 
 
 FLOAT_MODELS = [*MODELS[:-1], pytest.param(MODELS[-1], marks=pytest.mark.slow)]  # ~15 s to build
@@ -76,9 +105,10 @@ FLOAT_MODELS = [*MODELS[:-1], pytest.param(MODELS[-1], marks=pytest.mark.slow)] 
 def test_float_models_match_torch(name):
     model, (example,) = factory(name)
     graph = qc.trace(model, (example,))
-    compiled = qc.backends.tvm.build(graph, "host", batch=len(example))
+    compiled = qc.backends.tvm.build(graph, "host")  # the batch stays symbolic
     reference = qc.to_torch(graph)
-    for x in batches(example, 2, seed=2):
+    for batch in BATCH_SIZES:
+        (x,) = batches(example, 1, seed=batch, batch=batch)
         with torch.no_grad():
             expected = reference(x).numpy()
         np.testing.assert_allclose(compiled.run(x.numpy()), expected, rtol=FLOAT_TOLERANCE,

@@ -178,22 +178,61 @@ def test_missing_cross_compiler_says_what_to_install(tmp_path, monkeypatch):
 def test_wrong_inputs_are_named():
     graph, inputs = linear_graph([[1, 2]])
     compiled = qc.backends.tvm.build(graph, "host")
-    with pytest.raises(qc.QCompilerError, match=r"input %in0_0 expects u8\[1,2\]|expects u8\[1, 2\]"):
+    with pytest.raises(qc.QCompilerError,
+                       match=r"input %in0_0 expects u8\[1, 2\], got int8\[1, 2\] \(its dtype is int8\)"):
         compiled.run(inputs[0].astype(np.int8))
     with pytest.raises(qc.QCompilerError, match=r"takes 1 input\(s\) \(in0_0: u8\[1, 2\]\), got 2"):
         compiled.run(*inputs, *inputs)
 
 
-def test_a_symbolic_batch_is_compiled_at_the_batch_size_given():
+def test_a_symbolic_batch_stays_symbolic_unless_a_batch_is_given():
     from qcompiler.examples.models import digits_cnn
 
     model, inputs = digits_cnn()
     graph = qc.trace(model, inputs)  # f32[N,1,8,8]
+    symbolic = qc.backends.tvm.build(graph, "host")
+    assert symbolic.symbols == ["N"] and symbolic.inputs[0]["shape"] == ["N", 1, 8, 8]
+    assert symbolic.outputs[0]["shape"] == ["N", 10]
+    fixed = qc.backends.tvm.build(graph, "host", batch=3)
+    assert fixed.symbols == [] and fixed.inputs[0]["shape"] == [3, 1, 8, 8]
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(symbolic.run(x), fixed.run(x), rtol=1e-5, atol=1e-6)
+    assert symbolic.run(x[:1]).shape == (1, 10)
+    with pytest.raises(qc.QCompilerError) as error:
+        fixed.run(x[:2])
+    assert str(error.value) == ("input %x expects f32[3, 1, 8, 8], got float32[2, 1, 8, 8] (it has "
+                                "size 2 on axis 0, expected 3)")
+
+
+def test_a_wrong_rank_or_shape_on_a_symbolic_build_is_named():
+    from qcompiler.examples.models import digits_cnn
+
+    model, inputs = digits_cnn()
+    compiled = qc.backends.tvm.build(qc.trace(model, inputs), "host")
+    with pytest.raises(qc.QCompilerError) as error:
+        compiled.run(np.zeros((1, 8, 8), np.float32))
+    assert str(error.value) == ("input %x expects f32[N, 1, 8, 8], got float32[1, 8, 8] (it has rank "
+                                "3, expected 4)")
+    with pytest.raises(qc.QCompilerError) as error:
+        compiled.run(np.zeros((2, 1, 8, 9), np.float32))
+    assert str(error.value) == ("input %x expects f32[N, 1, 8, 8], got float32[2, 1, 8, 9] (it has "
+                                "size 9 on axis 3, expected 8)")
+    with pytest.raises(qc.QCompilerError) as error:
+        compiled.run(np.zeros((0, 1, 8, 8), np.float32))
+    assert "expected a positive multiple of 1 (N)" in str(error.value)
+
+
+def test_an_op_that_needs_the_batch_as_a_number_names_the_node_and_the_way_out():
+    graph = qc.ir.Graph("batch_mean")
+    x = graph.add_input("x", (qc.ir.BATCH, 4), "f32")
+    node = graph.add_node("var", [x], {"dim": [0], "keepdim": False, "correction": 1}, name="spread")
+    graph.outputs.append(node.output)
     with pytest.raises(LoweringError) as error:
-        qc.backends.tvm.build(graph, "host")
+        qc.backends.tvm.build(graph, "host", schedules=False)
     assert str(error.value) == (
-        "graph DigitsCNN has a symbolic batch (%x: f32[N,1,8,8]) and the TVM lowering compiles "
-        "static shapes: pass the batch size to compile for, qc.backends.tvm.build(graph, target, "
-        "batch=8)")
-    compiled = qc.backends.tvm.build(graph, "host", batch=3)
-    assert compiled.inputs[0]["shape"] == [3, 1, 8, 8]
+        f"the TVM backend cannot keep the batch symbolic in {node.describe()}: its lowering needs "
+        "the size of the symbolic dimension N as a number; compile at a fixed batch size, "
+        "qc.backends.tvm.build(graph, target, batch=8)")
+    compiled = qc.backends.tvm.build(graph, "host", batch=2, schedules=False)
+    data = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(compiled.run(data), data.var(axis=0, ddof=1), rtol=1e-6)
