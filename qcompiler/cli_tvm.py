@@ -91,7 +91,8 @@ def run_compile(args, out: TextIO) -> int:
         _, graph, _, _ = integer_graph_for(loaded, args.model, args.target, args.preset,
                                            args.calibration, out)
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, args.target, batch=batch_of(loaded.example_inputs))
+    compiled = qc.backends.tvm.build(graph, args.target, batch=batch_of(loaded.example_inputs),
+                                     database=args.db)
     _progress(out, f"qc.backends.tvm.build for {compiled.target.describe()}", start)
     directory = compiled.export_library(args.output)
     size = (directory / "model.so").stat().st_size
@@ -281,6 +282,8 @@ def add_commands(commands, model_help: str) -> None:
                                  help="QuantConfig preset (default: the one the target needs)")
     compile_command.add_argument("--calibration", type=int, default=8, metavar="N",
                                  help="calibration inputs (default 8)")
+    compile_command.add_argument("--db", default=None, metavar="DIR",
+                                 help="apply this tuning database (qcompiler tune --db DIR)")
     compile_command.set_defaults(run=run_compile)
 
     bench = commands.add_parser("bench", help="time a model on a backend (median, min, max)")
@@ -294,9 +297,11 @@ def add_commands(commands, model_help: str) -> None:
     bench.add_argument("--threads", type=int, default=DEMO_THREADS, help="threads (default 2)")
     bench.add_argument("--profile", action="store_true", help="per-kernel times (tvm)")
     from qcompiler.cli_remote import add_arguments as add_remote_arguments
+    from qcompiler.cli_tune import add_command as add_tune_command
 
     add_remote_arguments(bench)
     bench.set_defaults(run=run_bench)
+    add_tune_command(commands, model_help)
 
 
 def batch_of(inputs) -> int:

@@ -246,7 +246,7 @@ class CompiledModel:
         return artifact.write(directory, self.manifest, write_library)
 
 
-def build(graph: Graph, target="host", *, batch: int | None = None) -> CompiledModel:
+def build(graph: Graph, target="host", *, batch: int | None = None, database=None) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
     of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
     `batch` (`Graph.at_batch`; the Relax lowering takes static shapes)."""
@@ -269,6 +269,11 @@ def build(graph: Graph, target="host", *, batch: int | None = None) -> CompiledM
     check_weight_range(graph, spec)
     lowered = lower_graph(graph, spec.arch)
     tvm_target = spec.tvm_target()
+    database = database or os.environ.get("QCOMPILER_TUNING_DB")  # `qcompiler tune --db DIR`
+    if database:
+        from qcompiler.backends.tvm.tuning import apply_database
+
+        lowered.module = apply_database(lowered.module, tvm_target, database)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions)
     return CompiledModel(executable, spec, manifest)

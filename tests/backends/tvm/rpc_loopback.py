@@ -33,7 +33,9 @@ class Loopback:
         self.ports: dict[int, int] = {}  # server pid -> the port it binds (the first it tries)
 
     def _start(self, command: list[str], env: dict | None = None) -> subprocess.Popen:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("QC_RPC_DEBUG") else subprocess.DEVNULL,
+        # QC_RPC_DEBUG=1 shows the tracker's and servers' logs.
+        errors = None if os.environ.get("QC_RPC_DEBUG") else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors,
                                    start_new_session=True, env={**os.environ, **(env or {})})
         self.processes.append(process)
         return process

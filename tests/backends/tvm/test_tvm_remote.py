@@ -1,7 +1,8 @@
 """Remote runs through TVM's RPC tracker on loopback: a tracker and RPC servers started (and
 always stopped) here. Two devices share the timing rounds; a model with two outputs comes back
 bit for bit the interpreter's; a device that hangs is given up after the timeout and the other
-finishes its rounds; the only device dying mid-run leaves a partial result.
+finishes its rounds; the only device dying mid-run leaves a partial result; an aarch64 build
+runs on an ARM device (our session server under qemu-aarch64) bit for bit the interpreter's.
 
 Slow: the tracker and each server import TVM (5-50 s each on a loaded 2-core machine)."""
 
@@ -123,3 +124,39 @@ def test_cli_bench_uploads_a_compiled_directory(fleet, integer_model, capsys):
     assert main(["bench", str(directory), "--rpc", fleet.tracker, "--key", "pair", "--repeat", "8"]) == 0
     text = capsys.readouterr().out
     assert "8 rounds x 1 calls on 2 device(s) under key 'pair'" in text
+
+
+def test_an_aarch64_build_runs_on_the_qemu_rpc_server_bit_exact(tmp_path):
+    """The ARM device: our aarch64 session server under qemu-aarch64 behind TVM's Python
+    server; the aarch64 library is uploaded, loaded and run by the aarch64 runtime."""
+    import shutil
+    import sys
+
+    from rpc_loopback import free_port
+
+    from qcompiler.backends.tvm import aarch64
+
+    missing = [tool for tool in (aarch64.CROSS_CXX, aarch64.QEMU) if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"install the aarch64 toolchain first: {', '.join(missing)} (.ci/run does)")
+    torch.manual_seed(0)
+    config = qc.QuantConfig.preset(qc.backends.tvm.quant_preset("aarch64-dotprod"))
+    quantized = qc.quantize(TwoHeads().eval(), [torch.randn(1, 3, 8, 8) for _ in range(4)],
+                            config=config, progress=False)
+    graph = qc.lower_to_integer(quantized, target=qc.backends.tvm.lowering_target("aarch64-dotprod"))
+    compiled = qc.backends.tvm.build(graph, "aarch64-dotprod", batch=1)
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with loopback() as fleet:
+        port = free_port()
+        fleet.start_server("arm", [sys.executable, "-m", "qcompiler.backends.tvm.remote_server",
+                                   "--tracker", fleet.tracker, "--key", "arm", "--port", str(port),
+                                   "--port-end", str(port + 50), "--silent"])
+        fleet.wait_free("arm", 1)
+        outputs = remote.run(compiled, x, tracker=fleet.tracker, key="arm", timeout=120)
+        fleet.wait_free("arm", 1)
+        result = remote.benchmark(compiled, fleet.tracker, "arm", repeat=2, number=2, timeout=120)
+    expected = qc.backends.interpreter.run(graph, x)
+    assert all(np.array_equal(a, b) for a, b in zip(outputs, expected, strict=True))
+    assert result.target == "aarch64-dotprod" and not result.partial
+    on_examples = qc.backends.interpreter.run(graph, *compiled.example_inputs())
+    assert all(np.array_equal(a, b) for a, b in zip(result.outputs, on_examples, strict=True))
