@@ -10,7 +10,7 @@ For each model, quantized with the preset the host's kernels need
   slowest round, every engine at the same thread count, timed round-robin
   (`qcompiler.analysis.latency`): torch eager FP32, onnxruntime FP32 and INT8 (its own
   `quantize_static`, QDQ, u8 activations, per-channel s8 weights), our TVM FP32 and INT8
-  builds for the host (untuned), and the numpy integer interpreter;
+  builds for the host (our schedules, no tuning), and the numpy integer interpreter;
 - compile time of the two TVM builds;
 - exactness: TVM's integer outputs against the interpreter's on evaluation inputs (elements
   that differ), and, for the float fall backs of the BERT-style encoder (layer_norm,
@@ -186,8 +186,8 @@ def main() -> None:
         tables["BERT-style float fall backs, TVM vs interpreter on the same integers"] = (
             islands, ["island", "op", "outputs", "differing", "fraction", "largest difference (steps)"])
     notes = [f"TVM target: {spec.describe()}; {args.threads} threads for every engine",
-             "TVM kernels are untuned generic TE computes (one thread; int8 reductions "
-             "channels-last so LLVM vectorizes them; nothing tiled or tensorized)",
+             "TVM kernels: the blocked, tensorized kernels of backends/tvm/kernel_table.py where a "
+             "layer has one (hand-written schedules, no tuning), the generic TE computes elsewhere",
              "latency ranges (fastest-slowest round) are in the JSON; on a shared machine the "
              "engines with spinning 2-thread pools (torch eager above all) suffer most from other "
              "work: read them with the load average of the machine line"]

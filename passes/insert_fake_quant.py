@@ -75,7 +75,7 @@ import numpy as np
 from qcompiler.errors import QuantizationError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ir.edit import moves_values_only, remove_if_unused, single_user_chain
-from qcompiler.ir.ops import OPS, WEIGHTED_OPS
+from qcompiler.ir.ops import LOOKUP_OPS, OPS, WEIGHTED_OPS
 from qcompiler.ir.pipeline import PassResult
 from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.quantizers import INTEGER_BIAS_OPS, quantize_layer_bias, source_fake_quants
@@ -115,6 +115,21 @@ insert_fake_quant.in_place = True  # as the configured pass it runs
 
 def _is_float(value: Value | None) -> bool:
     return value is not None and value.dtype == "f32"
+
+
+def _feeds_layer(value: Value) -> bool:
+    """Whether a conv/linear/matmul reads `value` as data, or a lookup-table op (GELU, tanh:
+    integer lowering builds tables for 8-bit inputs), through value-moving ops and the ops
+    that share their input's quantization (which carry its format to their readers)."""
+    for user in value.users:
+        spec = OPS[user.op]
+        if user.op in WEIGHTED_OPS and user.inputs[0] is value or user.op == "matmul" \
+                or user.op in LOOKUP_OPS:
+            return True
+        if (moves_values_only(user) or spec.shares_quantization) and len(user.outputs) == 1 \
+                and _feeds_layer(user.output):
+            return True
+    return False
 
 
 def _rounding(producer: Node | None) -> str:
@@ -236,9 +251,18 @@ class _Placement:
                                          and not self.config.is_excluded(user))
         owners = [node, *chain]
         self.fused.update(id(user) for user in chain)
-        fq = self._fake_quant(value, self.config.activation_scheme(owners), None,
+        fq = self._fake_quant(value, self._output_scheme(owners, value), None,
                               self.following[id(owners[-1])], rounding=_rounding(node))
         self.graph.replace_all_uses(value, fq.output)
+
+    def _output_scheme(self, owners: list, value: Value) -> QScheme:
+        """The activation scheme of `value`, or the config's non-MAC scheme when no
+        conv/linear/matmul multiplies it (see QuantConfig.non_mac_activation)."""
+        # An embedding's output precision is its table's storage precision (integer lowering
+        # gathers from the quantized table): keep it narrow.
+        if self.config.non_mac_activation is None or owners[0].op == "embedding" or _feeds_layer(value):
+            return self.config.activation_scheme(owners)
+        return self.config.non_mac_scheme(owners)
 
     def _share_concat_qparams(self, node: Node, indices) -> None:
         """The data inputs of a concat or where, and so its output, share one scale and zero
@@ -273,6 +297,6 @@ class _Placement:
             if excluded:
                 continue
             owners = [producer] if producer is not None else [value]
-            fq = self._fake_quant(value, self.config.activation_scheme(owners), None, None,
+            fq = self._fake_quant(value, self._output_scheme(owners, value), None, None,
                                   rounding=_rounding(producer))
             self.graph.outputs = [fq.output if v is value else v for v in self.graph.outputs]

@@ -13,7 +13,9 @@ or an op that cannot lose channels are left alone and listed in the notes.
 
 Which channels: `criterion` scores each channel of a group (`qcompiler.numerics.
 importance`: "l1", "l2", "fpgm", "bn_scale", "activation" (needs
-`calibration_data`), "quantization"), as the sum over the group's weights of that
+`calibration_data`), "quantization"; the saliencies "obd" (Optimal Brain Damage) and
+"taylor" (first-order Taylor), which need labelled or unlabelled `calibration_data` and a
+graph with one [N, classes] output), as the sum over the group's weights of that
 weight's scores divided by their maximum. `scope="local"` removes `ratio` of every
 group; `scope="global"` ranks all channels of all groups together by those
 normalised scores and removes the lowest `ratio` of them (so a group whose
@@ -79,7 +81,7 @@ import numpy as np
 import torch
 
 from qcompiler.compression import channel_surgery as surgery
-from qcompiler.compression.channel_scores import CRITERIA, channel_scores
+from qcompiler.compression.channel_scores import CRITERIA, NEEDS_DATA, channel_scores
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member, dependency_groups
 from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph, Node
@@ -124,8 +126,8 @@ class remove_filters:  # lower case: with its options it reads like a function c
         if isinstance(self.ignored_layers, str):
             raise OptionError("remove_filters: ignored_layers must be a tuple of names, got the "
                               f"string {self.ignored_layers!r}")
-        if self.criterion == "activation" and self.masks is None and not self.calibration_data:
-            raise OptionError("remove_filters: criterion 'activation' needs calibration_data")
+        if self.criterion in NEEDS_DATA and self.masks is None and not self.calibration_data:
+            raise OptionError(f"remove_filters: criterion {self.criterion!r} needs calibration_data")
         if self.compensate_with not in surgery.COMPENSATIONS:
             raise OptionError(f"remove_filters: compensate_with must be one of "
                               f"{', '.join(surgery.COMPENSATIONS)}, got {self.compensate_with!r}")

@@ -15,10 +15,12 @@
                                       the library and its manifest (cli_tvm.py)
     qcompiler run DIR                 run a compiled model directory (--input x.npy)
     qcompiler bench MODEL             latency of a backend (--backend tvm|interpreter|torch)
+    qcompiler export MODEL -o F.onnx  write a model as ONNX (QDQ with --quantize) (cli_onnx.py)
 
 MODEL is a built-in name (`qcompiler inspect --help` lists them), `path/to/file.py:factory`,
-where `factory()` returns `(module, example_inputs)`, or a graph saved by `qcompiler quantize`
-or `qc.save` (`model.qc`: float, fake-quant or integer; it runs on seeded example inputs).
+where `factory()` returns `(module, example_inputs)`, a graph saved by `qcompiler quantize`
+or `qc.save` (`model.qc`: float, fake-quant or integer; it runs on seeded example inputs), or an
+ONNX file (`model.onnx`, float or QDQ, read like a saved graph).
 
 Exit codes: 0 success; 1 qcompiler failed on a model it was given (capture or pass error,
 message printed); 2 bad usage or bad input (missing file or factory, wrong return value, an
@@ -256,7 +258,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(sorted(builtin_models()))
     model_help = (f"a built-in model ({names}), path/to/file.py:factory returning (module, "
-                  "example_inputs), or a saved graph (model.qc)")
+                  "example_inputs), a saved graph (model.qc) or model.onnx")
     summary, commands_text, model_text, codes = __doc__.strip().split("\n\n")[:4]
     parser = argparse.ArgumentParser(
         prog="qcompiler", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -335,9 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_command.add_argument("--per-node", action="store_true", help="also print the per-node cost table")
     inspect_command.set_defaults(run=run_inspect)
 
+    from qcompiler.cli_onnx import add_commands as add_onnx_commands
+    from qcompiler.cli_remote import add_arguments as add_remote_arguments
+    from qcompiler.cli_tune import add_command as add_tune_command
     from qcompiler.cli_tvm import add_commands
 
     add_commands(commands, model_help)
+    add_remote_arguments(commands.choices["bench"])
+    add_tune_command(commands, model_help)
+    add_onnx_commands(commands, model_help)
     return parser
 
 

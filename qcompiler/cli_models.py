@@ -58,8 +58,7 @@ def load_model(spec: str) -> LoadedModel:
     if spec.lower().endswith(".qc"):
         return _saved_graph(spec)
     if spec.lower().endswith(".onnx"):
-        raise UsageError(f"{spec}: ONNX models are not supported yet; give a built-in model name "
-                         "or path/to/file.py:factory returning (module, example_inputs)")
+        return _load_onnx_model(spec)
     builtins = builtin_models()
     if spec in builtins:
         factory, description = builtins[spec], f"built-in model '{spec}'"
@@ -76,6 +75,27 @@ def load_model(spec: str) -> LoadedModel:
         raise UsageError(f"{description} raised {type(error).__name__}: {error}"
                          f"{_user_frame(error)}") from None
     return LoadedModel(description, *_check_factory_result(result, description))
+
+
+def _load_onnx_model(spec: str) -> LoadedModel:
+    """An ONNX file: its imported graph (float, or fake-quant for a QDQ file), which the
+    commands start from as from a saved graph, on seeded example inputs; a float one also as
+    its torch module, for the commands that take one (report, demo)."""
+    import qcompiler
+    from qcompiler.errors import OnnxUnsupportedOpError
+
+    if not Path(spec).is_file():
+        raise UsageError(f"no such file: {spec}")
+    try:
+        graph = qcompiler.load_onnx(spec)
+    except OnnxUnsupportedOpError:
+        raise  # the model is readable; qcompiler cannot run it (exit 1)
+    except qcompiler.LoadError as error:
+        raise UsageError(str(error)) from None
+    stage = graph_stage(graph)
+    module = qcompiler.to_torch(graph).eval() if stage == "float" else None
+    return LoadedModel(f"ONNX model {spec} ({stage} graph {graph.name})", module,
+                       example_inputs(graph), graph)
 
 
 def _factory_from_file(spec: str):

@@ -14,6 +14,8 @@ import qcompiler as qc
 
 
 def add_arguments(bench) -> None:
+    """The --rpc options of `bench`, whose command then runs `run_bench`: remote with --rpc,
+    cli_tvm's local bench without."""
     bench.add_argument("--rpc", metavar="HOST:PORT", default=None,
                        help="time on remote devices through this TVM RPC tracker (docs/remote.md)")
     bench.add_argument("--key", default=None, help="the device key at the tracker (with --rpc)")
@@ -23,6 +25,13 @@ def add_arguments(bench) -> None:
                        help="calls per timing round (with --rpc; default 1)")
     bench.add_argument("--timeout", type=float, default=60.0, metavar="S",
                        help="give up a device silent for S seconds (with --rpc; default 60)")
+    bench.set_defaults(run=run_bench)
+
+
+def run_bench(args, out: TextIO) -> int:
+    from qcompiler.cli_tvm import run_bench as run_local_bench
+
+    return run_remote_bench(args, out) if args.rpc else run_local_bench(args, out)
 
 
 def run_remote_bench(args, out: TextIO) -> int:

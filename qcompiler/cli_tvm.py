@@ -164,10 +164,6 @@ def run_bench(args, out: TextIO) -> int:
     from qcompiler.cli_models import UsageError, capture, load_model
     from qcompiler.pipelines import canonical_float_pipeline
 
-    if getattr(args, "rpc", None):  # remote devices through a TVM RPC tracker
-        from qcompiler.cli_remote import run_remote_bench
-
-        return run_remote_bench(args, out)
     if args.float and args.backend == "interpreter":
         raise UsageError("the integer interpreter runs integer graphs only; drop --float")
     set_threads(args.threads)
@@ -296,12 +292,7 @@ def add_commands(commands, model_help: str) -> None:
     bench.add_argument("--repeat", type=int, default=10, help="timing rounds (default 10)")
     bench.add_argument("--threads", type=int, default=DEMO_THREADS, help="threads (default 2)")
     bench.add_argument("--profile", action="store_true", help="per-kernel times (tvm)")
-    from qcompiler.cli_remote import add_arguments as add_remote_arguments
-    from qcompiler.cli_tune import add_command as add_tune_command
-
-    add_remote_arguments(bench)
     bench.set_defaults(run=run_bench)
-    add_tune_command(commands, model_help)
 
 
 def batch_of(inputs) -> int:

@@ -31,6 +31,23 @@ class LoadError(QCompilerError):
     qcompiler graph, or written in a newer format. The message names the file."""
 
 
+class OnnxImportError(LoadError):
+    """An ONNX file (`qc.load_onnx`) cannot be imported: not a readable ONNX model, an opset
+    outside the supported range, a broken graph (cycle, dangling input, missing initializer,
+    absurd shape) or missing external data. The message names the file, and the node where
+    there is one."""
+
+
+class OnnxUnsupportedOpError(OnnxImportError, UnsupportedOpError):
+    """An ONNX model uses an op (or an op's attribute value) the importer has no mapping for;
+    the message names the node, the op and its opset."""
+
+
+class OnnxExportError(QCompilerError):
+    """A graph cannot be written as ONNX: an op or quantization without an ONNX (QDQ) form, or
+    an uncalibrated or integer graph. The message names the node and what to do."""
+
+
 class QuantizationError(QCompilerError):
     """Quantization cannot proceed: an invalid QuantConfig, bad calibration data, NaN/Inf
     in weights or activations, or a graph whose fake-quant nodes are not calibrated."""

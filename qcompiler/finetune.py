@@ -27,6 +27,22 @@ A batch is a tensor (one graph input), or a tuple with one tensor per graph inpu
 optionally followed by the labels. `train_data` is re-iterable (a list of batches, a
 DataLoader, a photo pool): one epoch reads it once.
 
+`preserve_sharing=True` keeps the structure that weight compression gave the weights and
+biases of weighted layers (conv, linear): a zero stays zero (`sparsify_weights`: pruned
+weights stay pruned) and entries that hold the same value get the same update, so a
+clustered weight keeps its shared values and training moves the centroids (Han et al.
+2016, §3.3: a centroid's gradient gathers its weights' gradients; here their mean, which
+Adam's per-parameter scaling makes equivalent up to its epsilon). Each gradient is replaced
+by its mean over the entries sharing the value before the optimizer step, and after
+training every group is set to its mean once more (guarding against float rounding).
+
+`project_weights` (weight name -> a function of the weight array, e.g. the binary or ternary
+quantizers of `qcompiler.numerics.low_bit`; `quantize_weights_low_bit(...).projections(graph)`
+gives them for the layers that pass quantizes) trains low-bit weights straight through (BinaryConnect,
+Courbariaux et al. 2015, Algorithm 1): each step runs forward and backward on the projected
+weights of the weighted layers, and the optimizer updates the latent float weights behind
+them, so a weight can change sign; the graph returned holds the projected weights.
+
 Requires: a graph with one output of shape [N, classes] and at least one learnable
 float constant (an integer-lowered graph has none). Preserves: structure, names,
 shapes, dtypes and qparams; changes the learnable constants' values.
@@ -35,9 +51,10 @@ shapes, dtypes and qparams; changes the learnable constants' values.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -46,6 +63,8 @@ from tqdm import tqdm
 from qcompiler.backends.torch import to_torch
 from qcompiler.errors import OptionError, QCompilerError
 from qcompiler.ir import Graph
+from qcompiler.ir.ops import WEIGHTED_OPS
+from qcompiler.numerics import clustering
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,9 @@ def _teacher_function(teacher) -> Callable | None:
 
 def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e-3,
              teacher: Graph | nn.Module | Callable | None = None, temperature: float = 4.0,
-             alpha: float = 0.5, weight_decay: float = 0.0, progress: bool | None = None
+             alpha: float = 0.5, weight_decay: float = 0.0, progress: bool | None = None,
+             preserve_sharing: bool = False,
+             project_weights: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
              ) -> FinetuneResult:
     """Train `graph`'s learnable constants on `train_data`; see the module docstring.
     progress: a tqdm bar per epoch; None shows it only when stderr is a terminal."""
@@ -114,6 +135,15 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
         raise QCompilerError(f"graph {graph.name} has no learnable float weights (an integer-lowered "
                              "graph cannot be fine-tuned; fine-tune before lower_to_integer)")
     teacher_function = _teacher_function(teacher)
+    shared = _tie_shared_values(graph, module) if preserve_sharing else {}
+    project_weights = dict(project_weights or {})
+    unknown = sorted(set(project_weights) - set(module.qc_names.values()))
+    if unknown:
+        raise OptionError(f"project_weights names {', '.join(unknown)}, which graph {graph.name} "
+                          "has no learnable weight of")
+    projected = {attribute: parameter for attribute, parameter in module.named_parameters()
+                 if module.qc_names[attribute] in project_weights}
+    projection = {attribute: project_weights[module.qc_names[attribute]] for attribute in projected}
     optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
@@ -127,6 +157,9 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
                    file=sys.stderr, leave=False)
         for batch in bar:
             inputs, labels = _split(batch, len(graph.inputs))
+            latent = {name: p.data.clone() for name, p in projected.items()}
+            for name, parameter in projected.items():  # forward and backward on projected weights
+                parameter.data = _projected(projection[name], latent[name])
             logits = module(*inputs)
             losses = []
             if teacher_function is not None:
@@ -143,6 +176,8 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
             loss = sum(weight * term for weight, term in losses)
             optimizer.zero_grad()
             loss.backward()
+            for name, parameter in projected.items():  # the update goes to the latent weights
+                parameter.data = latent[name]
             optimizer.step()
             if schedule is not None:
                 schedule.step()
@@ -151,11 +186,64 @@ def finetune(graph: Graph, train_data: Iterable, epochs: int = 1, lr: float = 1e
         if count == 0:
             raise OptionError("train_data yielded no batches")
         epoch_losses.append(total / count)
+    for name, parameter in projected.items():  # the trained module and graph hold projected weights
+        parameter.data = _projected(projection[name], parameter.data)
     module.eval()
 
     trained = graph.copy()
     for attribute, parameter in module.named_parameters():
         value = trained.values[module.qc_names[attribute]]
+        data = parameter.detach().cpu().numpy().astype(value.data.dtype, copy=True)
+        if attribute in shared:
+            data = _group_means(data, shared[attribute])
         # A new array (copies share constant arrays with the original graph).
-        value.data = parameter.detach().cpu().numpy().astype(value.data.dtype, copy=True)
+        value.data = data
     return FinetuneResult(trained, module, tuple(epoch_losses))
+
+
+def _tie_shared_values(graph: Graph, module: nn.Module) -> dict[str, np.ndarray]:
+    """Make the weights and biases of weighted layers keep their zeros and shared values
+    (`preserve_sharing`): a gradient hook averages each gradient over the entries holding
+    the same value and zeroes it on zeros. Returns parameter name -> group labels."""
+    groups = {}
+    for attribute, parameter in _layer_weight_parameters(graph, module, (1, 2)).items():
+        name = module.qc_names[attribute]
+        labels = clustering.share_by_value(graph.values[name].data)
+        groups[attribute] = labels
+        flat = torch.from_numpy(labels.ravel())
+        kept = flat >= 0
+        counts = torch.bincount(flat[kept]).to(parameter.dtype)
+
+        def average(grad, flat=flat, kept=kept, counts=counts):
+            sums = torch.zeros(len(counts), dtype=grad.dtype).index_add_(0, flat[kept],
+                                                                         grad.reshape(-1)[kept])
+            tied = torch.zeros_like(grad).reshape(-1)
+            tied[kept] = (sums / counts)[flat[kept]]
+            return tied.reshape(grad.shape)
+
+        parameter.register_hook(average)
+    return groups
+
+
+def _layer_weight_parameters(graph: Graph, module: nn.Module, inputs: tuple[int, ...]
+                             ) -> dict[str, nn.Parameter]:
+    """The module's parameters that are inputs `inputs` (1: weight, 2: bias) of weighted layers."""
+    owned = {node.inputs[i].name for node in graph if node.op in WEIGHTED_OPS
+             for i in inputs if i < len(node.inputs) and node.inputs[i] is not None}
+    return {attribute: parameter for attribute, parameter in module.named_parameters()
+            if module.qc_names[attribute] in owned}
+
+
+def _projected(project: Callable[[np.ndarray], np.ndarray], latent: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(project(latent.numpy()), dtype=latent.numpy().dtype)).to(latent)
+
+
+def _group_means(data: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each group of equal labels set to its mean; label -1 (a zero) set to 0."""
+    flat, groups = data.ravel().astype(np.float64), labels.ravel()
+    kept = groups >= 0
+    out = np.zeros_like(flat)
+    if kept.any():
+        means = np.bincount(groups[kept], weights=flat[kept]) / np.bincount(groups[kept])
+        out[kept] = means[groups[kept]]
+    return out.astype(data.dtype).reshape(data.shape)

@@ -22,6 +22,7 @@ from qcompiler.passes.equalize_cross_layer import equalize_cross_layer
 from qcompiler.passes.fold_batchnorm import fold_batchnorm
 from qcompiler.passes.fold_constants import fold_constants
 from qcompiler.passes.insert_fake_quant import insert_fake_quant
+from qcompiler.passes.migrate_activation_scales import migrate_activation_scales
 from qcompiler.passes.round_adaptive import round_adaptive
 from qcompiler.quantization.config import QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import EqualizeKeepingStatistics, RecordBatchnormStatistics
@@ -112,6 +113,11 @@ def ptq_steps(calibration_data: Iterable | None, config: QuantConfig | None = No
         # not pass through a batch norm): the batch norms left (after a ReLU, on an input)
         # become depthwise 1x1 convs, which integer lowering handles like any layer.
         convert_batchnorm_to_conv,
+        # After the float weight rewrites above, before the quantizers: SmoothQuant rescales
+        # weights and layer_norm parameters from measured activation ranges, which
+        # equalization would otherwise change again; it needs calibration data.
+        *([migrate_activation_scales(calibration_data=calibration_data, alpha=config.smoothing_alpha)]
+          if config.smoothing_alpha is not None and not data_free else []),
         # After every weight rewrite: calibration reads the final weights.
         insert_fake_quant(config=config),
         # Weight ranges from the final weights; activation ranges from the float graph on

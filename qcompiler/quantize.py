@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
+import numpy as np
 from torch import nn
 
 from qcompiler.errors import QuantizationError
@@ -25,7 +26,7 @@ from qcompiler.frontends.torch_export.capture import trace
 from qcompiler.ir import Graph
 from qcompiler.passes.lower_to_integer import LowerToInteger
 from qcompiler.pipelines import ptq_pipeline
-from qcompiler.quantization.config import QuantConfig, as_quant_config
+from qcompiler.quantization.config import QuantConfig, as_quant_config, default_config
 
 
 def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | None = None,
@@ -37,15 +38,19 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
 
     calibration_data: an iterable of batches (a tensor, or a tuple with one tensor per
         input), or None for data-free ranges from batch-norm statistics (mean +- sigmas*std).
-    config: defaults to `QuantConfig.preset("int8")`.
+    config: a QuantConfig or preset name; None picks by the graph
+        (`qcompiler.quantization.config.default_config`): the `transformer` preset for an
+        attention model (linear/matmul layers, layer_norm or softmax, no conv), with
+        SmoothQuant on the calibration data, else `int8`.
     example_inputs: for tracing a module; defaults to the first calibration batch.
     adaround: options of `qc.passes.round_adaptive` to run AdaRound after calibration
         (`{}` for its defaults); None keeps round-to-nearest.
     print_after: the pipeline's `print_after` (see `qcompiler.ir.pipeline`).
     """
-    config = as_quant_config(config)
+    chosen = None if config is None else as_quant_config(config)
     if calibration_data is not None:
-        passes = 1 + bias_correction + (adaround is not None)
+        # Calibration, bias correction, AdaRound, SmoothQuant (which a default may turn on).
+        passes = 2 + bias_correction + (adaround is not None)
         calibration_data = _reusable(calibration_data, passes_over_data=passes)
     if example_inputs is None and calibration_data is not None \
             and not isinstance(model_or_graph, Graph):
@@ -58,6 +63,7 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
         if iterator is calibration_data:
             calibration_data = itertools.chain([first], iterator)
     graph = _as_graph(model_or_graph, example_inputs)
+    config = chosen if chosen is not None else default_config(graph)
     pipeline = ptq_pipeline(calibration_data, config, equalize=equalize,
                             bias_correction=bias_correction, adaround=adaround, progress=progress,
                             sigmas=sigmas, print_after=print_after)
@@ -95,3 +101,40 @@ def _as_graph(model_or_graph, example_inputs) -> Graph:
         raise QuantizationError("qc.quantize needs example_inputs to trace a module when "
                                 "calibration_data is None (data-free)")
     return trace(model_or_graph, example_inputs)
+
+
+def search_smoothing_alpha(model_or_graph: nn.Module | Graph, calibration_data: Iterable,
+                           held_out_data: Iterable, config: QuantConfig | str = "transformer",
+                           alphas=(0.0, 0.25, 0.5, 0.65, 0.8), **options) -> tuple[QuantConfig, dict]:
+    """SmoothQuant's alpha chosen by measurement: quantize at each alpha (0 = no migration)
+    and keep the one whose outputs on `held_out_data` have the highest SQNR against the float
+    graph. Returns (the config with that `smoothing_alpha`, {alpha: SQNR in dB}); `options`
+    go to `qc.quantize`. Costs one quantization per alpha."""
+    from dataclasses import replace
+
+    from qcompiler.ir.evaluate import evaluate, graph_inputs
+    from qcompiler.numerics.quant import sqnr_db
+
+    config = as_quant_config(config, "search_smoothing_alpha(config=)")
+    calibration_data = list(calibration_data)
+    graph = _as_graph(model_or_graph, None if calibration_data is None else _first_inputs(calibration_data))
+    held_out = [graph_inputs(batch, graph, index) for index, batch in enumerate(held_out_data)]
+    if not held_out:
+        raise QuantizationError("search_smoothing_alpha: held_out_data is empty; give batches "
+                                "the calibration did not see")
+    want = [o.numpy().ravel() for batch in held_out for o in evaluate(graph, batch)]
+    scores = {}
+    for alpha in alphas:
+        candidate = replace(config, smoothing_alpha=None if alpha == 0 else alpha)
+        quantized = quantize(graph, calibration_data, config=candidate, **options)
+        got = [o.numpy().ravel() for batch in held_out for o in evaluate(quantized, batch)]
+        scores[alpha] = float(sqnr_db(np.concatenate(want), np.concatenate(got)))
+    best = max(scores, key=scores.get)
+    return replace(config, smoothing_alpha=None if best == 0 else best), scores
+
+
+def _first_inputs(calibration_data: list) -> tuple | None:
+    if not calibration_data:
+        raise QuantizationError("calibration_data is empty: give at least one batch")
+    first = calibration_data[0]
+    return tuple(first) if isinstance(first, (tuple, list)) else (first,)

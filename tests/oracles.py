@@ -47,3 +47,16 @@ def assert_same_function(before: Graph, after: Graph, inputs: Sequence[Sequence]
         for want, got in zip(run(before, *case), run(after, *case), strict=True):
             tolerance = atol * float(want.abs().max()) if scale_relative else atol
             torch.testing.assert_close(got, want, rtol=rtol, atol=tolerance)
+
+
+class Lambda(torch.nn.Module):
+    """A module whose forward is `fn(self, *inputs)`; submodules are passed as keyword arguments."""
+
+    def __init__(self, fn, **children):
+        super().__init__()
+        self.fn = fn
+        for name, child in children.items():
+            setattr(self, name, child)
+
+    def forward(self, *inputs):
+        return self.fn(self, *inputs)

@@ -77,7 +77,7 @@ def test_bad_factory_is_one_message_and_exit_2(model_file, factory, message, cap
     (["inspect", "resnet"], "unknown model 'resnet'; built-in models are: audio_conv1d, bert_style, "
                             "digits_cnn, mobilenet_v2, pretrained_mobilenet_v2, resnet_style; "
                             "or give path/to/file.py:factory"),
-    (["inspect", "model.onnx"], "model.onnx: ONNX models are not supported yet"),
+    (["inspect", "model.onnx"], "qcompiler: error: no such file: model.onnx"),
     (["demo", "--model", "nope"], "unknown model 'nope'"),
 ])
 def test_bad_model_argument(argv, message, capsys):

@@ -72,7 +72,8 @@ def versions() -> dict:
     return {"qcompiler": own, "tvm": tvm.__version__, "tvm_ffi": getattr(tvm_ffi, "__version__", "?")}
 
 
-def manifest_for(graph, spec: TargetSpec, fall_backs: list[str], functions: dict) -> dict:
+def manifest_for(graph, spec: TargetSpec, fall_backs: list[str], functions: dict,
+                 kernels: dict | None = None) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "graph": graph.name,
         "library": LIBRARY, "library_sha256": None,
@@ -82,6 +83,7 @@ def manifest_for(graph, spec: TargetSpec, fall_backs: list[str], functions: dict
         "outputs": [_tensor(v) for v in graph.outputs],
         "fall_backs": list(fall_backs),
         "functions": {name: list(nodes) for name, nodes in functions.items()},
+        "kernels": dict(kernels or {}),
         "versions": versions(),
     }
 

@@ -7,10 +7,11 @@ times, profiles and exports the result.
     compiled.export_library("out/")                       # library + manifest.json
     again = load("out/")                                  # no qcompiler passes needed
 
-The Relax pipeline is TVM's CPU default without operator fusion: every node stays its own
-PrimFunc, named after the node, so a per-op profile maps straight back to the graph and
-a kernel of `kernels.py` is exactly what runs. The kernels are untuned (`schedule.py`);
-making them fast is the next issue.
+The Relax pipeline is TVM's CPU default without operator fusion (`schedule.py`): every
+kernel stays its own PrimFunc, named after its node, so a per-op profile maps straight back
+to the graph. By default the weighted ops run the blocked, hand-scheduled kernels of
+`kernel_table.py` (layout plan: `plan.py`); `build(..., schedules=False)` runs the generic
+computes of `kernels.py` instead, the reference they are tested against (same integers).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from qcompiler.backends.tvm import artifact
 from qcompiler.backends.tvm.errors import ArtifactError, LoweringError, TargetError, TVMBackendError
+from qcompiler.backends.tvm.peak import Peak, peak
 from qcompiler.backends.tvm.target import TargetSpec, check_host_can_run, check_weight_range, resolve_target
 from qcompiler.errors import QCompilerError
 from qcompiler.ir import DTYPES, Graph
@@ -39,7 +41,8 @@ def _threads() -> int:
 @dataclass(frozen=True)
 class BenchmarkResult:
     """Latency of one call of the model, in milliseconds, over `repeat` measurements of the
-    mean of `number` calls each; `per_op` (when profiled) lists the kernels by total time."""
+    mean of `number` calls each; `per_op` (when profiled) lists the kernels by total time,
+    with their GOPS against `peak` (`peak.py`)."""
 
     median_ms: float
     min_ms: float
@@ -49,6 +52,7 @@ class BenchmarkResult:
     threads: int
     target: str
     per_op: list[OpTime] = field(default_factory=list)
+    peak: Peak | None = None
 
     @property
     def spread_ms(self) -> float:
@@ -59,6 +63,8 @@ class BenchmarkResult:
                 f"{self.repeat} x {self.number} calls, {self.threads} threads, target {self.target})")
         if self.per_op:
             text += "\n" + format_profile(self.per_op)
+            if self.peak is not None:
+                text += "\n" + self.peak.describe()
         return text
 
 
@@ -69,13 +75,29 @@ class OpTime:
     calls: int
     total_ms: float  # per model call
     share: float  # of all kernel time
+    kernel: str = "generic"  # which kernel runs it (`kernel_table.py`; generic, lanewise, layout)
+    dtype: str = "float32"  # the arithmetic's data type: int8 or float32
+    ops: int = 0  # multiplies and adds per model call (2 x MACs)
+    peak_gops: float | None = None  # the host's peak for `dtype`
+
+    @property
+    def gops(self) -> float:
+        return self.ops / (self.total_ms * 1e6) if self.total_ms > 0 else 0.0
+
+    @property
+    def of_peak(self) -> float | None:
+        """The fraction of the peak this kernel reached (None without ops or a known peak)."""
+        return self.gops / self.peak_gops if self.ops and self.peak_gops else None
 
 
 def format_profile(rows: list[OpTime], top: int = 15) -> str:
-    lines = [f"{'kernel':<40} {'ms':>9} {'share':>6}  nodes"]
+    lines = [f"{'function':<34} {'ms':>8} {'share':>6} {'GOPS':>7} {'%peak':>6}  {'kernel':<22} nodes"]
     for row in rows[:top]:
         nodes = ", ".join(row.nodes[:2]) + (f" (+{len(row.nodes) - 2})" if len(row.nodes) > 2 else "")
-        lines.append(f"{row.function[:40]:<40} {row.total_ms:9.3f} {row.share:6.1%}  {nodes}")
+        gops = f"{row.gops:7.1f}" if row.ops else f"{'':>7}"
+        of_peak = f"{row.of_peak:6.1%}" if row.of_peak is not None else f"{'':>6}"
+        lines.append(f"{row.function[:34]:<34} {row.total_ms:8.3f} {row.share:6.1%} {gops} {of_peak}  "
+                     f"{row.kernel[:22]:<22} {nodes}")
     if len(rows) > top:
         lines.append(f"... {len(rows) - top} more kernels, "
                      f"{sum(r.total_ms for r in rows[top:]):.3f} ms together")
@@ -175,9 +197,10 @@ class CompiledModel:
         arguments = [tvm.runtime.tensor(a) for a in self.example_inputs()]
         timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
         seconds = np.asarray(timer(*arguments).results, np.float64) * 1e3
-        per_op = self._profile(vm, arguments) if profile else []
+        top = peak(self.target.isa, _threads()) if profile else None
+        per_op = self._profile(vm, arguments, top) if profile else []
         return BenchmarkResult(float(np.median(seconds)), float(seconds.min()), float(seconds.max()),
-                               repeat, number, _threads(), self.target.name, per_op)
+                               repeat, number, _threads(), self.target.name, per_op, top)
 
     def example_inputs(self, seed: int = 0) -> list[np.ndarray]:
         """Seeded inputs of the compiled shapes: standard normal floats; integer inputs
@@ -192,9 +215,10 @@ class CompiledModel:
                 arrays.append(rng.integers(0, 10, spec["shape"]).astype(dtype))
         return arrays
 
-    def _profile(self, vm, arguments, runs: int = 5) -> list[OpTime]:
-        """Per-kernel times from `runs` instrumented calls (each kernel's median over runs).
-        A Python callback brackets every kernel, so tiny kernels look slower than they are."""
+    def _profile(self, vm, arguments, top: Peak, runs: int = 5) -> list[OpTime]:
+        """Per-kernel times from `runs` instrumented calls (each kernel's median over runs),
+        with each kernel's arithmetic from the manifest. A Python callback brackets every
+        kernel, so tiny kernels look slower than they are."""
         started: list[float] = []
         seconds: list[dict[str, float]] = []  # one dict per run: kernel -> time
         calls: list[dict[str, int]] = []
@@ -220,9 +244,13 @@ class CompiledModel:
         medians = {name: float(np.median([run.get(name, 0.0) for run in seconds]))
                    for name in seconds[0]}
         overall = sum(medians.values()) or 1.0
-        functions = self.manifest.get("functions", {})
-        rows = [OpTime(name, functions.get(name, []), calls[0][name], value * 1e3, value / overall)
-                for name, value in medians.items()]
+        functions, kernels = self.manifest.get("functions", {}), self.manifest.get("kernels", {})
+        rows = []
+        for name, value in medians.items():
+            info = kernels.get(name, {})
+            dtype = info.get("dtype", "float32")
+            rows.append(OpTime(name, functions.get(name, []), calls[0][name], value * 1e3, value / overall,
+                               info.get("kernel", "generic"), dtype, int(info.get("ops", 0)), top.of(dtype)))
         return sorted(rows, key=lambda row: -row.total_ms)
 
     # ---- export ------------------------------------------------------------------------
@@ -246,13 +274,17 @@ class CompiledModel:
         return artifact.write(directory, self.manifest, write_library)
 
 
-def build(graph: Graph, target="host", *, batch: int | None = None, database=None) -> CompiledModel:
+def build(graph: Graph, target="host", *, batch: int | None = None,
+          schedules: bool = True, database=None) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
     of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
-    `batch` (`Graph.at_batch`; the Relax lowering takes static shapes)."""
+    `batch` (`Graph.at_batch`; the Relax lowering takes static shapes). `schedules=False`
+    builds every node with the generic computes of `kernels.py` (the reference: the same
+    integers, much slower)."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
+    from qcompiler.backends.tvm.plan import plan_graph
     from qcompiler.backends.tvm.schedule import cpu_pipeline
 
     if not isinstance(graph, Graph):
@@ -267,7 +299,8 @@ def build(graph: Graph, target="host", *, batch: int | None = None, database=Non
         graph = graph.at_batch(batch)
     spec = resolve_target(target)
     check_weight_range(graph, spec)
-    lowered = lower_graph(graph, spec.arch)
+    plan = plan_graph(graph, spec.isa) if schedules else None
+    lowered = lower_graph(graph, spec.arch, plan)
     tvm_target = spec.tvm_target()
     database = database or os.environ.get("QCOMPILER_TUNING_DB")  # `qcompiler tune --db DIR`
     if database:
@@ -275,8 +308,33 @@ def build(graph: Graph, target="host", *, batch: int | None = None, database=Non
 
         lowered.module = apply_database(lowered.module, tvm_target, database)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
-    manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions)
+    manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions,
+                                     kernel_info(graph, lowered))
     return CompiledModel(executable, spec, manifest)
+
+
+def kernel_info(graph: Graph, lowered) -> dict:
+    """PrimFunc -> the kernel that runs it (a name of `kernel_table.py`; "lanewise" for the
+    blocked element-wise and pooling computes, "generic" for `kernels.py` and Relax's
+    operators, "layout" for conversions), its data type and its arithmetic (2 x MACs of its
+    nodes), for the profile's GOPS."""
+    from qcompiler.analysis.cost import node_macs
+    from qcompiler.backends.tvm.plan import kernel_names
+
+    names = kernel_names(lowered.plan) if lowered.plan is not None else {}
+    nodes = {node.name: node for node in graph}
+    info = {}
+    for function, members in lowered.functions.items():
+        computed = [nodes[m] for m in members if m in nodes]
+        kernel = next((names[m] for m in members if m in names), None)
+        if kernel is None and lowered.plan is not None and any(m in lowered.plan.blocked for m in members):
+            kernel = "lanewise"
+        if kernel is None:
+            kernel = "generic" if computed else "layout"
+        integer = any(n.op.startswith("q") or n.op == "quantize" for n in computed)
+        info[function] = {"kernel": kernel, "dtype": "int8" if integer else "float32",
+                          "ops": int(2 * sum(node_macs(n) for n in computed))}
+    return info
 
 
 def load(directory) -> CompiledModel:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
+from qcompiler.backends.tvm import packing
+
 INT_DTYPES = {"u8": "uint8", "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64"}
 
 
@@ -125,14 +127,10 @@ def prepare_weighted(weight: np.ndarray, bias: np.ndarray, input_zero_point: int
     Exact in int32 when no partial sum of `x * w` can reach 2**31 and the folded bias fits;
     otherwise the kernel subtracts z_x from every operand (spec 2 as written)."""
     channels_last = np.ascontiguousarray(np.moveaxis(weight, 1, -1)) if weight.ndim > 2 else weight
-    depth = int(np.prod(weight.shape[1:]))
     limits = np.iinfo(np.dtype(INT_DTYPES[input_dtype]))
-    largest_weight = int(np.abs(weight.astype(np.int64)).max()) if weight.size else 0
-    worst = depth * max(abs(int(limits.min)), abs(int(limits.max))) * largest_weight
-    folded = bias.astype(np.int64) - int(input_zero_point) * weight.reshape(
-        weight.shape[0], -1).astype(np.int64).sum(axis=1)
-    if worst < 2**31 and np.abs(folded).max(initial=0) < 2**31 - worst:
-        return WeightedConstants(channels_last, folded.astype(np.int32), True)
+    folded = packing.fold_zero_point(weight, bias, input_zero_point, (int(limits.min), int(limits.max)))
+    if folded is not None:
+        return WeightedConstants(channels_last, folded, True)
     return WeightedConstants(channels_last, bias.astype(np.int32), False)
 
 
@@ -293,7 +291,7 @@ def qmean(x, *, dims, keepdim: bool, input_zero_point: int, multiplier: int, shi
                       name="requantize")
 
 
-def _window(x, out_shape, kernel, stride, padding, dilation):
+def window(x, out_shape, kernel, stride, padding, dilation):
     """Reduce axes over a pooling window and a function giving, for an output position, the
     input position each window element reads and whether it lies inside the input."""
     spatial = len(kernel)
@@ -314,7 +312,7 @@ def _window(x, out_shape, kernel, stride, padding, dilation):
 def qmax_pool(x, *, out_shape, kernel_size, stride, padding, dilation):
     """Spec 6: the maximum over the window; positions outside the input never win (every
     window holds at least one input element, torch's output-size rule guarantees it)."""
-    axes, source = _window(x, out_shape, kernel_size, stride, padding, dilation)
+    axes, source = window(x, out_shape, kernel_size, stride, padding, dilation)
     lowest = tirx.min_value(x.dtype)
 
     def element(n, c, *position):
@@ -330,7 +328,7 @@ def qavg_pool(x, multipliers, shifts, *, out_shape, kernel_size, stride, padding
     (M0, shift) of the position's count. `multipliers` and `shifts` are int32 tensors of the
     output's spatial shape, chosen at compile time from the per-count tables."""
     ones = [1] * len(kernel_size)
-    axes, source = _window(x, out_shape, kernel_size, stride, padding, ones)
+    axes, source = window(x, out_shape, kernel_size, stride, padding, ones)
 
     def accumulate(n, c, *position):
         safe, inside = source(position)

@@ -65,35 +65,30 @@ def lower_qlinear(ctx: Lowering, node: Node, attrs: dict):
                        out=Output.of(attrs), **options)
 
 
+def _binary(ctx: Lowering, node: Node, attrs: dict, kernel, *scalars: str):
+    """A two-operand integer op: its kernel on both inputs, with the integer attributes named."""
+    a, b = node.inputs
+    return ctx.emit_te(node, kernel, ctx[a], ctx[b], out_shape=shape_of(node.output),
+                       out=Output.of(attrs), **{key: scalar(attrs, key) for key in scalars})
+
+
 def lower_qmatmul(ctx: Lowering, node: Node, attrs: dict):
     a, b = node.inputs
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise LoweringError(f"{node.describe()}: qmatmul of a 1-D operand ({a.type_str} @ "
                             f"{b.type_str}) has no lowering; reshape it to 2-D first")
-    return ctx.emit_te(node, kernels.qmatmul, ctx[a], ctx[b], out_shape=shape_of(node.output),
-                       a_zero_point=scalar(attrs, "a_zero_point"),
-                       b_zero_point=scalar(attrs, "b_zero_point"),
-                       multiplier=scalar(attrs, "multiplier"), shift=scalar(attrs, "shift"),
-                       out=Output.of(attrs))
+    return _binary(ctx, node, attrs, kernels.qmatmul, "a_zero_point", "b_zero_point", "multiplier",
+                   "shift")
 
 
 def lower_qadd(ctx: Lowering, node: Node, attrs: dict):
-    a, b = node.inputs
-    return ctx.emit_te(node, kernels.qadd, ctx[a], ctx[b], out_shape=shape_of(node.output),
-                       a_zero_point=scalar(attrs, "a_zero_point"),
-                       a_multiplier=scalar(attrs, "a_multiplier"),
-                       b_zero_point=scalar(attrs, "b_zero_point"),
-                       b_multiplier=scalar(attrs, "b_multiplier"), shift=scalar(attrs, "shift"),
-                       out=Output.of(attrs))
+    return _binary(ctx, node, attrs, kernels.qadd, "a_zero_point", "a_multiplier", "b_zero_point",
+                   "b_multiplier", "shift")
 
 
 def lower_qmul(ctx: Lowering, node: Node, attrs: dict):
-    a, b = node.inputs
-    return ctx.emit_te(node, kernels.qmul, ctx[a], ctx[b], out_shape=shape_of(node.output),
-                       a_zero_point=scalar(attrs, "a_zero_point"),
-                       b_zero_point=scalar(attrs, "b_zero_point"),
-                       multiplier=scalar(attrs, "multiplier"), shift=scalar(attrs, "shift"),
-                       out=Output.of(attrs))
+    return _binary(ctx, node, attrs, kernels.qmul, "a_zero_point", "b_zero_point", "multiplier",
+                   "shift")
 
 
 def lower_requantize(ctx: Lowering, node: Node, attrs: dict):

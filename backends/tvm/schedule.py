@@ -2,16 +2,16 @@
 
 `cpu_pipeline(target)` is TVM's CPU default (dispatch, legalize, lower dataflow, plan
 memory, lower to the VM) without `FuseOps`/`FuseTIR`: each graph node stays one PrimFunc
-named after it, so profiles name nodes, and the kernel that runs is the compute of
-`kernels.py` as written. No schedule is applied: the loops run as TE writes them, and LLVM
-vectorizes what it can (the channels-last int8 reductions of the weighted kernels).
+named after it (or the blocked kernel that computes it and its fused epilogue), so profiles
+name nodes. The blocked kernels arrive already scheduled (`schedules.py`, applied in
+`lower.py`) and the pipeline leaves their loops alone; the generic computes of `kernels.py`
+(`build(..., schedules=False)`, and ops without a blocked kernel) run as TE writes them, and
+LLVM vectorizes what it can.
 
-Measured while writing this (MobileNetV2 at 224, batch 1, on the shared 2-core Xeon): running
-each kernel's leading loops on TVM's thread pool was not a gain to keep. With one thread it
-cost 25% (33 -> 40 ms: the depthwise kernels lost their vectorized inner loops inside the
-parallel closure, 1.4 -> 7.3 ms for one of them); with two threads it was faster only when
-the machine was quiet (24 vs 34 ms at best) and slower in the median under load. Tiled,
-vectorized and parallel schedules are the next issue's, per kernel.
+Measured before the blocked kernels (MobileNetV2 at 224, batch 1, on the shared 2-core Xeon):
+running the generic kernels' leading loops on TVM's thread pool was not a gain to keep. With
+one thread it cost 25% (33 -> 40 ms: the depthwise kernels lost their vectorized inner loops
+inside the parallel closure); with two threads it was faster only when the machine was quiet.
 """
 
 from __future__ import annotations

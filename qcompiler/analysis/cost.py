@@ -93,6 +93,7 @@ _PER_ELEMENT = MappingProxyType({
     "requantize": (4, 1),  # fixed-point multiply, rounding shift, add zero point, clamp (2)
     "fake_quant": (4, 2),  # quantize, then dequantize
     "fake_quant_bias": (4, 3),  # step = s_in * s_w, then fake_quant on that step
+    "fake_quant_grouped": (4, 2),  # quantize, then dequantize, with the element's group scale
     "qlookup": (1, 0),  # index = q - input_min, then a table read
     # Nominal counts of the other elementwise functions (float; integer graphs use qlookup).
     "abs": (1, 0), "leaky_relu": (1, 1), "prelu": (1, 1), "pow": (0, 1), "reciprocal": (0, 1),
@@ -111,7 +112,8 @@ _SPECIAL = frozenset({"clamp", "gelu", "layer_norm", "resize"})
 # batch-norm running statistics, quantization scales and zero points, requantization
 # multipliers and shifts, lookup tables computed from an activation function.
 _NOT_PARAMETERS = MappingProxyType({
-    "batch_norm": (3, 4), "fake_quant": (1, 2), "fake_quant_bias": (1, 2), "qconv2d": (3, 4),
+    "batch_norm": (3, 4), "fake_quant": (1, 2), "fake_quant_bias": (1, 2), "fake_quant_grouped": (1,),
+    "qconv2d": (3, 4),
     "qconv1d": (3, 4), "qlinear": (3, 4), "qlookup": (1,),
 })
 # Ops that only move or reinterpret data: no arithmetic (their memory traffic still counts).

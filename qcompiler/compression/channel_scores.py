@@ -8,7 +8,12 @@
 - "activation": mean |activation| of the channel where the next layer reads it, over
   calibration data;
 - "quantization": the angle between each kernel and its quantized version, scored through
-  the next layer's kernels that read the channel (`importance.quantization_aware_scores`).
+  the next layer's kernels that read the channel (`importance.quantization_aware_scores`);
+- "obd", "taylor": the weight saliencies of `qcompiler.compression.saliency` (Optimal Brain
+  Damage, LeCun et al. 1990; first-order Taylor, Molchanov et al. 2019) over calibration
+  data, summed over each channel's filter rows in every producer and reader weight (the
+  loss increase of removing the channel, to first and second order, with the interactions
+  between its weights dropped as OBD drops them).
 
 Per-member scores are divided by their maximum and summed over the group
 (`importance.aggregate`), so members of different sizes weigh alike.
@@ -20,13 +25,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qcompiler.compression import saliency
 from qcompiler.compression.dependency import PRODUCER_ROLES, READER_ROLES, Group, Member
 from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import evaluate, input_batches
 from qcompiler.numerics import importance
 
-CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization")
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization", *saliency.CRITERIA)
+NEEDS_DATA = ("activation", *saliency.CRITERIA)
 _WEIGHT_CRITERIA = {"l1": importance.l1_norms, "l2": importance.l2_norms,
                     "fpgm": importance.geometric_median_distances}
 
@@ -40,11 +47,24 @@ def channel_scores(graph: Graph, groups: Sequence[Group], criterion: str = "l1",
     groups); "bn_scale" needs a batch norm in each group."""
     if criterion not in CRITERIA:
         raise OptionError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if criterion == "activation" and not calibration_data:
-        raise OptionError("criterion 'activation' needs calibration_data")
+    if criterion in NEEDS_DATA and not calibration_data:
+        raise OptionError(f"criterion {criterion!r} needs calibration_data")
     activations = _activation_means(graph, list(groups), calibration_data) \
         if criterion == "activation" else {}
+    if criterion in saliency.CRITERIA:
+        return _saliency_scores(graph, groups, criterion, calibration_data)
     return {g.name: _group_scores(graph, g, criterion, activations) for g in groups}
+
+
+def _saliency_scores(graph: Graph, groups: Sequence[Group], criterion: str, data) -> dict[str, np.ndarray]:
+    """Per channel: the weight saliencies of its rows in the group's producer and reader
+    weights, summed (per member, then `importance.aggregate`)."""
+    members = {g.name: [m for m in g.members_with_role(*PRODUCER_ROLES, *READER_ROLES)
+                        if graph.values[m.value].is_constant] for g in groups}
+    weights = list({m.value: graph.values[m.value] for ms in members.values() for m in ms}.values())
+    scores = saliency.weight_saliency(graph, weights, criterion, data)
+    return {g.name: importance.aggregate([_channel_rows(scores[m.value], m).sum(axis=1)
+                                          for m in members[g.name]]) for g in groups}
 
 
 def _group_scores(graph: Graph, group: Group, criterion: str, activations: dict) -> np.ndarray:

@@ -17,7 +17,9 @@ so memory holds the live activations only.
 
 `bypass` names nodes whose output is their input 0 (the fake-quant nodes, for the float
 graph a quantized graph simulates); `constants` replaces constants by name (a weight
-compressed in simulation) without copying the graph.
+compressed in simulation, or a tensor that requires grad) without copying the graph.
+`differentiable=True` records the autograd graph (saliency criteria need gradients with
+respect to weights); by default nothing is recorded.
 
 The batch converter (`graph_inputs`, `graph_runs`) is the one place where calibration
 data, a tensor or a tuple with one tensor per graph input, is checked against the graph
@@ -49,8 +51,10 @@ class Evaluator:
     """Runs `graph` node by node on one or more batches at once (see the module docstring)."""
 
     def __init__(self, graph: Graph, *, bypass: Callable[[Node], bool] | None = None,
-                 constants: Mapping[str, np.ndarray] | None = None):
+                 constants: Mapping[str, np.ndarray | torch.Tensor] | None = None,
+                 differentiable: bool = False):
         self.graph = graph
+        self.differentiable = differentiable
         self.bypass = bypass
         self.constants = dict(constants or {})
         self.env: dict[int, Held] = {}
@@ -73,7 +77,7 @@ class Evaluator:
             self._plans[key] = (wanted, nodes, self.last_uses(nodes, keep=wanted))
         _, nodes, last_uses = self._plans[key]
         self.bind(batches)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.differentiable):
             for index, node in enumerate(nodes):
                 self._step(node)
                 self.free(last_uses.get(index, ()))
@@ -90,7 +94,7 @@ class Evaluator:
 
     def step(self, node: Node) -> None:
         """Run one node on every batch and store its outputs."""
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.differentiable):
             self._step(node)
 
     def _step(self, node: Node) -> None:
@@ -131,7 +135,8 @@ class Evaluator:
             cached = self._constant_tensors.get(id(value))
             if cached is None:
                 data = self.constants.get(value.name, value.data)
-                cached = self._constant_tensors[id(value)] = (value, torch.from_numpy(np.asarray(data)))
+                tensor = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.asarray(data))
+                cached = self._constant_tensors[id(value)] = (value, tensor)
             return cached[1]
         return self.env[id(value)]
 

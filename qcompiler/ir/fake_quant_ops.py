@@ -110,3 +110,27 @@ def fake_quant_bias(bias, input_scale, weight_scale):
                                                dtype)).to(bias.device)
     # grid + (bias - bias) is exactly grid in value, and its gradient is the identity.
     return grid + (bias - bias.detach())
+
+
+def fake_quant_grouped(weight, scale, *, bits, group_size):
+    """Group-wise symmetric quantization of a linear weight [out, in]: `scale` is f32
+    [out, in / group_size], codes in [-(2^(bits-1) - 1), 2^(bits-1) - 1], rounded as
+    `qcompiler.numerics.grouped_quant` rounds (float32 product with the float32 reciprocal,
+    half to even); gradients straight-through inside the range."""
+    if weight.dim() != 2 or group_size < 1 or weight.shape[1] % group_size \
+            or tuple(scale.shape) != (weight.shape[0], weight.shape[1] // group_size):
+        raise ValueError(f"fake_quant_grouped needs a weight [out, in] with in divisible by "
+                         f"group_size={group_size} and a scale [out, in / group_size], got "
+                         f"{list(weight.shape)} and {list(scale.shape)}")
+    if scale.dtype not in _FLOAT_SCALES:
+        raise ValueError(f"fake_quant_grouped needs an f32 scale, got {scale.dtype}")
+    if weight.device.type == "meta":
+        return torch.empty_like(weight)
+    limit = (1 << (bits - 1)) - 1
+    per_column = scale.to(torch.float32).repeat_interleave(group_size, dim=1)
+    inverse = 1.0 / per_column
+    with torch.no_grad():
+        codes = torch.round(weight.to(torch.float32) * inverse)
+        inside = (codes >= -limit) & (codes <= limit)
+        value = (codes.clamp(-limit, limit) * per_column).to(weight.dtype)
+    return value + torch.where(inside, weight - weight.detach(), torch.zeros_like(weight))

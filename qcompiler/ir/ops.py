@@ -26,7 +26,7 @@ from qcompiler.errors import VerificationError
 from qcompiler.ir import integer_ops
 from qcompiler.ir import math_ops as m
 from qcompiler.ir.dims import PROBES, Dim, shape_at, solve_probe_dims, symbols
-from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias
+from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias, fake_quant_grouped
 
 REQUIRED = object()  # marks an attribute that has no default
 
@@ -282,6 +282,10 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     # fake_quant_bias(bias, input_scale, weight_scale): the bias on the int32 grid the integer
     # kernel adds (scales are the fake_quant scale constants of the layer's input and weight).
     _spec("fake_quant_bias", fake_quant_bias, 3, 3, {}, "quant"),
+    # fake_quant_grouped(weight, scale): a linear weight [out, in] quantized symmetrically with
+    # one f32 scale per group of `group_size` input features (scale [out, in / group_size]);
+    # weight-only low-bit quantization (qc.passes.quantize_weights_grouped).
+    _spec("fake_quant_grouped", fake_quant_grouped, 2, 2, {"bits": 4, "group_size": REQUIRED}, "quant"),
     # Integer ops (docs/integer-spec.md; semantics in qcompiler.ir.integer_ops). Per-channel numbers
     # of weighted ops are constant inputs: int8 weight, int32 bias, int32 multiplier and shift.
     _spec("quantize", integer_ops.quantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED,

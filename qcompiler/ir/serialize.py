@@ -63,7 +63,13 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
     must verify: an invalid graph is refused rather than written."""
     graph.verify()
     path = Path(path)
-    payload = to_bytes(graph)
+    write_bytes_atomically(path, to_bytes(graph))
+    return path
+
+
+def write_bytes_atomically(path: Path, payload: bytes) -> None:
+    """Write `payload` to a temporary file in `path`'s directory, flush it to disk and rename
+    it over `path`: a failure leaves the old file (or none), never a half-written one."""
     directory = path.parent if str(path.parent) else Path(".")
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -75,7 +81,6 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
 
 
 def load(path: str | os.PathLike) -> Graph:

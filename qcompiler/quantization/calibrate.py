@@ -109,7 +109,9 @@ def quant_points(graph: Graph, config: QuantConfig) -> list[QuantPoint]:
         elif not point.activation_inputs:
             point.observer = make_observer("minmax", point.scheme, point.axis)
         else:
-            point.observer = make_observer(config.activation_observer, point.scheme, None,
+            producer = point.activation_inputs[0].producer
+            observer = config.activation_observer_for(point.scheme, producer and producer.op)
+            point.observer = make_observer(observer, point.scheme, None,
                                            **config.activation_observer_options)
     return list(points.values())
 

@@ -118,18 +118,37 @@ class QuantConfig:
     # 99.99th percentile: on the pretrained MobileNetV2 (256 calibration, 512 evaluation
     # photo crops, per-channel int8 weights) it took mean KL from 0.31 (min/max) to 0.12
     # and top-1 agreement from 64% to 75%; a few outliers otherwise set the 8-bit step.
+    # None (the default) picks per activation (`activation_observer_for`): the percentile for
+    # activations of 8 bits or fewer, min/max for 16-bit ones (65,536 levels leave room for
+    # the outliers a percentile would clip, and on a transformer those outliers carry the
+    # signal: all-MiniLM-L6-v2 at 16-bit activations lost embedding cosine with the
+    # percentile, see benchmarks/results/transformer_ptq.md), and the `op_type_observers`
+    # entry of the op that produces it, if any. A name applies to every activation.
     weight_observer: str = "minmax"
-    activation_observer: str = "percentile"
+    activation_observer: str | None = None
     weight_observer_options: Mapping = field(default_factory=dict)
     activation_observer_options: Mapping = field(default_factory=dict)
     op_type_overrides: Mapping[str, QOverride] = field(default_factory=dict)
+    # Activation observers by the op that produces the activation, used when
+    # activation_observer is None (e.g. {"softmax": "minmax"}).
+    op_type_observers: Mapping[str, str] = field(default_factory=dict)
+    # The scheme of activations that no conv/linear/matmul and no lookup-table op (GELU,
+    # tanh...) reads (residual adds, the inputs of layer_norm and softmax, graph outputs):
+    # integer kernels multiply-accumulate only at layer inputs, and tables are built for
+    # 8-bit inputs, so these can be wider (16-bit) at the cost of wider adds, while every
+    # layer input stays `activation`. None: `activation` everywhere. Overrides win over it.
+    non_mac_activation: QScheme | None = None
+    # SmoothQuant's migration strength (Xiao et al. 2023): `qc.quantize` runs
+    # `qc.passes.migrate_activation_scales(alpha=...)` on the calibration data before
+    # quantizing. None: no migration. See that pass for how to search alpha.
+    smoothing_alpha: float | None = None
     node_overrides: Mapping[str, QOverride] = field(default_factory=dict)
     exclude_nodes: frozenset[str] = frozenset()
     exclude_op_types: frozenset[str] = frozenset()
 
     def __post_init__(self):
         for name in ("weight_observer_options", "activation_observer_options",
-                     "op_type_overrides", "node_overrides"):
+                     "op_type_overrides", "node_overrides", "op_type_observers"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         for name in ("exclude_nodes", "exclude_op_types"):
             value = getattr(self, name)
@@ -139,17 +158,29 @@ class QuantConfig:
             object.__setattr__(self, name, frozenset(value))
         _check_scheme(self.weight, "weight", "QuantConfig.weight")
         _check_scheme(self.activation, "activation", "QuantConfig.activation")
-        for role in ("weight", "activation"):
-            name = getattr(self, f"{role}_observer")
+        alpha = self.smoothing_alpha
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not 0.0 <= alpha <= 1.0):
+            raise QuantizationError(f"QuantConfig.smoothing_alpha must be a number in [0, 1] (or "
+                                    f"None for no migration), got {alpha!r}")
+        if self.non_mac_activation is not None:
+            _check_scheme(self.non_mac_activation, "activation", "QuantConfig.non_mac_activation")
+        observers = [("weight_observer", self.weight_observer, self.weight, "weight"),
+                     ("activation_observer", self.activation_observer, self.activation, "activation")]
+        observers += [(f"op_type_observers[{op!r}]", name, self.activation, "activation")
+                      for op, name in self.op_type_observers.items()]
+        for where, name, scheme, role in observers:
+            if name is None and role == "activation":
+                continue
             if name not in OBSERVERS:
-                raise QuantizationError(f"QuantConfig.{role}_observer {name!r} is unknown; valid "
+                raise QuantizationError(f"QuantConfig.{where} {name!r} is unknown; valid "
                                         f"observers: {', '.join(OBSERVERS)}")
             try:  # construct one now, so that bad options fail here and not mid-calibration
-                make_observer(name, getattr(self, role), **getattr(self, f"{role}_observer_options"))
+                make_observer(name, scheme, **getattr(self, f"{role}_observer_options"))
             except (TypeError, ValueError) as error:
                 raise QuantizationError(f"QuantConfig.{role}_observer_options do not suit the "
                                         f"{name!r} observer: {error}") from None
-        for op_type in (*self.op_type_overrides, *self.exclude_op_types):
+        for op_type in (*self.op_type_overrides, *self.op_type_observers, *self.exclude_op_types):
             if op_type not in OPS:
                 close = difflib.get_close_matches(op_type, list(OPS), n=3)
                 hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -192,6 +223,25 @@ class QuantConfig:
         or, for a graph input, of the input Value itself (looked up by name)."""
         return self._lookup(owners, "activation")
 
+    def activation_observer_for(self, scheme: QScheme, producer_op: str | None) -> str:
+        """The observer of an activation in `scheme` produced by an op of type `producer_op`
+        (None for a graph input): the explicit `activation_observer` if set, else the
+        op's `op_type_observers` entry, else min/max above 8 bits and the percentile below
+        (see the field's comment)."""
+        if self.activation_observer is not None:
+            return self.activation_observer
+        if producer_op in self.op_type_observers:
+            return self.op_type_observers[producer_op]
+        return "minmax" if scheme.bits > 8 else "percentile"
+
+    def non_mac_scheme(self, owners: Sequence) -> QScheme:
+        """The scheme of an activation produced by `owners` that no layer multiplies:
+        an override if one applies, else `non_mac_activation`, else `activation`."""
+        scheme = self._lookup(owners, "activation")
+        if scheme is self.activation and self.non_mac_activation is not None:
+            return self.non_mac_activation
+        return scheme
+
     def _lookup(self, owners: Sequence, role: str) -> QScheme:
         for owner in reversed(owners):
             override = self.node_overrides.get(owner.name)
@@ -232,6 +282,19 @@ def as_quant_config(config, where: str = "config") -> QuantConfig:
                             f"({', '.join(PRESETS)}), got {type(config).__name__}")
 
 
+def default_config(graph) -> QuantConfig:
+    """What `qc.quantize(config=None)` uses for `graph`: the `transformer` preset for a graph
+    with no convolution whose layers are mostly linear/matmul and that normalises with
+    layer_norm or softmax (an attention model), else `int8`."""
+    counts: dict[str, int] = {}
+    for node in graph:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    convolutions = sum(counts.get(op, 0) for op in ("conv1d", "conv2d", "conv_transpose2d"))
+    products = counts.get("linear", 0) + counts.get("matmul", 0)
+    attention_like = counts.get("layer_norm", 0) + counts.get("softmax", 0) > 0
+    return PRESETS["transformer" if not convolutions and products >= 2 and attention_like else "int8"]
+
+
 def _check_scheme(scheme, role: str, where: str) -> None:
     if not isinstance(scheme, QScheme):
         raise QuantizationError(f"{where} must be a QScheme, got {type(scheme).__name__}")
@@ -264,4 +327,13 @@ PRESETS: dict[str, QuantConfig] = {
     # 16-bit activations (e.g. for accuracy-sensitive layers or a first debugging step).
     # 65,536 levels leave room for the outliers a percentile would clip.
     "w8a16": QuantConfig(activation=QScheme(16), activation_observer="minmax"),
+    # Transformer encoders (attention, linear, layer_norm, GELU): every conv/linear/matmul
+    # input stays 8-bit (uint8, per tensor) with int8 per-channel weights, while what no
+    # layer multiplies (residual adds, the inputs of layer_norm and softmax) is 16-bit, and
+    # every activation is ranged by min/max: per-op sweeps on all-MiniLM-L6-v2 showed the
+    # residual stream and the 99.99th percentile to be what breaks (results in
+    # benchmarks/results/transformer_ptq.md). `qc.quantize` also migrates activation
+    # outliers into the weights (SmoothQuant, `smoothing_alpha`) with this preset.
+    "transformer": QuantConfig(activation_observer="minmax", non_mac_activation=QScheme(16),
+                               smoothing_alpha=0.5),
 }

@@ -13,8 +13,6 @@ check of spec section 7. What the result preserves is written in the pass that w
 
 from __future__ import annotations
 
-from copy import deepcopy
-
 import numpy as np
 
 from qcompiler.errors import IntegerOnlyError, QuantizationError
@@ -148,12 +146,7 @@ def _fall_back(state: LoweringState, node: Node, reason: str) -> None:
             f"{node.describe()} cannot be lowered to integer ops: {reason}. Lower with "
             "strict=False to run it in float32 between dequantize and quantize (the integer "
             "interpreter then needs strict=False too)")
-    inputs = [None if v is None else state.as_float(v) for v in node.inputs]
-    new = state.new.create_node(node.op, inputs, [v.name for v in node.outputs],
-                                [(v.shape, v.dtype) for v in node.outputs], deepcopy(node.attrs),
-                                source=node.source)
-    for old, value in zip(node.outputs, new.outputs, strict=True):
-        state.float_of[id(old)] = value
+    new = state.copy_as_float(node)
     if is_float:
         state.fallbacks.append(f"%{node.name} ({node.op}: {reason})")
     grid = state.as_int(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None

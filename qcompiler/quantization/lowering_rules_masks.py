@@ -36,12 +36,7 @@ def _is_float(value: Value | None) -> bool:
 
 def copy_node(state: LoweringState, node: Node) -> None:
     """An op on integers or bools that are not quantized: the same op in the new graph."""
-    inputs = [None if v is None else state.as_float(v) for v in node.inputs]
-    new = state.new.create_node(node.op, inputs, [v.name for v in node.outputs],
-                                [(v.shape, v.dtype) for v in node.outputs], dict(node.attrs),
-                                source=node.source)
-    for old, value in zip(node.outputs, new.outputs, strict=True):
-        state.float_of[id(old)] = value
+    state.copy_as_float(node)
 
 
 def _emit_unquantized(state: LoweringState, node: Node, op: str, inputs: list, attrs: dict) -> None:

@@ -13,6 +13,7 @@ the rules is `qcompiler.quantization.lowering`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from copy import deepcopy
 
 import numpy as np
 
@@ -127,6 +128,17 @@ class LoweringState:
 
     def emit(self, op: str, inputs: list, attrs: dict, name: str, source: str = "") -> Node:
         return self.new.add_node(op, inputs, attrs, name=name, source=source)
+
+    def copy_as_float(self, node: Node) -> Node:
+        """`node` again in the new graph, on the float (or unquantized integer) form of its
+        inputs: a float fall back, or an op on masks and indices that is not quantized."""
+        inputs = [None if v is None else self.as_float(v) for v in node.inputs]
+        new = self.new.create_node(node.op, inputs, [v.name for v in node.outputs],
+                                   [(v.shape, v.dtype) for v in node.outputs], deepcopy(node.attrs),
+                                   source=node.source)
+        for old, value in zip(node.outputs, new.outputs, strict=True):
+            self.float_of[id(old)] = value
+        return new
 
     def constant(self, name: str, data: np.ndarray, dtype: str) -> Value:
         return self.new.add_constant(name, data, dtype)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import Lambda
 from torch import nn
 
 import qcompiler as qc
@@ -126,19 +127,6 @@ def test_bert_inputs_and_position_embedding_constant(builtin_captures):
 
 
 # ---- op coverage with small modules ----------------------------------------------------------------
-
-
-class Lambda(nn.Module):
-    """A module whose forward is `fn(self, *inputs)`; submodules are passed as keyword arguments."""
-
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            setattr(self, name, child)
-
-    def forward(self, *inputs):
-        return self.fn(self, *inputs)
 
 
 def _attention(m, q, k, v):

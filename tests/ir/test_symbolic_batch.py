@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from oracles import Lambda
 from strategies import assert_same_structure, graphs, random_inputs
 from torch import nn
 
@@ -147,17 +148,6 @@ def test_random_symbolic_graphs_round_trip_and_agree_with_concrete_inference(gra
 # ---- capture -----------------------------------------------------------------------------------
 
 
-class _Lambda(nn.Module):
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            setattr(self, name, child)
-
-    def forward(self, *inputs):
-        return self.fn(self, *inputs)
-
-
 def _assert_any_batch(model, graph, make_input, batches=(1, 3, 8)):
     module = qc.to_torch(graph)
     for batch in batches:
@@ -168,7 +158,7 @@ def _assert_any_batch(model, graph, make_input, batches=(1, 3, 8)):
 
 
 def test_capture_makes_the_batch_symbolic_even_from_a_batch_of_one():
-    model = _Lambda(lambda m, x: m.fc(x.view(x.shape[0], -1)).relu(), fc=nn.Linear(12, 5)).eval()
+    model = Lambda(lambda m, x: m.fc(x.view(x.shape[0], -1)).relu(), fc=nn.Linear(12, 5)).eval()
     graph = qc.trace(model, (torch.randn(1, 3, 4),))
     assert [v.type_str for v in graph.inputs] == ["f32[N,3,4]"]
     assert next(n for n in graph if n.op == "reshape").attrs == {"shape": [-1, 12]}
@@ -178,7 +168,7 @@ def test_capture_makes_the_batch_symbolic_even_from_a_batch_of_one():
 
 
 def test_multi_head_attention_merges_the_batch_with_the_heads():
-    model = _Lambda(lambda m, x: m.attention(x, x, x, need_weights=False)[0],
+    model = Lambda(lambda m, x: m.attention(x, x, x, need_weights=False)[0],
                     attention=nn.MultiheadAttention(16, 4, batch_first=True)).eval()
     graph = qc.trace(model, (torch.randn(2, 5, 16),))
     assert {"f32[5,N*4,4]", "f32[N*4,5,4]", "f32[N*5,16]"} <= {v.type_str for v in graph.values.values()}
@@ -186,25 +176,25 @@ def test_multi_head_attention_merges_the_batch_with_the_heads():
 
 
 def test_inputs_without_the_batch_stay_static():
-    model = _Lambda(lambda m, x, table, scale: x * scale + table.mean()).eval()
+    model = Lambda(lambda m, x, table, scale: x * scale + table.mean()).eval()
     graph = qc.trace(model, (torch.randn(3, 4), torch.randn(5), torch.tensor(2.0)))
     assert [v.type_str for v in graph.inputs] == ["f32[N,4]", "f32[5]", "f32[]"]
 
 
 @pytest.mark.parametrize("forward, message", [
     (lambda m, x: m.fc(x.reshape(4, 12)),
-     r"_Lambda cannot take any batch size: its code fixes the batch dimension to 4 at "
+     r"Lambda cannot take any batch size: its code fixes the batch dimension to 4 at "
      r"tests/ir/test_symbolic_batch\.py:\d+: `\(lambda m, x: m\.fc\(x\.reshape\(4, 12\)\),`\. Write "
      r"the batch as -1 or x\.shape\[0\].*qc\.trace\(model, inputs, dynamic_batch=False\)"),
     (lambda m, x: m.fc(x.flatten(1)) * (2 if x.shape[0] == 4 else 1),
      r"fixes the batch dimension to 4 at tests/ir/test_symbolic_batch\.py:\d+: .*x\.shape\[0\] == 4"),
 ])
 def test_a_model_that_fixes_its_batch_is_refused_naming_the_line(forward, message):
-    model = _Lambda(forward, fc=nn.Linear(12, 3)).eval()
+    model = Lambda(forward, fc=nn.Linear(12, 3)).eval()
     with pytest.raises(CaptureError, match=message):
         qc.trace(model, (torch.randn(4, 3, 4),), dynamic_batch=True)
     assert qc.trace(model, (torch.randn(4, 3, 4),), dynamic_batch=False).inputs[0].shape == (4, 3, 4)
-    with pytest.warns(UserWarning, match=message.split(" at ")[0] + r".*Captured _Lambda at the "
+    with pytest.warns(UserWarning, match=message.split(" at ")[0] + r".*Captured Lambda at the "
                       r"example inputs' batch size, 4, instead of any batch"):
         graph = qc.trace(model, (torch.randn(4, 3, 4),))  # the default: static, with a warning
     assert graph.inputs[0].shape == (4, 3, 4)
@@ -223,7 +213,7 @@ def test_a_model_that_fixes_its_batch_is_refused_naming_the_line(forward, messag
                                                     r"arguments depend on the batch size"),
 ])
 def test_ops_that_need_a_fixed_batch_are_named(forward, message):
-    model = _Lambda(forward).eval()
+    model = Lambda(forward).eval()
     model.register_buffer("row", torch.randn(1, 4))
     with pytest.raises((CaptureError, UnsupportedOpError), match=message):
         qc.trace(model, (torch.randn(3, 4),), dynamic_batch=True)

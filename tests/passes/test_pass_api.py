@@ -21,11 +21,13 @@ PASSES = sorted(name for name in dir(passes) if not name.startswith("_")
 
 
 def test_every_pass_is_listed():
-    assert PASSES == ["absorb_high_bias", "calibrate", "convert_batchnorm_to_conv", "correct_bias",
-                      "decompose_low_rank",
+    assert PASSES == ["absorb_high_bias", "calibrate", "cluster_weights", "convert_batchnorm_to_conv",
+                      "correct_bias", "decompose_low_rank",
                       "eliminate_dead_code", "equalize_cross_layer", "fold_batchnorm", "fold_constants",
                       "insert_fake_quant", "lower_to_integer", "merge_similar_neurons",
-                      "recalibrate_batchnorm", "remove_filters", "round_adaptive"]
+                      "migrate_activation_scales", "quantize_weights_grouped",
+                      "quantize_weights_low_bit", "recalibrate_batchnorm", "remove_filters",
+                      "round_adaptive", "sparsify_weights"]
 
 
 @pytest.mark.parametrize("name", PASSES)
@@ -52,12 +54,17 @@ def configured(name, batches):
     """Each pass as a pipeline would hold it, with the options it needs."""
     return {
         "calibrate": passes.calibrate(calibration_data=batches),
+        "cluster_weights": passes.cluster_weights(bits=2),
         "correct_bias": passes.correct_bias(calibration_data=batches),
         "decompose_low_rank": passes.decompose_low_rank(rank=0.5),
         "merge_similar_neurons": passes.merge_similar_neurons(ratio=0.25),
+        "quantize_weights_low_bit": passes.quantize_weights_low_bit(scheme="ternary"),
+        "migrate_activation_scales": passes.migrate_activation_scales(calibration_data=batches),
+        "quantize_weights_grouped": passes.quantize_weights_grouped(method="rtn", group_size=1),
         "recalibrate_batchnorm": passes.recalibrate_batchnorm(calibration_data=batches),
         "remove_filters": passes.remove_filters(ratio=0.25),
         "round_adaptive": passes.round_adaptive(calibration_data=batches, iterations=2, rows=64),
+        "sparsify_weights": passes.sparsify_weights(sparsity=0.5),
     }.get(name, getattr(passes, name))
 
 

@@ -160,3 +160,23 @@ def test_benchmark_reports_median_and_a_per_kernel_profile(digits):
     assert any(conv.name in row.nodes for row in kernels.values())
     assert abs(sum(row.share for row in result.per_op) - 1.0) < 1e-6
     assert "ms median" in str(result) and conv.name in str(result)
+
+
+def test_profile_gives_each_kernel_its_gops_against_the_hosts_int8_peak(digits):
+    """A convolution's row counts its own arithmetic (2 x MACs, by the MAC count every part of
+    qcompiler uses: per sample on the symbolic graph, so times the compiled batch) over its own
+    time, against the int8 peak of this host's ISA and threads."""
+    from qcompiler.analysis.cost import node_macs
+    from qcompiler.backends.tvm.peak import peak
+
+    graph, compiled, x = digits
+    result = compiled.benchmark(repeat=2, profile=True)
+    conv = next(node for node in graph if node.op == "qconv2d")
+    row = next(row for row in result.per_op if row.nodes == [conv.name])
+    assert row.kernel.startswith("conv_int8_") and row.dtype == "int8"
+    assert row.ops == 2 * node_macs(conv) * len(x) > 0
+    assert row.gops == pytest.approx(row.ops / (row.total_ms * 1e6))
+    expected = peak(compiled.target.isa, result.threads)
+    assert result.peak == expected and row.peak_gops == expected.int8_gops
+    assert row.of_peak == pytest.approx(row.gops / expected.int8_gops)
+    assert f"{row.gops:7.1f} {row.of_peak:6.1%}" in str(result) and expected.describe() in str(result)

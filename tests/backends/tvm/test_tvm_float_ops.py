@@ -120,7 +120,7 @@ def _add_math_ops(add, const, image, signal, tokens):
 
 def test_every_ir_op_but_fake_quant_has_a_lowering():
     lowered = set(FLOAT_LOWERINGS) | set(INTEGER_LOWERINGS)
-    assert set(OPS) - lowered == {"fake_quant", "fake_quant_bias"}
+    assert set(OPS) - lowered == {"fake_quant", "fake_quant_bias", "fake_quant_grouped"}
 
 
 def test_float_ops_match_torch():

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 pytest.importorskip("tvm")
 
 from tvm_cases import (  # noqa: E402  (after the skip)
+    HOST_WEIGHTS,
     RANGES,
     SETTINGS,
     OpCase,
@@ -43,7 +44,7 @@ def conv_case(draw, spatial: int):
     x = int_array(draw, (draw(st.integers(1, 2)), groups * per_group, *sizes), dtype)
     channels = groups * out_per_group
     weight = np.random.default_rng(draw(st.integers(0, 2**32))).integers(
-        -128, 128, (channels, per_group, *kernel)).astype(np.int8)
+        *HOST_WEIGHTS, (channels, per_group, *kernel), endpoint=True).astype(np.int8)
     bias = np.array(draw(st.lists(st.integers(-2**20, 2**20), min_size=channels, max_size=channels)),
                     np.int32)
     m0, shift = per_channel(draw, channels)
@@ -59,7 +60,7 @@ def linear_case(draw):
     dtype = draw(st.sampled_from(["u8", "i8"]))
     x = int_array(draw, (*lead, features), dtype)
     rng = np.random.default_rng(draw(st.integers(0, 2**32)))
-    weight = rng.integers(-128, 128, (outputs, features)).astype(np.int8)
+    weight = rng.integers(*HOST_WEIGHTS, (outputs, features), endpoint=True).astype(np.int8)
     bias = rng.integers(-2**20, 2**20, outputs).astype(np.int32)
     m0, shift = per_channel(draw, outputs)
     attrs = {"input_zero_point": draw(st.integers(*RANGES[dtype])), **draw(output_params())}
@@ -267,8 +268,8 @@ def test_weighted_ops_without_the_folded_zero_point_are_exact():
     point from every operand instead (spec 2 as written): a bias near -2**31 forces it."""
     from qcompiler.backends.tvm.kernels import prepare_weighted
 
-    weight = np.full((2, 4), 127, np.int8)
-    bias = np.array([-2**31 + 100_000, 5], np.int32)
+    weight = np.full((2, 4), HOST_WEIGHTS[1], np.int8)
+    bias = np.array([-2**31 + 50_000, 5], np.int32)
     assert not prepare_weighted(weight, bias, 0, "u8").fold_zero_point
     assert prepare_weighted(weight, np.zeros(2, np.int32), 0, "u8").fold_zero_point
     x = np.array([[0, 255, 17, 255], [255, 255, 255, 255]], np.uint8)
