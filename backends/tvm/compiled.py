@@ -306,7 +306,7 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     if database:
         from qcompiler.backends.tvm.tuning import apply_database
 
-        lowered.module = apply_database(lowered.module, tvm_target, database)
+        lowered.module = apply_database(lowered, tvm_target, database)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions,
                                      kernel_info(graph, lowered))

@@ -1,72 +1,246 @@
-"""MetaSchedule tuning of a graph's kernels, for a time budget, into a database directory that
-later builds apply (`build(graph, target, database=DIR)`, `qcompiler compile --db DIR`).
+"""MetaSchedule tuning of a graph's kernels, seeded with our own schedules, for a wall-clock
+budget, into a database directory that later builds apply (`build(graph, target,
+database=DIR)`, `qcompiler compile --db DIR`).
 
     report = tune(integer_graph, "host", budget_s=600, database="tuning/", batch=1)
-    print(report)                                  # per kernel: trials, best latency found
+    print(report)                                  # per kernel: ours ms, tuned ms, choice
     compiled = build(integer_graph, "host", batch=1, database="tuning/")
 
-A task is one kernel (one graph node: the pipeline does not fuse, `schedule.py`). Tuning only
-re-orders, tiles, vectorizes and parallelizes loops; the integer arithmetic (int32
-accumulation, the requantize chain) is the same expression, so tuned integer builds stay bit
-for bit the interpreter's (tested). Float fall backs may change in the last bits (a reduction
-in another order).
+A task is one kernel (one PrimFunc: the pipeline does not fuse, `schedule.py`). Its workload
+is the kernel's compute before any schedule; our schedule of it (`schedules.py`, or none for
+the generic kernels) is replayed as a trace and committed to the database as the first
+record, measured by the same runner as every tuned candidate: the search starts from it
+(MetaSchedule's evolutionary search takes measured records into its first population). A
+tuned schedule replaces ours only where it was measured faster and then, re-measured back to
+back with ours, confirmed faster (`CONFIRM_ROUNDS`): the choice is written to `choices.json`
+in the database, and a build applies nothing else. Tuning only re-orders, tiles, vectorizes
+and parallelizes loops; integer kernels compute the same expression, so tuned integer builds
+stay bit for bit the interpreter's (tested).
 
-Two things make MetaSchedule usable on a small machine (TVM-NOTES): the default builder imports
-every target's tensor intrinsics in each fresh worker (20-50 s, so every trial timed out), so
-the builder here gets its own build function that does not; and MetaSchedule counts trials,
-not time, so a measure callback checks the budget after each batch of trials and ends the
-search (every measured trial is already in the database by then).
+The budget covers the whole call (measuring ours, searching, confirming): the search stops at
+the first batch of trials that ends past `budget_s - reserve` (MetaSchedule counts trials, not
+time; a measure callback terminates the tasks), so the call overshoots by at most one batch
+of `trials_per_round` builds and runs plus the confirmation.
 
-Not done: seeding the search with our own kernel schedules (they are being rewritten in
-another branch; today's kernels are unscheduled TE computes, which MetaSchedule's design
-spaces start from anyway), and tuning through the RPC tracker (`--rpc`).
+Two things make MetaSchedule usable on a small machine (TVM-NOTES): the default builder
+imports every target's tensor intrinsics in each fresh worker (20-50 s, so every trial timed
+out), so the builder gets its own build function that does not; and only the kernels that
+carry most of the model's time are tuned (`MIN_SHARE`), heaviest first, as many as the budget
+gives `ROUNDS_PER_KERNEL` batches of trials each.
+
+Measurements go through MetaSchedule's LocalRunner, or its RPCRunner on devices registered
+with a TVM RPC tracker (`rpc="HOST:PORT", key=KEY`, as `remote.py`): the builds stay here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcompiler.backends.tvm.errors import TargetError, TVMBackendError
+from qcompiler.backends.tvm.errors import TargetError, TuningDatabaseError
+from qcompiler.errors import OptionError
+
+CHOICES = "choices.json"
+MIN_SHARE = 0.02  # kernels under 2% of the model's time (ours) are not worth trials
+ROUNDS_PER_KERNEL = 4  # batches of trials a kernel should get for tuning it to be worth it
+CONFIRM_ROUNDS = 3  # back-to-back re-measurements of ours and the best tuned schedule
 
 
-class _BudgetSpent(Exception):
-    pass
+@dataclass
+class KernelResult:
+    name: str  # the kernel (PrimFunc)
+    nodes: list[str]  # the graph nodes it computes
+    key: str  # the workload's structural hash
+    scheduled: bool  # ours is a hand schedule (else the generic compute as TE writes it)
+    ours_ms: float | None = None
+    tuned_ms: float | None = None  # best tuned candidate measured
+    trials: int = 0
+    use_tuned: bool = False  # confirmed faster than ours: builds apply it
+    trace: str | None = None  # the id of the tuned schedule's trace (`_trace_id`)
+
+    @property
+    def best_ms(self) -> float | None:
+        known = [t for t in (self.ours_ms, self.tuned_ms) if t is not None]
+        return min(known) if known else None
+
+
+@dataclass
+class TuneReport:
+    target: str
+    database: Path
+    budget_s: float
+    seconds: float = 0.0
+    trials: int = 0
+    kernels: list[KernelResult] = field(default_factory=list)
+
+    def model_ms(self, tuned: bool) -> float:
+        """The sum of the kernels' standalone times: ours, or with the confirmed choices."""
+        return sum((k.tuned_ms if tuned and k.use_tuned else k.ours_ms) or 0.0 for k in self.kernels)
+
+    def __str__(self) -> str:
+        tuned = [k for k in self.kernels if k.trials]
+        lines = [f"tuned {len(tuned)} of {len(self.kernels)} kernels for {self.target}: {self.trials} "
+                 f"trials in {self.seconds:.0f} s (budget {self.budget_s:.0f} s), database {self.database}",
+                 f"  {'kernel':<32} {'trials':>6} {'ours ms':>9} {'tuned ms':>9}  {'speedup':>7}  uses"]
+        for k in sorted(self.kernels, key=lambda k: -(k.ours_ms or 0.0)):
+            ours = f"{k.ours_ms:9.4f}" if k.ours_ms is not None else f"{'failed':>9}"
+            best = f"{k.tuned_ms:9.4f}" if k.tuned_ms is not None else f"{'-':>9}"
+            gain = f"{k.ours_ms / k.tuned_ms:6.2f}x" if k.ours_ms and k.tuned_ms else f"{'-':>7}"
+            use = "tuned" if k.use_tuned else ("ours" if k.scheduled else "ours (generic)")
+            lines.append(f"  {k.name[:32]:<32} {k.trials:>6} {ours} {best}  {gain}  {use}")
+        lines.append(f"  sum of kernels: ours {self.model_ms(False):.3f} ms, with tuning "
+                     f"{self.model_ms(True):.3f} ms")
+        return "\n".join(lines)
+
+
+# ---- the database directory ---------------------------------------------------------------
+
+
+def _key(workload) -> str:
+    import tvm
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(tvm.IRModule({'main': workload})) & (2**64 - 1):016x}"
+
+
+def _trace_id(trace) -> str:
+    return hashlib.sha256(str(trace).encode()).hexdigest()[:16]
+
+
+def read_choices(database, tvm_target=None) -> dict:
+    """The choices file of a database directory, checked: it exists, parses, and (given
+    `tvm_target`) was tuned for that target."""
+    directory = Path(database)
+    path = directory / CHOICES
+    if not directory.is_dir():
+        raise TuningDatabaseError(f"--db {directory}: no such directory; create a tuning database "
+                                  "with `qcompiler tune MODEL --db DIR`")
+    if not path.is_file() or not (directory / "database_workload.json").is_file():
+        raise TuningDatabaseError(f"--db {directory} is not a tuning database (no {path.name} or "
+                                  "database_workload.json); create one with `qcompiler tune MODEL --db DIR`")
+    try:
+        choices = json.loads(path.read_text())
+        target, kernels = choices["target"], choices["kernels"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise TuningDatabaseError(f"--db {directory}: {path.name} is corrupt ({error}); delete the "
+                                  "directory and tune again") from None
+    if tvm_target is not None and target != str(tvm_target):
+        raise TuningDatabaseError(f"--db {directory} was tuned for target {target}, not {tvm_target}: "
+                                  "use a database tuned with the same --target (one directory per "
+                                  "target)")
+    return kernels
+
+
+def _write_choices(directory: Path, tvm_target, kernels: dict) -> None:
+    path = directory / CHOICES
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"target": str(tvm_target), "kernels": kernels}, indent=1))
+    os.replace(temporary, path)  # atomic: a build never reads half a file
+
+
+def _database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        return ms.database.JSONDatabase(work_dir=str(directory))
+    except Exception as error:  # noqa: BLE001  (TVM's error types; name the directory)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise TuningDatabaseError(f"--db {directory}: its records do not load ({reason}); delete "
+                                  "the directory and tune again") from None
+
+
+# ---- kernels: workloads, ours, applying the choices ----------------------------------------
 
 
 def legalized(module, tvm_target):
-    """The Relax module with every op legalized to a PrimFunc: what tasks are extracted from
-    and what the database is applied to (before `tvm.compile`'s own pipeline, whose
-    legalization then finds nothing left to do)."""
+    """The Relax module with every op legalized to a PrimFunc (as `cpu_pipeline` begins):
+    what the kernels are taken from and the choices applied to."""
     import tvm
     from tvm import relax
 
     with tvm_target:
-        passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        passes = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
+                  relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                   relax.transform.FoldConstant()]
         return tvm.transform.Sequential(passes)(module)
 
 
-def apply_database(module, tvm_target, database):
-    """`module` legalized, with every kernel the database has a record for scheduled as the
-    best record says (the others stay as they are)."""
+def _kernels(lowered, module):
+    """(name, workload, ours schedule or None) of every PrimFunc of the legalized module."""
     import tvm
-    from tvm import relax
 
-    directory = Path(database)
-    if not (directory / "database_workload.json").is_file():
-        raise TVMBackendError(f"{directory} is not a tuning database (no database_workload.json); "
-                              "create one with `qcompiler tune MODEL --db DIR`")
-    with tvm_target, tvm.transform.PassContext(opt_level=3):
-        return relax.transform.MetaScheduleApplyDatabase(str(directory))(legalized(module, tvm_target))
+    for variable, function in module.functions.items():
+        if isinstance(function, tvm.tirx.PrimFunc):
+            name = variable.name_hint
+            workload, schedule = lowered.scheduled.get(name, (function, None))
+            # A standalone build needs a symbol (the module's AttachGlobalSymbol adds it later).
+            yield name, workload.with_attr("global_symbol", "main"), schedule
+
+
+def _ours(workload, schedule):
+    """Our schedule of `workload` as a traced Schedule (no instruction for a generic kernel)."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(workload)
+    if schedule is not None:
+        schedule(sch)
+    return sch
+
+
+def apply_database(lowered, tvm_target, database):
+    """The legalized module of `lowered` (`lower.LoweredGraph`) with each kernel whose tuned
+    schedule the database's choices confirmed faster than ours scheduled that way; every
+    other kernel stays ours."""
+    from tvm.s_tir import Schedule
+
+    kernels = read_choices(database, tvm_target)
+    module = legalized(lowered.module, tvm_target)
+    chosen = [(name, workload, kernels[_key(workload)]) for name, workload, _ in _kernels(lowered, module)
+              if kernels.get(_key(workload), {}).get("use") == "tuned"]
+    if not chosen:
+        return module
+    db = _database(Path(database))
+    for name, workload, choice in chosen:
+        import tvm
+
+        records = db.get_top_k(db.commit_workload(tvm.IRModule({"main": workload})), 256)
+        record = next((r for r in records if _trace_id(r.trace) == choice["trace"]), None)
+        if record is None:
+            raise TuningDatabaseError(f"--db {database}: the tuned schedule of kernel {name} is "
+                                      f"missing from its records; delete the directory and tune again")
+        sch = Schedule(workload)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        module.update_func(module.get_global_var(name), sch.mod["main"].without_attr("global_symbol"))
+    return module
+
+
+# ---- measuring and searching ---------------------------------------------------------------
+
+
+def _build_function():
+    """MetaSchedule's default build without `import tvm.s_tir.tensor_intrin` (TVM-NOTES). A
+    closure, so that cloudpickle sends it by value and the worker does not import qcompiler."""
+
+    def build(mod, target, _params):
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+    return build
 
 
 def _register_intrinsics(arch: str) -> None:
-    """Register the tensor intrinsics of `arch` only. MetaSchedule imports the package
-    `tvm.s_tir.tensor_intrin`, which imports every target's (CUDA's take most of its 20-50 s),
-    when it creates a tuning context; an empty package registered first makes that import
-    free, and only this architecture's module is loaded into it."""
+    """Register the tensor intrinsics of `arch` only. Creating a tuning context imports the
+    package `tvm.s_tir.tensor_intrin`, which imports every target's (CUDA's take most of its
+    20-50 s); an empty package registered first makes that import free, and only this
+    architecture's module is loaded into it."""
     import importlib
     import sys
     import types
@@ -81,108 +255,234 @@ def _register_intrinsics(arch: str) -> None:
     importlib.import_module(f"{name}.{'arm_cpu' if arch == 'aarch64' else 'x86'}")
 
 
-def _build_function():
-    """MetaSchedule's default build without `import tvm.s_tir.tensor_intrin`. A closure, so
-    that cloudpickle sends it by value and the worker does not import qcompiler (torch)."""
+def _measurers(rpc: str | None, key: str | None, timeout: float):
+    """MetaSchedule's builder (here) and runner (here, or on the tracker's devices). The
+    runner times each kernel CONFIRM_ROUNDS times (each the mean of at least 30 ms of calls)
+    and a trial counts their median: on a shared machine one round is often an outlier."""
+    from tvm.s_tir import meta_schedule as ms
 
-    def build(mod, target, _params):
-        from tvm.driver import build as tvm_build
-        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    builder = ms.builder.LocalBuilder(f_build=_build_function(), max_workers=1, timeout_sec=timeout)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=CONFIRM_ROUNDS, min_repeat_ms=30)
+    if rpc is None:
+        return builder, ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator)
+    if not key:
+        raise OptionError("--rpc needs --key: the key the devices registered under")
+    from qcompiler.backends.tvm.remote import Tracker
 
-        return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
-
-    return build
-
-
-@dataclass
-class TaskResult:
-    name: str  # the kernel (PrimFunc)
-    nodes: list[str]  # the graph nodes it computes
-    trials: int = 0
-    best_ms: float | None = None  # best measured latency of the kernel
-
-
-@dataclass
-class TuneReport:
-    target: str
-    database: Path
-    budget_s: float
-    seconds: float = 0.0
-    trials: int = 0
-    tasks: list[TaskResult] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"tuned {len(self.tasks)} kernels for {self.target}: {self.trials} trials in "
-                 f"{self.seconds:.0f} s (budget {self.budget_s:.0f} s), database {self.database}",
-                 f"  {'kernel':<40} {'trials':>6} {'best ms':>9}  nodes"]
-        for task in sorted(self.tasks, key=lambda t: -(t.best_ms or 0)):
-            best = f"{task.best_ms:9.4f}" if task.best_ms is not None else f"{'-':>9}"
-            lines.append(f"  {task.name[:40]:<40} {task.trials:>6} {best}  {', '.join(task.nodes[:2])}")
-        return "\n".join(lines)
+    tracker = Tracker(rpc)  # fails now, naming the tracker or the key, rather than per trial
+    tracker.check_key(key)
+    devices = len(tracker.devices(key))  # each measures its share of a batch
+    config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
+                                 tracker_key=key, session_timeout_sec=int(timeout))
+    return builder, ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
+                                        max_workers=devices)
 
 
-def tune(graph, target="host", *, budget_s: float, database, batch: int | None = None,
-         trials_per_round: int = 16, progress=None) -> TuneReport:
-    """Tune the kernels of `graph` for `target` for about `budget_s` seconds (tasks already
-    started finish their batch of `trials_per_round` trials), adding every measured trial to
-    the database directory `database` (created, or extended: earlier records are kept and
-    seed the search). `progress(report)` is called after every batch."""
+def _measure(builder, runner, tvm_target, functions) -> list[float | None]:
+    """The standalone latency (ms, the median of the runner's repeats) of each PrimFunc, in
+    one batch (None where it failed to build or run)."""
+    import numpy as np
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": f}), tvm_target) for f in functions])
+    inputs = [(i, ms.runner.RunnerInput(b.artifact_path, "cpu", ms.arg_info.ArgInfo.from_prim_func(f)))
+              for i, (b, f) in enumerate(zip(built, functions, strict=True)) if b.error_msg is None]
+    times: list[float | None] = [None] * len(functions)
+    for (i, _), future in zip(inputs, runner.run([r for _, r in inputs]), strict=True):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            times[i] = 1e3 * float(np.median([float(s) for s in result.run_secs]))
+    return times
+
+
+def _commit(db, workload, trace, milliseconds: float, tvm_target) -> None:
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    entry = db.commit_workload(tvm.IRModule({"main": workload}))
+    db.commit_tuning_record(ms.database.TuningRecord(
+        trace, entry, [milliseconds / 1e3], tvm_target, ms.arg_info.ArgInfo.from_prim_func(workload)))
+
+
+def _best_tuned(db, workload, ours_trace):
+    """The fastest record of `workload` that is not our schedule, or None."""
+    import tvm
+
+    mod = tvm.IRModule({"main": workload})
+    if not db.has_workload(mod):
+        return None
+    ours = _trace_id(ours_trace)
+    return next((r for r in db.get_top_k(db.commit_workload(mod), 64) if _trace_id(r.trace) != ours), None)
+
+
+def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, start: float,
+            trials_per_round: int, progress) -> None:
+    """MetaSchedule's evolutionary search (XGBoost cost model) on `tasks` [(KernelResult,
+    workload)] until the deadline; every measured trial goes into `db`."""
+    import numpy as np
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
-    from qcompiler.backends.tvm.lower import lower_graph
-    from qcompiler.backends.tvm.target import check_host_can_run, resolve_target
-
-    if budget_s <= 0:
-        raise TVMBackendError(f"the tuning budget must be positive, got {budget_s} s")
-    spec = resolve_target(target)
-    if spec.is_cross:
-        raise TargetError(f"tuning measures kernels on this machine and {spec.name} is another "
-                          f"architecture ({spec.arch}); tuning through an RPC tracker is not built yet")
-    check_host_can_run(spec)
-    if not graph.is_static:
-        if batch is None:
-            raise TVMBackendError(f"graph {graph.name} has a symbolic batch: pass batch=")
-        graph = graph.at_batch(batch)
-    tvm_target = spec.tvm_target()
-    lowered = lower_graph(graph, spec.arch)
-    module = legalized(lowered.module, tvm_target)
-    tasks = ms.relax_integration.extract_tasks(module, tvm_target)
-    directory = Path(database)
-    directory.mkdir(parents=True, exist_ok=True)
-    report = TuneReport(spec.name, directory, budget_s, tasks=[
-        TaskResult(task.task_name, list(lowered.functions.get(task.task_name, []))) for task in tasks])
-    start = time.monotonic()
-
     @derived_object
-    class Progress(ms.measure_callback.PyMeasureCallback):
-        def apply(self, scheduler, task_id, candidates, builds, runs):
-            result = report.tasks[task_id]
+    class Watch(ms.measure_callback.PyMeasureCallback):
+        def apply(self, scheduler, task_id, _candidates, _builds, runs):
+            result = tasks[task_id][0]
             result.trials += len(runs)
             report.trials += len(runs)
             for run in runs:
                 if run.error_msg is None and run.run_secs:
-                    seconds = sum(float(s) for s in run.run_secs) / len(run.run_secs)
-                    if result.best_ms is None or seconds * 1e3 < result.best_ms:
-                        result.best_ms = seconds * 1e3
-            report.seconds = time.monotonic() - start
+                    seconds = float(np.median([float(s) for s in run.run_secs]))
+                    if result.tuned_ms is None or seconds * 1e3 < result.tuned_ms:
+                        result.tuned_ms = seconds * 1e3
+            now = time.monotonic()
+            report.seconds = now - start
             if progress is not None:
                 progress(report)
-            if report.seconds > budget_s:
-                raise _BudgetSpent()
+            # Stop when the next batch, as long as this one, would end past the deadline.
+            if now + (now - batch_start[0]) > deadline:
+                for i in range(len(tasks)):
+                    scheduler.terminate_task(i)
+            batch_start[0] = now
+
+    batch_start = [time.monotonic()]
+
+    # MetaSchedule's generic CPU rules: with a VNNI target it would also try its own VNNI
+    # tensorization, which fails on every blocked kernel (ours carry their own intrinsics)
+    # and took ~100 s per batch of candidates, whose builds then failed.
+    quiet = logging.getLogger("qcompiler.tune")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    contexts = [ms.TuneContext(mod=_module(workload), target=tvm_target,
+                               space_generator=ms.space_generator.PostOrderApply(
+                                   sch_rules="llvm", postprocs="llvm", mutator_probs="llvm"),
+                               search_strategy=ms.search_strategy.EvolutionarySearch(
+                                   population_size=128, init_min_unmeasured=32),
+                               task_name=result.name, logger=quiet, rand_state=i, num_threads="physical")
+                for i, (result, workload) in enumerate(tasks)]
+    scheduler_log = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = scheduler_log.level
+    scheduler_log.setLevel(logging.WARNING)  # its per-batch tables are for TVM's own CLI
+    try:
+        with tempfile.TemporaryDirectory(prefix="qc-tune-") as work_dir:
+            ms.tune.tune_tasks(tasks=contexts, task_weights=[1.0] * len(tasks), work_dir=work_dir,
+                               max_trials_global=1_000_000, num_trials_per_iter=trials_per_round,
+                               builder=builder, runner=runner, database=db, cost_model="xgb",
+                               measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                                  Watch()],
+                               task_scheduler="round-robin")
+    finally:
+        scheduler_log.setLevel(level)
+
+
+def _module(workload):
+    import tvm
+
+    return tvm.IRModule({"main": workload})
+
+
+def tune(graph, target="host", *, budget_s: float, database, batch: int | None = None,
+         rpc: str | None = None, key: str | None = None, trials_per_round: int = 8,
+         timeout: float = 60.0, progress=None) -> TuneReport:
+    """Tune the kernels of `graph` for `target` for about `budget_s` seconds (module
+    docstring), adding every measured trial to the database directory `database` (created, or
+    extended: earlier records seed the search) and the confirmed choices to its
+    `choices.json`. `rpc`/`key`: measure on the devices of a TVM RPC tracker. `progress(report)`
+    is called after every batch of trials."""
+    from qcompiler.backends.tvm.lower import lower_graph
+    from qcompiler.backends.tvm.plan import plan_graph
+    from qcompiler.backends.tvm.target import check_host_can_run, resolve_target
+
+    if not budget_s > 0:
+        raise OptionError(f"--budget must be a positive duration, got {budget_s} s")
+    start = time.monotonic()
+    spec = resolve_target(target)
+    if spec.is_cross:
+        raise TargetError(f"tuning builds kernels here for {spec.name} ({spec.arch}), and "
+                          "cross-compiled tuning is not built: tune on a machine of the "
+                          "device's architecture")
+    if rpc is None:
+        check_host_can_run(spec)
+    if not graph.is_static:
+        if batch is None:
+            raise OptionError(f"graph {graph.name} has a symbolic batch: pass batch= (tuning "
+                              "measures kernels of fixed shapes)")
+        graph = graph.at_batch(batch)
+    tvm_target = spec.tvm_target()
+    directory = Path(database)
+    earlier = read_choices(directory, tvm_target) if directory.is_dir() and any(directory.iterdir()) else {}
+    directory.mkdir(parents=True, exist_ok=True)
+    lowered = lower_graph(graph, spec.arch, plan_graph(graph, spec.isa))
+    report = TuneReport(spec.name, directory, budget_s)
+    kernels, seen = [], set()
+    for name, workload, schedule in _kernels(lowered, legalized(lowered.module, tvm_target)):
+        result = KernelResult(name, list(lowered.functions.get(name, [name])), _key(workload),
+                              schedule is not None)
+        if result.key not in seen:  # the same kernel twice (shapes and constants): tuned once
+            seen.add(result.key)
+            kernels.append((result, workload, _ours(workload, schedule)))
+    report.kernels = [result for result, _, _ in kernels]
 
     _register_intrinsics(spec.arch)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, str(directory), num_threads="physical")
-    try:
-        ms.tune.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(directory),
-            max_trials_global=1_000_000, num_trials_per_iter=trials_per_round,
-            builder=ms.builder.LocalBuilder(f_build=_build_function(), max_workers=1),
-            runner=ms.runner.LocalRunner(), database=ms.database.JSONDatabase(work_dir=str(directory)),
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Progress()])
-    except Exception as error:  # noqa: BLE001  (the budget ends the search from a callback)
-        if report.seconds <= budget_s:
-            raise TVMBackendError(f"MetaSchedule failed: {str(error).strip().splitlines()[-1]}") from None
+    builder, runner = _measurers(rpc, key, timeout)
+    db = _database(directory)
+    began = time.monotonic()
+    for (result, workload, ours), milliseconds in zip(
+            kernels, _measure(builder, runner, tvm_target, [o.mod["main"] for _, _, o in kernels]),
+            strict=True):
+        result.ours_ms = milliseconds
+        if milliseconds is not None and not db.has_workload(_module(workload)):
+            _commit(db, workload, ours.trace, milliseconds, tvm_target)  # the seed record
+    per_kernel = (time.monotonic() - began) / max(len(kernels), 1)
+    total = sum(r.ours_ms or 0.0 for r in report.kernels)
+    # The heaviest kernels, as many as can get ROUNDS_PER_KERNEL batches of trials in the time
+    # left (a trial costs about what measuring one of ours did).
+    left = start + budget_s - time.monotonic()
+    affordable = max(1, int(left / (ROUNDS_PER_KERNEL * trials_per_round * per_kernel)))
+    chosen = sorted([k for k in kernels if k[0].ours_ms and k[0].ours_ms >= MIN_SHARE * total],
+                    key=lambda k: -k[0].ours_ms)[:affordable]
+    reserve = 2 * per_kernel * len(chosen)  # the confirmation: ours and tuned, built and timed
+    deadline = start + budget_s - reserve
+    if chosen and time.monotonic() + trials_per_round * per_kernel < deadline:
+        _search([(r, w) for r, w, _ in chosen], tvm_target, db, builder, runner, report, deadline,
+                start, trials_per_round, progress)
+    _confirm(chosen, db, tvm_target, builder, runner)
+    choices = dict(earlier)
+    for result in report.kernels:
+        entry = {"name": result.name, "nodes": result.nodes, "ours_ms": result.ours_ms,
+                 "tuned_ms": result.tuned_ms, "use": "tuned" if result.use_tuned else "ours"}
+        if result.use_tuned:
+            entry["trace"] = result.trace
+        if result.use_tuned or result.trials or result.key not in choices:
+            choices[result.key] = entry
+    _write_choices(directory, tvm_target, choices)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _confirm(chosen, db, tvm_target, builder, runner) -> None:
+    """Each kernel whose best tuned record beats ours is re-measured back to back with ours
+    (one batch); the tuned schedule is used only if it is still faster."""
+    import numpy as np
+    from tvm.s_tir import Schedule
+
+    pairs = []
+    for result, workload, ours in chosen:
+        record = _best_tuned(db, workload, ours.trace)
+        if record is None or not record.run_secs:
+            continue
+        result.tuned_ms = 1e3 * float(np.median([float(s) for s in record.run_secs]))
+        if result.tuned_ms >= result.ours_ms:
+            continue
+        sch = Schedule(workload)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        pairs.append((result, ours.mod["main"], sch.mod["main"], _trace_id(record.trace)))
+    if not pairs:
+        return
+    times = _measure(builder, runner, tvm_target, [f for _, o, t, _ in pairs for f in (o, t)])
+    for index, (result, _, _, trace) in enumerate(pairs):
+        ours_ms, tuned_ms = times[2 * index], times[2 * index + 1]
+        if ours_ms is None or tuned_ms is None:
+            continue  # not confirmed: ours stays
+        result.ours_ms, result.tuned_ms, result.trace = ours_ms, tuned_ms, trace
+        result.use_tuned = tuned_ms < ours_ms
