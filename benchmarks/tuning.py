@@ -86,6 +86,8 @@ def measure(name: str, args, directory: Path) -> tuple[dict, list[dict]]:
         row[f"{engine} range ms"] = f"{latency.min_ms:.3g}-{latency.max_ms:.3g}"
     row["tuned / ours"] = round(latencies["TVM INT8, tuned"].median_ms
                                 / latencies["TVM INT8, our schedules"].median_ms, 3)
+    if not row["kernels using the tuned schedule"]:  # the same kernels: the ratio is noise
+        row["tuned / ours"] = f"{row['tuned / ours']} (identical builds)"
     print(row, flush=True)
     kernels = [{"model": name, "kernel": k.name, "nodes": ", ".join(k.nodes[:2]),
                 "ours ms": round(k.ours_ms, 4) if k.ours_ms is not None else "",

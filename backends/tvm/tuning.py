@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcompiler.backends.tvm.errors import TargetError, TuningDatabaseError
+from qcompiler.backends.tvm.errors import TargetError, TuningDatabaseError, TVMBackendError
 from qcompiler.errors import OptionError
 
 CHOICES = "choices.json"
@@ -156,6 +156,10 @@ def _database(directory: Path):
 
 
 # ---- kernels: workloads, ours, applying the choices ----------------------------------------
+
+
+class _BudgetSpent(Exception):
+    pass
 
 
 def legalized(module, tvm_target):
@@ -339,13 +343,16 @@ def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, sta
             report.seconds = now - start
             if progress is not None:
                 progress(report)
-            # Stop when the next batch, as long as this one, would end past the deadline.
+            # Stop when the next batch, as long as this one, would end past the deadline. Not
+            # with `terminate_task`: a task terminated while the scheduler joins it fails
+            # TVM's own check; an exception unwinds the search (every measured trial is in
+            # the database by then).
             if now + (now - batch_start[0]) > deadline:
-                for i in range(len(tasks)):
-                    scheduler.terminate_task(i)
+                stopped[0] = True
+                raise _BudgetSpent()  # reaches us as a RuntimeError through TVM's FFI
             batch_start[0] = now
 
-    batch_start = [time.monotonic()]
+    batch_start, stopped = [time.monotonic()], [False]
 
     # MetaSchedule's generic CPU rules: with a VNNI target it would also try its own VNNI
     # tensorization, which fails on every blocked kernel (ours carry their own intrinsics)
@@ -371,6 +378,10 @@ def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, sta
                                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                                   Watch()],
                                task_scheduler="round-robin")
+    except Exception as error:  # noqa: BLE001  (how the budget ends the search, through TVM)
+        if not stopped[0]:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise TVMBackendError(f"MetaSchedule's search failed: {reason}") from error
     finally:
         scheduler_log.setLevel(level)
 
