@@ -280,7 +280,8 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension is compiled at
     `batch` (`Graph.at_batch`; the Relax lowering takes static shapes). `schedules=False`
     builds every node with the generic computes of `kernels.py` (the reference: the same
-    integers, much slower)."""
+    integers, much slower). `database`: a tuning database directory (`tuning.py`) whose
+    confirmed faster kernels replace ours ($QCOMPILER_TUNING_DB when not given)."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
@@ -302,11 +303,12 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     plan = plan_graph(graph, spec.isa) if schedules else None
     lowered = lower_graph(graph, spec.arch, plan)
     tvm_target = spec.tvm_target()
+    option = "--db" if database else "$QCOMPILER_TUNING_DB"
     database = database or os.environ.get("QCOMPILER_TUNING_DB")  # `qcompiler tune --db DIR`
     if database:
         from qcompiler.backends.tvm.tuning import apply_database
 
-        lowered.module = apply_database(lowered, tvm_target, database)
+        lowered.module = apply_database(lowered, tvm_target, database, option)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions,
                                      kernel_info(graph, lowered))

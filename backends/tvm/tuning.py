@@ -113,25 +113,26 @@ def _trace_id(trace) -> str:
     return hashlib.sha256(str(trace).encode()).hexdigest()[:16]
 
 
-def read_choices(database, tvm_target=None) -> dict:
+def read_choices(database, tvm_target=None, option: str = "--db") -> dict:
     """The choices file of a database directory, checked: it exists, parses, and (given
-    `tvm_target`) was tuned for that target."""
+    `tvm_target`) was tuned for that target. Errors name the directory as `option` (the CLI
+    option or variable it came from)."""
     directory = Path(database)
     path = directory / CHOICES
     if not directory.is_dir():
-        raise TuningDatabaseError(f"--db {directory}: no such directory; create a tuning database "
+        raise TuningDatabaseError(f"{option} {directory}: no such directory; create a tuning database "
                                   "with `qcompiler tune MODEL --db DIR`")
     if not path.is_file() or not (directory / "database_workload.json").is_file():
-        raise TuningDatabaseError(f"--db {directory} is not a tuning database (no {path.name} or "
+        raise TuningDatabaseError(f"{option} {directory} is not a tuning database (no {path.name} or "
                                   "database_workload.json); create one with `qcompiler tune MODEL --db DIR`")
     try:
         choices = json.loads(path.read_text())
         target, kernels = choices["target"], choices["kernels"]
     except (ValueError, KeyError, TypeError) as error:
-        raise TuningDatabaseError(f"--db {directory}: {path.name} is corrupt ({error}); delete the "
+        raise TuningDatabaseError(f"{option} {directory}: {path.name} is corrupt ({error}); delete the "
                                   "directory and tune again") from None
     if tvm_target is not None and target != str(tvm_target):
-        raise TuningDatabaseError(f"--db {directory} was tuned for target {target}, not {tvm_target}: "
+        raise TuningDatabaseError(f"{option} {directory} was tuned for target {target}, not {tvm_target}: "
                                   "use a database tuned with the same --target (one directory per "
                                   "target)")
     return kernels
@@ -144,14 +145,14 @@ def _write_choices(directory: Path, tvm_target, kernels: dict) -> None:
     os.replace(temporary, path)  # atomic: a build never reads half a file
 
 
-def _database(directory: Path):
+def _database(directory: Path, option: str = "--db"):
     from tvm.s_tir import meta_schedule as ms
 
     try:
         return ms.database.JSONDatabase(work_dir=str(directory))
     except Exception as error:  # noqa: BLE001  (TVM's error types; name the directory)
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise TuningDatabaseError(f"--db {directory}: its records do not load ({reason}); delete "
+        raise TuningDatabaseError(f"{option} {directory}: its records do not load ({reason}); delete "
                                   "the directory and tune again") from None
 
 
@@ -197,26 +198,26 @@ def _ours(workload, schedule):
     return sch
 
 
-def apply_database(lowered, tvm_target, database):
+def apply_database(lowered, tvm_target, database, option: str = "--db"):
     """The legalized module of `lowered` (`lower.LoweredGraph`) with each kernel whose tuned
     schedule the database's choices confirmed faster than ours scheduled that way; every
     other kernel stays ours."""
     from tvm.s_tir import Schedule
 
-    kernels = read_choices(database, tvm_target)
+    kernels = read_choices(database, tvm_target, option)
     module = legalized(lowered.module, tvm_target)
     chosen = [(name, workload, kernels[_key(workload)]) for name, workload, _ in _kernels(lowered, module)
               if kernels.get(_key(workload), {}).get("use") == "tuned"]
     if not chosen:
         return module
-    db = _database(Path(database))
+    db = _database(Path(database), option)
     for name, workload, choice in chosen:
         import tvm
 
         records = db.get_top_k(db.commit_workload(tvm.IRModule({"main": workload})), 256)
         record = next((r for r in records if _trace_id(r.trace) == choice["trace"]), None)
         if record is None:
-            raise TuningDatabaseError(f"--db {database}: the tuned schedule of kernel {name} is "
+            raise TuningDatabaseError(f"{option} {database}: the tuned schedule of kernel {name} is "
                                       f"missing from its records; delete the directory and tune again")
         sch = Schedule(workload)
         record.trace.apply_to_schedule(sch, remove_postproc=False)

@@ -115,6 +115,26 @@ def test_a_database_of_another_target_is_refused_by_build(tmp_path):
         qc.backends.tvm.build(graph, "x86-avx2", batch=1, database=directory)
 
 
+def test_tuning_into_a_database_of_another_target_or_a_foreign_directory_is_refused(graph, tmp_path):
+    from qcompiler.backends.tvm.target import resolve_target
+
+    directory = _fake_database(tmp_path / "db", str(resolve_target("host").tvm_target()))
+    with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="was tuned for target"):
+        tuning.tune(graph, "x86-avx2", budget_s=10, database=directory, batch=1)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
+    with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="photos is not a tuning database"):
+        tuning.tune(graph, "host", budget_s=10, database=tmp_path / "photos", batch=1)
+
+
+def test_the_database_variable_is_named_when_it_is_where_the_directory_came_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("QCOMPILER_TUNING_DB", str(tmp_path / "gone"))
+    graph = qc.trace(torch.nn.ReLU().eval(), (torch.randn(1, 4),))
+    with pytest.raises(qc.backends.tvm.TuningDatabaseError,
+                       match=r"\$QCOMPILER_TUNING_DB .*gone: no such directory"):
+        qc.backends.tvm.build(graph, "host", batch=1)
+
+
 def test_corrupt_records_are_named_when_a_build_needs_them(graph, tmp_path):
     """A choice to use a tuned schedule whose records do not load."""
     lowered, module, target = _lowered(graph)
@@ -242,3 +262,13 @@ def test_tuning_with_an_unknown_key_fails_at_once(graph, tmp_path):
             tuning.tune(graph, "host", budget_s=60, database=tmp_path / "db", batch=1,
                         rpc=fleet.tracker, key="other")
         assert time.monotonic() - start < 20
+
+
+@pytest.mark.slow
+def test_cli_tune_then_compile_with_the_database(tmp_path, capsys):
+    database, output = tmp_path / "db", tmp_path / "out"
+    assert main(["tune", "digits_cnn", "--budget", "45s", "--db", str(database)]) == 0
+    text = capsys.readouterr().out
+    assert "ours ms" in text and "tuned ms" in text and "outputs identical" in text
+    assert main(["compile", "digits_cnn", "--db", str(database), "-o", str(output)]) == 0
+    assert (output / "model.so").is_file()
