@@ -306,7 +306,7 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     option = "--db" if database else "$QCOMPILER_TUNING_DB"
     database = database or os.environ.get("QCOMPILER_TUNING_DB")  # `qcompiler tune --db DIR`
     if database:
-        from qcompiler.backends.tvm.tuning import apply_database
+        from qcompiler.backends.tvm.tuning_db import apply_database
 
         lowered.module = apply_database(lowered, tvm_target, database, option)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))

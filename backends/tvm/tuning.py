@@ -17,10 +17,11 @@ in the database, and a build applies nothing else. Tuning only re-orders, tiles,
 and parallelizes loops; integer kernels compute the same expression, so tuned integer builds
 stay bit for bit the interpreter's (tested).
 
-The budget covers the whole call (measuring ours, searching, confirming): the search stops at
-the first batch of trials that ends past `budget_s - reserve` (MetaSchedule counts trials, not
-time; a measure callback terminates the tasks), so the call overshoots by at most one batch
-of `trials_per_round` builds and runs plus the confirmation.
+The budget covers the whole call (measuring ours, searching, confirming). MetaSchedule counts
+trials, not time: a measure callback ends the search after the first batch from which another
+as long would end past `budget_s` less the confirmation's estimated time, so the call
+overshoots by at most one batch of `trials_per_round` builds and runs plus the error of that
+estimate. The database directory's format and applying it to a build: `tuning_db.py`.
 
 Two things make MetaSchedule usable on a small machine (TVM-NOTES): the default builder
 imports every target's tensor intrinsics in each fresh worker (20-50 s, so every trial timed
@@ -34,19 +35,29 @@ with a TVM RPC tracker (`rpc="HOST:PORT", key=KEY`, as `remote.py`): the builds 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qcompiler.backends.tvm.errors import TargetError, TuningDatabaseError, TVMBackendError
+from qcompiler.backends.tvm.errors import TargetError, TVMBackendError
+from qcompiler.backends.tvm.tuning_db import (  # noqa: F401  (apply_database, read_choices: tuning.X)
+    apply_database,
+    as_module,
+    best_tuned,
+    commit_record,
+    kernels_of,
+    legalized,
+    open_database,
+    ours_schedule,
+    read_choices,
+    trace_id,
+    workload_key,
+    write_choices,
+)
 from qcompiler.errors import OptionError
 
-CHOICES = "choices.json"
 MIN_SHARE = 0.02  # kernels under 2% of the model's time (ours) are not worth trials
 ROUNDS_PER_KERNEL = 4  # batches of trials a kernel should get for tuning it to be worth it
 CONFIRM_ROUNDS = 3  # back-to-back re-measurements of ours and the best tuned schedule
@@ -62,7 +73,7 @@ class KernelResult:
     tuned_ms: float | None = None  # best tuned candidate measured
     trials: int = 0
     use_tuned: bool = False  # confirmed faster than ours: builds apply it
-    trace: str | None = None  # the id of the tuned schedule's trace (`_trace_id`)
+    trace: str | None = None  # the id of the tuned schedule's trace (`trace_id`)
 
     @property
     def best_ms(self) -> float | None:
@@ -99,130 +110,8 @@ class TuneReport:
         return "\n".join(lines)
 
 
-# ---- the database directory ---------------------------------------------------------------
-
-
-def _key(workload) -> str:
-    import tvm
-    import tvm_ffi
-
-    return f"{tvm_ffi.structural_hash(tvm.IRModule({'main': workload})) & (2**64 - 1):016x}"
-
-
-def _trace_id(trace) -> str:
-    return hashlib.sha256(str(trace).encode()).hexdigest()[:16]
-
-
-def read_choices(database, tvm_target=None, option: str = "--db") -> dict:
-    """The choices file of a database directory, checked: it exists, parses, and (given
-    `tvm_target`) was tuned for that target. Errors name the directory as `option` (the CLI
-    option or variable it came from)."""
-    directory = Path(database)
-    path = directory / CHOICES
-    if not directory.is_dir():
-        raise TuningDatabaseError(f"{option} {directory}: no such directory; create a tuning database "
-                                  "with `qcompiler tune MODEL --db DIR`")
-    if not path.is_file() or not (directory / "database_workload.json").is_file():
-        raise TuningDatabaseError(f"{option} {directory} is not a tuning database (no {path.name} or "
-                                  "database_workload.json); create one with `qcompiler tune MODEL --db DIR`")
-    try:
-        choices = json.loads(path.read_text())
-        target, kernels = choices["target"], choices["kernels"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise TuningDatabaseError(f"{option} {directory}: {path.name} is corrupt ({error}); delete the "
-                                  "directory and tune again") from None
-    if tvm_target is not None and target != str(tvm_target):
-        raise TuningDatabaseError(f"{option} {directory} was tuned for target {target}, not {tvm_target}: "
-                                  "use a database tuned with the same --target (one directory per "
-                                  "target)")
-    return kernels
-
-
-def _write_choices(directory: Path, tvm_target, kernels: dict) -> None:
-    path = directory / CHOICES
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"target": str(tvm_target), "kernels": kernels}, indent=1))
-    os.replace(temporary, path)  # atomic: a build never reads half a file
-
-
-def _database(directory: Path, option: str = "--db"):
-    from tvm.s_tir import meta_schedule as ms
-
-    try:
-        return ms.database.JSONDatabase(work_dir=str(directory))
-    except Exception as error:  # noqa: BLE001  (TVM's error types; name the directory)
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise TuningDatabaseError(f"{option} {directory}: its records do not load ({reason}); delete "
-                                  "the directory and tune again") from None
-
-
-# ---- kernels: workloads, ours, applying the choices ----------------------------------------
-
-
 class _BudgetSpent(Exception):
     pass
-
-
-def legalized(module, tvm_target):
-    """The Relax module with every op legalized to a PrimFunc (as `cpu_pipeline` begins):
-    what the kernels are taken from and the choices applied to."""
-    import tvm
-    from tvm import relax
-
-    with tvm_target:
-        passes = [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan(),
-                  relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                  relax.transform.FoldConstant()]
-        return tvm.transform.Sequential(passes)(module)
-
-
-def _kernels(lowered, module):
-    """(name, workload, ours schedule or None) of every PrimFunc of the legalized module."""
-    import tvm
-
-    for variable, function in module.functions.items():
-        if isinstance(function, tvm.tirx.PrimFunc):
-            name = variable.name_hint
-            workload, schedule = lowered.scheduled.get(name, (function, None))
-            # A standalone build needs a symbol (the module's AttachGlobalSymbol adds it later).
-            yield name, workload.with_attr("global_symbol", "main"), schedule
-
-
-def _ours(workload, schedule):
-    """Our schedule of `workload` as a traced Schedule (no instruction for a generic kernel)."""
-    from tvm.s_tir import Schedule
-
-    sch = Schedule(workload)
-    if schedule is not None:
-        schedule(sch)
-    return sch
-
-
-def apply_database(lowered, tvm_target, database, option: str = "--db"):
-    """The legalized module of `lowered` (`lower.LoweredGraph`) with each kernel whose tuned
-    schedule the database's choices confirmed faster than ours scheduled that way; every
-    other kernel stays ours."""
-    from tvm.s_tir import Schedule
-
-    kernels = read_choices(database, tvm_target, option)
-    module = legalized(lowered.module, tvm_target)
-    chosen = [(name, workload, kernels[_key(workload)]) for name, workload, _ in _kernels(lowered, module)
-              if kernels.get(_key(workload), {}).get("use") == "tuned"]
-    if not chosen:
-        return module
-    db = _database(Path(database), option)
-    for name, workload, choice in chosen:
-        import tvm
-
-        records = db.get_top_k(db.commit_workload(tvm.IRModule({"main": workload})), 256)
-        record = next((r for r in records if _trace_id(r.trace) == choice["trace"]), None)
-        if record is None:
-            raise TuningDatabaseError(f"{option} {database}: the tuned schedule of kernel {name} is "
-                                      f"missing from its records; delete the directory and tune again")
-        sch = Schedule(workload)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        module.update_func(module.get_global_var(name), sch.mod["main"].without_attr("global_symbol"))
-    return module
 
 
 # ---- measuring and searching ---------------------------------------------------------------
@@ -301,26 +190,6 @@ def _measure(builder, runner, tvm_target, functions) -> list[float | None]:
     return times
 
 
-def _commit(db, workload, trace, milliseconds: float, tvm_target) -> None:
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-
-    entry = db.commit_workload(tvm.IRModule({"main": workload}))
-    db.commit_tuning_record(ms.database.TuningRecord(
-        trace, entry, [milliseconds / 1e3], tvm_target, ms.arg_info.ArgInfo.from_prim_func(workload)))
-
-
-def _best_tuned(db, workload, ours_trace):
-    """The fastest record of `workload` that is not our schedule, or None."""
-    import tvm
-
-    mod = tvm.IRModule({"main": workload})
-    if not db.has_workload(mod):
-        return None
-    ours = _trace_id(ours_trace)
-    return next((r for r in db.get_top_k(db.commit_workload(mod), 64) if _trace_id(r.trace) != ours), None)
-
-
 def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, start: float,
             trials_per_round: int, progress) -> None:
     """MetaSchedule's evolutionary search (XGBoost cost model) on `tasks` [(KernelResult,
@@ -361,7 +230,7 @@ def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, sta
     quiet = logging.getLogger("qcompiler.tune")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
-    contexts = [ms.TuneContext(mod=_module(workload), target=tvm_target,
+    contexts = [ms.TuneContext(mod=as_module(workload), target=tvm_target,
                                space_generator=ms.space_generator.PostOrderApply(
                                    sch_rules="llvm", postprocs="llvm", mutator_probs="llvm"),
                                search_strategy=ms.search_strategy.EvolutionarySearch(
@@ -385,12 +254,6 @@ def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, sta
             raise TVMBackendError(f"MetaSchedule's search failed: {reason}") from error
     finally:
         scheduler_log.setLevel(level)
-
-
-def _module(workload):
-    import tvm
-
-    return tvm.IRModule({"main": workload})
 
 
 def tune(graph, target="host", *, budget_s: float, database, batch: int | None = None,
@@ -427,24 +290,27 @@ def tune(graph, target="host", *, budget_s: float, database, batch: int | None =
     lowered = lower_graph(graph, spec.arch, plan_graph(graph, spec.isa))
     report = TuneReport(spec.name, directory, budget_s)
     kernels, seen = [], set()
-    for name, workload, schedule in _kernels(lowered, legalized(lowered.module, tvm_target)):
-        result = KernelResult(name, list(lowered.functions.get(name, [name])), _key(workload),
+    for name, workload, schedule in kernels_of(lowered, legalized(lowered.module, tvm_target)):
+        result = KernelResult(name, list(lowered.functions.get(name, [name])), workload_key(workload),
                               schedule is not None)
         if result.key not in seen:  # the same kernel twice (shapes and constants): tuned once
             seen.add(result.key)
-            kernels.append((result, workload, _ours(workload, schedule)))
+            kernels.append((result, workload, ours_schedule(workload, schedule)))
     report.kernels = [result for result, _, _ in kernels]
 
     _register_intrinsics(spec.arch)
     builder, runner = _measurers(rpc, key, timeout)
-    db = _database(directory)
+    db = open_database(directory)
     began = time.monotonic()
     for (result, workload, ours), milliseconds in zip(
             kernels, _measure(builder, runner, tvm_target, [o.mod["main"] for _, _, o in kernels]),
             strict=True):
         result.ours_ms = milliseconds
-        if milliseconds is not None and not db.has_workload(_module(workload)):
-            _commit(db, workload, ours.trace, milliseconds, tvm_target)  # the seed record
+        if milliseconds is not None and not db.has_workload(as_module(workload)):
+            commit_record(db, workload, ours.trace, milliseconds, tvm_target)  # the seed record
+    report.seconds = time.monotonic() - start
+    if progress is not None:
+        progress(report)
     per_kernel = (time.monotonic() - began) / max(len(kernels), 1)
     total = sum(r.ours_ms or 0.0 for r in report.kernels)
     # The heaviest kernels, as many as can get ROUNDS_PER_KERNEL batches of trials in the time
@@ -467,7 +333,7 @@ def tune(graph, target="host", *, budget_s: float, database, batch: int | None =
             entry["trace"] = result.trace
         if result.use_tuned or result.trials or result.key not in choices:
             choices[result.key] = entry
-    _write_choices(directory, tvm_target, choices)
+    write_choices(directory, tvm_target, choices)
     report.seconds = time.monotonic() - start
     return report
 
@@ -480,7 +346,7 @@ def _confirm(chosen, db, tvm_target, builder, runner) -> None:
 
     pairs = []
     for result, workload, ours in chosen:
-        record = _best_tuned(db, workload, ours.trace)
+        record = best_tuned(db, workload, ours.trace)
         if record is None or not record.run_secs:
             continue
         result.tuned_ms = 1e3 * float(np.median([float(s) for s in record.run_secs]))
@@ -488,7 +354,7 @@ def _confirm(chosen, db, tvm_target, builder, runner) -> None:
             continue
         sch = Schedule(workload)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        pairs.append((result, ours.mod["main"], sch.mod["main"], _trace_id(record.trace)))
+        pairs.append((result, ours.mod["main"], sch.mod["main"], trace_id(record.trace)))
     if not pairs:
         return
     times = _measure(builder, runner, tvm_target, [f for _, o, t, _ in pairs for f in (o, t)])

@@ -138,9 +138,9 @@ def test_the_database_variable_is_named_when_it_is_where_the_directory_came_from
 def test_corrupt_records_are_named_when_a_build_needs_them(graph, tmp_path):
     """A choice to use a tuned schedule whose records do not load."""
     lowered, module, target = _lowered(graph)
-    _, workload, _ = next(tuning._kernels(lowered, module))
+    _, workload, _ = next(tuning.kernels_of(lowered, module))
     directory = _fake_database(tmp_path / "db", str(target),
-                               {tuning._key(workload): {"use": "tuned", "trace": "0"}}, "[garbage\n")
+                               {tuning.workload_key(workload): {"use": "tuned", "trace": "0"}}, "[garbage\n")
     with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="its records do not load"):
         qc.backends.tvm.build(graph, "host", batch=1, database=directory)
 
@@ -186,12 +186,12 @@ def test_tuning_keeps_the_budget_and_our_schedules(graph, tuned):
         if kernel.use_tuned:
             assert kernel.tuned_ms < kernel.ours_ms
     # Our schedules are records of the database: the search starts from them.
-    db = tuning._database(directory)
+    db = tuning.open_database(directory)
     lowered, module, _ = _lowered(graph)
-    for name, workload, schedule in tuning._kernels(lowered, module):
-        ours = tuning._trace_id(tuning._ours(workload, schedule).trace)
-        records = db.get_top_k(db.commit_workload(tuning._module(workload)), 1000)
-        assert ours in {tuning._trace_id(r.trace) for r in records}, name
+    for name, workload, schedule in tuning.kernels_of(lowered, module):
+        ours = tuning.trace_id(tuning.ours_schedule(workload, schedule).trace)
+        records = db.get_top_k(db.commit_workload(tuning.as_module(workload)), 1000)
+        assert ours in {tuning.trace_id(r.trace) for r in records}, name
 
 
 @pytest.mark.slow
@@ -206,14 +206,14 @@ def test_a_tuned_build_is_bit_exact_and_applies_the_tuned_schedule(graph, tuned,
     forced = tmp_path / "db"
     shutil.copytree(directory, forced)
     lowered, module, target = _lowered(graph)
-    db = tuning._database(forced)
+    db = tuning.open_database(forced)
     choices = json.loads((forced / "choices.json").read_text())
     replaced = []
-    for name, workload, schedule in tuning._kernels(lowered, module):
-        record = tuning._best_tuned(db, workload, tuning._ours(workload, schedule).trace)
+    for name, workload, schedule in tuning.kernels_of(lowered, module):
+        record = tuning.best_tuned(db, workload, tuning.ours_schedule(workload, schedule).trace)
         if record is not None:
-            choice = choices["kernels"][tuning._key(workload)]
-            choice.update(use="tuned", trace=tuning._trace_id(record.trace))
+            choice = choices["kernels"][tuning.workload_key(workload)]
+            choice.update(use="tuned", trace=tuning.trace_id(record.trace))
             replaced.append(name)
     assert replaced, "the search measured no schedule of its own"
     (forced / "choices.json").write_text(json.dumps(choices))
