@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qcompiler.backends.tvm.errors import TargetError, TVMBackendError
-from qcompiler.backends.tvm.tuning_db import (  # noqa: F401  (apply_database, read_choices: tuning.X)
-    apply_database,
+from qcompiler.backends.tvm.tuning_db import (
     as_module,
     best_tuned,
     commit_record,
@@ -52,6 +51,7 @@ from qcompiler.backends.tvm.tuning_db import (  # noqa: F401  (apply_database, r
     open_database,
     ours_schedule,
     read_choices,
+    replayed,
     trace_id,
     workload_key,
     write_choices,
@@ -342,7 +342,6 @@ def _confirm(chosen, db, tvm_target, builder, runner) -> None:
     """Each kernel whose best tuned record beats ours is re-measured back to back with ours
     (one batch); the tuned schedule is used only if it is still faster."""
     import numpy as np
-    from tvm.s_tir import Schedule
 
     pairs = []
     for result, workload, ours in chosen:
@@ -352,9 +351,7 @@ def _confirm(chosen, db, tvm_target, builder, runner) -> None:
         result.tuned_ms = 1e3 * float(np.median([float(s) for s in record.run_secs]))
         if result.tuned_ms >= result.ours_ms:
             continue
-        sch = Schedule(workload)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        pairs.append((result, ours.mod["main"], sch.mod["main"], trace_id(record.trace)))
+        pairs.append((result, ours.mod["main"], replayed(workload, record), trace_id(record.trace)))
     if not pairs:
         return
     times = _measure(builder, runner, tvm_target, [f for _, o, t, _ in pairs for f in (o, t)])

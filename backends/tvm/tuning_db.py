@@ -116,7 +116,6 @@ def apply_database(lowered, tvm_target, database, option: str = "--db"):
     """The legalized module of `lowered` (`lower.LoweredGraph`) with each kernel whose tuned
     schedule the database's choices confirmed faster than ours scheduled that way; every
     other kernel stays ours."""
-    from tvm.s_tir import Schedule
 
     kernels = read_choices(database, tvm_target, option)
     module = legalized(lowered.module, tvm_target)
@@ -127,17 +126,6 @@ def apply_database(lowered, tvm_target, database, option: str = "--db"):
         return module
     db = open_database(Path(database), option)
     for name, workload, choice in chosen:
-        records = db.get_top_k(db.commit_workload(as_module(workload)), 256)
-        record = next((r for r in records if trace_id(r.trace) == choice.get("trace")), None)
-        if record is None:
-            raise TuningDatabaseError(f"{option} {database}: the tuned schedule of kernel {name} is "
-                                      f"missing from its records; delete the directory and tune again")
-        sch = Schedule(workload)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        module.update_func(module.get_global_var(name), sch.mod["main"].without_attr("global_symbol"))
-    return module
-    db = open_database(Path(database), option)
-    for name, workload, choice in chosen:
         import tvm
 
         records = db.get_top_k(db.commit_workload(tvm.IRModule({"main": workload})), 256)
@@ -145,9 +133,8 @@ def apply_database(lowered, tvm_target, database, option: str = "--db"):
         if record is None:
             raise TuningDatabaseError(f"{option} {database}: the tuned schedule of kernel {name} is "
                                       f"missing from its records; delete the directory and tune again")
-        sch = Schedule(workload)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        module.update_func(module.get_global_var(name), sch.mod["main"].without_attr("global_symbol"))
+        function = replayed(workload, record).without_attr("global_symbol")
+        module.update_func(module.get_global_var(name), function)
     return module
 
 
@@ -157,20 +144,26 @@ def as_module(workload):
     return tvm.IRModule({"main": workload})
 
 
+def replayed(workload, record):
+    """`workload` scheduled by the trace of a database record."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(workload)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch.mod["main"]
+
+
 def commit_record(db, workload, trace, milliseconds: float, tvm_target) -> None:
-    import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    entry = db.commit_workload(tvm.IRModule({"main": workload}))
+    entry = db.commit_workload(as_module(workload))
     db.commit_tuning_record(ms.database.TuningRecord(
         trace, entry, [milliseconds / 1e3], tvm_target, ms.arg_info.ArgInfo.from_prim_func(workload)))
 
 
 def best_tuned(db, workload, ours_trace):
     """The fastest record of `workload` that is not our schedule, or None."""
-    import tvm
-
-    mod = tvm.IRModule({"main": workload})
+    mod = as_module(workload)
     if not db.has_workload(mod):
         return None
     ours = trace_id(ours_trace)

@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("tvm")
 
 import qcompiler as qc  # noqa: E402
-from qcompiler.backends.tvm import tuning  # noqa: E402
+from qcompiler.backends.tvm import tuning, tuning_db  # noqa: E402
 from qcompiler.cli import main  # noqa: E402
 from qcompiler.cli_models import UsageError  # noqa: E402
 from qcompiler.cli_tune import parse_budget  # noqa: E402
@@ -55,7 +55,7 @@ def _lowered(graph):
     spec = resolve_target("host")
     static = graph.at_batch(1)
     lowered = lower_graph(static, spec.arch, plan_graph(static, spec.isa))
-    return lowered, tuning.legalized(lowered.module, spec.tvm_target()), spec.tvm_target()
+    return lowered, tuning_db.legalized(lowered.module, spec.tvm_target()), spec.tvm_target()
 
 
 # ---- fast: options and database errors ----------------------------------------------------
@@ -91,16 +91,16 @@ def _fake_database(directory, target: str, kernels=None, workloads: str = ""):
 def test_a_missing_database_names_the_option(tmp_path):
     with pytest.raises(qc.backends.tvm.TuningDatabaseError,
                        match=f"--db {tmp_path / 'nowhere'}: no such directory"):
-        tuning.read_choices(tmp_path / "nowhere")
+        tuning_db.read_choices(tmp_path / "nowhere")
     with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="is not a tuning database"):
-        tuning.read_choices(tmp_path)
+        tuning_db.read_choices(tmp_path)
 
 
 def test_a_corrupt_database_names_the_file(tmp_path):
     directory = _fake_database(tmp_path / "db", "llvm")
     (directory / "choices.json").write_text('{"target": "llvm", "kern')
     with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="choices.json is corrupt"):
-        tuning.read_choices(directory)
+        tuning_db.read_choices(directory)
 
 
 def test_a_database_of_another_target_is_refused_by_build(tmp_path):
@@ -138,9 +138,9 @@ def test_the_database_variable_is_named_when_it_is_where_the_directory_came_from
 def test_corrupt_records_are_named_when_a_build_needs_them(graph, tmp_path):
     """A choice to use a tuned schedule whose records do not load."""
     lowered, module, target = _lowered(graph)
-    _, workload, _ = next(tuning.kernels_of(lowered, module))
-    directory = _fake_database(tmp_path / "db", str(target),
-                               {tuning.workload_key(workload): {"use": "tuned", "trace": "0"}}, "[garbage\n")
+    _, workload, _ = next(tuning_db.kernels_of(lowered, module))
+    choices = {tuning_db.workload_key(workload): {"use": "tuned", "trace": "0"}}
+    directory = _fake_database(tmp_path / "db", str(target), choices, "[garbage\n")
     with pytest.raises(qc.backends.tvm.TuningDatabaseError, match="its records do not load"):
         qc.backends.tvm.build(graph, "host", batch=1, database=directory)
 
@@ -186,12 +186,12 @@ def test_tuning_keeps_the_budget_and_our_schedules(graph, tuned):
         if kernel.use_tuned:
             assert kernel.tuned_ms < kernel.ours_ms
     # Our schedules are records of the database: the search starts from them.
-    db = tuning.open_database(directory)
+    db = tuning_db.open_database(directory)
     lowered, module, _ = _lowered(graph)
-    for name, workload, schedule in tuning.kernels_of(lowered, module):
-        ours = tuning.trace_id(tuning.ours_schedule(workload, schedule).trace)
-        records = db.get_top_k(db.commit_workload(tuning.as_module(workload)), 1000)
-        assert ours in {tuning.trace_id(r.trace) for r in records}, name
+    for name, workload, schedule in tuning_db.kernels_of(lowered, module):
+        ours = tuning_db.trace_id(tuning_db.ours_schedule(workload, schedule).trace)
+        records = db.get_top_k(db.commit_workload(tuning_db.as_module(workload)), 1000)
+        assert ours in {tuning_db.trace_id(r.trace) for r in records}, name
 
 
 @pytest.mark.slow
@@ -206,18 +206,18 @@ def test_a_tuned_build_is_bit_exact_and_applies_the_tuned_schedule(graph, tuned,
     forced = tmp_path / "db"
     shutil.copytree(directory, forced)
     lowered, module, target = _lowered(graph)
-    db = tuning.open_database(forced)
+    db = tuning_db.open_database(forced)
     choices = json.loads((forced / "choices.json").read_text())
     replaced = []
-    for name, workload, schedule in tuning.kernels_of(lowered, module):
-        record = tuning.best_tuned(db, workload, tuning.ours_schedule(workload, schedule).trace)
+    for name, workload, schedule in tuning_db.kernels_of(lowered, module):
+        record = tuning_db.best_tuned(db, workload, tuning_db.ours_schedule(workload, schedule).trace)
         if record is not None:
-            choice = choices["kernels"][tuning.workload_key(workload)]
-            choice.update(use="tuned", trace=tuning.trace_id(record.trace))
+            choice = choices["kernels"][tuning_db.workload_key(workload)]
+            choice.update(use="tuned", trace=tuning_db.trace_id(record.trace))
             replaced.append(name)
     assert replaced, "the search measured no schedule of its own"
     (forced / "choices.json").write_text(json.dumps(choices))
-    applied = tuning.apply_database(lowered, target, forced)
+    applied = tuning_db.apply_database(lowered, target, forced)
     for name in replaced:
         assert not tvm_ffi.structural_equal(applied[name], module[name]), name
     ours = qc.backends.tvm.build(graph, "host", batch=1)
@@ -230,18 +230,23 @@ def test_a_tuned_build_is_bit_exact_and_applies_the_tuned_schedule(graph, tuned,
             assert np.array_equal(ours.run(x), expected)
 
 
-@pytest.mark.slow
-def test_tuning_through_an_rpc_tracker_on_loopback(graph, tmp_path):
+@pytest.fixture(scope="module")
+def device():
+    """A tracker and one RPC server under the key "tune", on loopback."""
     from rpc_loopback import loopback
 
     with loopback() as fleet:
         fleet.start_server("tune")
         fleet.wait_free("tune", 1)
-        start = time.monotonic()
-        report = tuning.tune(graph, "host", budget_s=60, database=tmp_path / "db", batch=1,
-                             rpc=fleet.tracker, key="tune", trials_per_round=4, timeout=60)
-        seconds = time.monotonic() - start
-    assert seconds < 60 + 45, seconds
+        yield fleet
+
+
+@pytest.mark.slow
+def test_tuning_through_an_rpc_tracker_on_loopback(graph, device, tmp_path):
+    start = time.monotonic()
+    report = tuning.tune(graph, "host", budget_s=60, database=tmp_path / "db", batch=1,
+                         rpc=device.tracker, key="tune", trials_per_round=4, timeout=60)
+    assert time.monotonic() - start < 60 + 45
     assert all(k.ours_ms is not None for k in report.kernels)  # measured on the device
     assert report.trials > 0
     assert json.loads((tmp_path / "db" / "choices.json").read_text())["kernels"]
@@ -251,17 +256,12 @@ def test_tuning_through_an_rpc_tracker_on_loopback(graph, tmp_path):
 
 
 @pytest.mark.slow
-def test_tuning_with_an_unknown_key_fails_at_once(graph, tmp_path):
-    from rpc_loopback import loopback
-
-    with loopback() as fleet:
-        fleet.start_server("tune")
-        fleet.wait_free("tune", 1)
-        start = time.monotonic()
-        with pytest.raises(qc.backends.tvm.NoDeviceError, match="no device under key 'other'"):
-            tuning.tune(graph, "host", budget_s=60, database=tmp_path / "db", batch=1,
-                        rpc=fleet.tracker, key="other")
-        assert time.monotonic() - start < 20
+def test_tuning_with_an_unknown_key_fails_at_once(graph, device, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(qc.backends.tvm.NoDeviceError, match="no device under key 'other'"):
+        tuning.tune(graph, "host", budget_s=60, database=tmp_path / "db", batch=1,
+                    rpc=device.tracker, key="other")
+    assert time.monotonic() - start < 20
 
 
 @pytest.mark.slow
