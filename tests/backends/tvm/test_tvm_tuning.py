@@ -272,3 +272,7 @@ def test_cli_tune_then_compile_with_the_database(tmp_path, capsys):
     assert "ours ms" in text and "tuned ms" in text and "outputs identical" in text
     assert main(["compile", "digits_cnn", "--db", str(database), "-o", str(output)]) == 0
     assert (output / "model.so").is_file()
+    before = json.loads((database / "choices.json").read_text())["kernels"]
+    # Again into the same directory: extended, its choices kept for what is not searched again.
+    assert main(["tune", "digits_cnn", "--budget", "30s", "--db", str(database)]) == 0
+    assert set(before) <= set(json.loads((database / "choices.json").read_text())["kernels"])
