@@ -276,3 +276,12 @@ def test_cli_tune_then_compile_with_the_database(tmp_path, capsys):
     # Again into the same directory: extended, its choices kept for what is not searched again.
     assert main(["tune", "digits_cnn", "--budget", "30s", "--db", str(database)]) == 0
     assert set(before) <= set(json.loads((database / "choices.json").read_text())["kernels"])
+
+
+@pytest.mark.slow
+def test_cli_tune_through_an_rpc_tracker(device, tmp_path, capsys):
+    argv = ["tune", "digits_cnn", "--budget", "40s", "--db", str(tmp_path / "db"),
+            "--rpc", device.tracker, "--key", "tune"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"on devices 'tune' at {device.tracker}" in text and "outputs identical" in text
