@@ -339,10 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from qcompiler.cli_onnx import add_commands as add_onnx_commands
     from qcompiler.cli_remote import add_arguments as add_remote_arguments
+    from qcompiler.cli_tune import add_command as add_tune_command
     from qcompiler.cli_tvm import add_commands
 
     add_commands(commands, model_help)
     add_remote_arguments(commands.choices["bench"])
+    add_tune_command(commands, model_help)
     add_onnx_commands(commands, model_help)
     return parser
 

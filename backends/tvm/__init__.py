@@ -20,21 +20,24 @@ from qcompiler.backends.tvm.errors import (  # noqa: F401  (the package's public
     RemoteError,
     TargetError,
     TrackerUnreachableError,
+    TuningDatabaseError,
     TVMBackendError,
     WeightRangeError,
 )
 from qcompiler.backends.tvm.target import TARGET_NAMES, lowering_target, quant_preset  # noqa: F401
 
 
-def build(graph, target="host", *, batch=None, schedules=True):
+def build(graph, target="host", *, batch=None, schedules=True, database=None):
     """Compile `graph` for `target` (a name of TARGET_NAMES or a TVM target dict); returns a
     `CompiledModel` (`.run`, `.benchmark`, `.export_library`). A graph with a symbolic batch
     (`f32[N,...]`, what qc.trace captures) is compiled at batch size `batch`, which it then
     requires: the Relax lowering takes static shapes (a static graph needs no `batch`).
-    `schedules=False` uses the generic reference kernels only (same integers, much slower)."""
+    `schedules=False` uses the generic reference kernels only (same integers, much slower).
+    `database`: a tuning database directory (`tuning.tune`, `qcompiler tune --db`) whose
+    kernels measured faster than ours replace them ($QCOMPILER_TUNING_DB when not given)."""
     from qcompiler.backends.tvm.compiled import build as build_graph
 
-    return build_graph(graph, target, batch=batch, schedules=schedules)
+    return build_graph(graph, target, batch=batch, schedules=schedules, database=database)
 
 
 def load(directory):

@@ -290,13 +290,15 @@ class CompiledModel:
 
 
 def build(graph: Graph, target="host", *, batch: int | None = None,
-          schedules: bool = True) -> CompiledModel:
+          schedules: bool = True, database=None) -> CompiledModel:
     """Compile an IR graph (float, or integer from `qc.lower_to_integer`) for `target`: a name
     of `target.TARGET_NAMES` or a TVM target dict. A symbolic batch dimension stays symbolic
     (one module runs any batch) unless `batch` fixes it (`Graph.at_batch`: the fast path, its
     kernels know every loop bound). `schedules=False`
     builds every node with the generic computes of `kernels.py` (the reference: the same
-    integers, much slower)."""
+    integers, much slower). `database`: a tuning database directory (`tuning.py`) whose
+    confirmed faster kernels replace ours ($QCOMPILER_TUNING_DB when not given); kernels match
+    by their exact shapes, so a database tuned at `batch=1` applies to builds with `batch=1`."""
     import tvm
 
     from qcompiler.backends.tvm.lower import lower_graph
@@ -313,6 +315,12 @@ def build(graph: Graph, target="host", *, batch: int | None = None,
     plan = plan_graph(graph, spec.isa) if schedules else None
     lowered = lower_graph(graph, spec.arch, plan)
     tvm_target = spec.tvm_target()
+    option = "--db" if database else "$QCOMPILER_TUNING_DB"
+    database = database or os.environ.get("QCOMPILER_TUNING_DB")  # `qcompiler tune --db DIR`
+    if database:
+        from qcompiler.backends.tvm.tuning_db import apply_database
+
+        lowered.module = apply_database(lowered, tvm_target, database, option)
     executable = tvm.compile(lowered.module, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
     manifest = artifact.manifest_for(graph, spec, lowered.fall_backs, lowered.functions,
                                      kernel_info(graph, lowered))

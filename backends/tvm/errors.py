@@ -1,7 +1,7 @@
 """Errors of the TVM backend. Each names what is at fault (the node, the target, the file) and
 says what to do; all are `QCompilerError`s, so the CLI prints them as one line."""
 
-from qcompiler.errors import QCompilerError
+from qcompiler.errors import OptionError, QCompilerError
 
 
 class TVMBackendError(QCompilerError):
@@ -40,3 +40,8 @@ class NoDeviceError(RemoteError):
 
 class DeviceLostError(RemoteError):
     """Every device died or stopped answering before the work was done."""
+
+
+class TuningDatabaseError(TVMBackendError, OptionError):
+    """A tuning database directory (`--db`, `database=`) that is missing, corrupt, or tuned
+    for another target."""

@@ -38,7 +38,9 @@ class LoweredGraph:
     # PrimFunc name -> the graph nodes whose lowering emitted it (for per-op profiles).
     functions: dict[str, list[str]] = field(default_factory=dict)
     plan: Plan | None = None
-
+    # PrimFunc name -> (its compute before scheduling, its schedule): tuning's workloads and
+    # the seed records (`tuning.py`).
+    scheduled: dict[str, tuple] = field(default_factory=dict)
 
 
 def lower_graph(graph: Graph, arch: str = "x86_64", plan: Plan | None = None) -> LoweredGraph:
@@ -76,8 +78,10 @@ def lower_graph(graph: Graph, arch: str = "x86_64", plan: Plan | None = None) ->
             outputs = [ctx[v] for v in graph.outputs]
             result = builder.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
         builder.emit_func_output(result)
-    module = apply_schedules(builder.get(), ctx.schedules, ctx.functions)
-    return LoweredGraph(module, fall_backs, ctx.functions, plan)
+    module = builder.get()
+    scheduled = {name: (module[name], schedule) for name, schedule in ctx.schedules.items()}
+    module = apply_schedules(module, ctx.schedules, ctx.functions)
+    return LoweredGraph(module, fall_backs, ctx.functions, plan, scheduled)
 
 
 def _lower_node(ctx: Lowering, node, lowerings) -> None:
