@@ -94,7 +94,10 @@ def run_compile(args, out: TextIO) -> int:
         _, graph, _, _ = integer_graph_for(loaded, args.model, args.target, args.preset,
                                            args.calibration, out)
     start = time.perf_counter()
-    compiled = qc.backends.tvm.build(graph, args.target, batch=args.batch, database=args.db)
+    batch = args.batch
+    if args.db and batch is None:  # tuned kernels match by shape: `tune` tunes at the example batch
+        batch = batch_of(loaded.example_inputs)
+    compiled = qc.backends.tvm.build(graph, args.target, batch=batch, database=args.db)
     _progress(out, f"qc.backends.tvm.build for {compiled.target.describe()}", start)
     directory = compiled.export_library(args.output)
     size = (directory / "model.so").stat().st_size
@@ -284,7 +287,8 @@ def add_commands(commands, model_help: str) -> None:
                                  help="compile for this batch size only (faster kernels; default: "
                                       "one library for every batch size)")
     compile_command.add_argument("--db", default=None, metavar="DIR",
-                                 help="apply this tuning database (qcompiler tune --db DIR)")
+                                 help="apply this tuning database (qcompiler tune --db DIR); compiles at the "
+                                      "model's example batch unless --batch is given")
     compile_command.set_defaults(run=run_compile)
 
     bench = commands.add_parser("bench", help="time a model on a backend (median, min, max)")
