@@ -9,6 +9,7 @@ from qcompiler.passes.binarize_activations import binarize_activations  # noqa: 
 from qcompiler.passes.calibrate import calibrate  # noqa: F401
 from qcompiler.passes.cluster_weights import cluster_weights  # noqa: F401
 from qcompiler.passes.convert_batchnorm_to_conv import convert_batchnorm_to_conv  # noqa: F401
+from qcompiler.passes.convert_to_winograd import convert_to_winograd  # noqa: F401
 from qcompiler.passes.correct_bias import correct_bias  # noqa: F401
 from qcompiler.passes.decompose_low_rank import decompose_low_rank  # noqa: F401
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code  # noqa: F401
