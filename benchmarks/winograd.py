@@ -153,10 +153,15 @@ def _notes(numeric_rows: list[dict], speed_rows: list[dict]) -> list[str]:
                      f"{max(r['error_v_u_8bit'] for r in rows):.2%} of its range")
     slower = [r for r in speed_rows if r["variant"] != "direct" and r["speedup"] < 1]
     if speed_rows:
+        worst = min(speed_rows, key=lambda r: r["speedup"])
         notes.append(f"Winograd is slower than the direct conv on our TVM build in {len(slower)} of "
-                     f"{sum(r['variant'] != 'direct' for r in speed_rows)} cases: the rewrite runs "
-                     "the transforms as general convolutions and a batched matmul with layout "
-                     "changes between them, not as a fused Winograd kernel")
+                     f"{sum(r['variant'] != 'direct' for r in speed_rows)} cases (worst: "
+                     f"{worst['variant']} on {worst['layer']}, {worst['median_ms']:.3g} ms against "
+                     f"{worst['median_ms'] * worst['speedup']:.3g} ms; its slowest kernels: "
+                     f"{worst['slowest_kernels']}): the direct conv runs on the scheduled conv "
+                     "kernel, the rewrite's batched matmul of the transformed tiles on TVM's generic "
+                     "one, and its transforms as general convolutions with layout changes between "
+                     "them; fewer MACs do not pay without a fused Winograd kernel")
     return notes
 
 
