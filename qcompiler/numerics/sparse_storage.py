@@ -126,18 +126,17 @@ def _per_row_value_bits(values: np.ndarray, rows: np.ndarray, extra_zeros: int,
     """`_value_bits` with one codebook per row: index 0 means zero (no codebook entry), index
     i > 0 the row's i-th smallest distinct nonzero value; one Huffman table for all rows."""
     nonzero = values != 0
-    pairs = np.unique(np.stack([rows[nonzero], values[nonzero]]), axis=1)  # (row, value), sorted
+    # Distinct (row, value) pairs, sorted by row then value; each value's pair index.
+    pairs, inverse = np.unique(np.stack([rows[nonzero].astype(np.float64), values[nonzero]]),
+                               axis=1, return_inverse=True)
     per_row = np.bincount(pairs[0].astype(np.int64))
     if per_row.max(initial=0) > MAX_SHARED:
         raw = (len(values) + extra_zeros) * itemsize_bits
         return raw, raw, 0
     first = np.concatenate([[0], np.cumsum(per_row)])[pairs[0].astype(np.int64)]
     rank = np.arange(pairs.shape[1]) - first + 1  # 1-based rank of each pair in its row
-    lookup = {(r, v): k for r, v, k in zip(pairs[0].tolist(), pairs[1].tolist(), rank.tolist(),
-                                           strict=True)}
     symbols = np.zeros(len(values), np.int64)
-    symbols[nonzero] = [lookup[(r, v)] for r, v in zip(rows[nonzero].tolist(),
-                                                       values[nonzero].tolist(), strict=True)]
+    symbols[nonzero] = rank[np.ravel(inverse)]
     counts = np.bincount(symbols)
     counts[0] += extra_zeros
     histogram = {k: int(c) for k, c in enumerate(counts.tolist()) if c}

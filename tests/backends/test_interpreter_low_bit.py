@@ -185,3 +185,21 @@ def test_xnor_layer_sees_sign_bits_and_the_exact_weight_grid():
     assert signs and all(float(n.output.qparams.scale[0]) == 1.0
                          and int(n.output.qparams.zero_point[0]) == (0 if n.output.qparams.signed else 1)
                          for n in signs)
+
+
+def test_cost_model_prices_xnor_and_shift_layers_without_multiplies():
+    from qcompiler.analysis.cost import arithmetic
+
+    _, integer = _lowered("binary", True)
+    xnor = next(n for n in integer if n.op == "qxnor_conv2d" and n.attrs["groups"] == 1)
+    products = int(np.prod(xnor.attrs["weight_shape"][1:]))
+    outputs = int(np.prod(xnor.output.shape[1:]))
+    macs, adds, mults = arithmetic(xnor)
+    # XNOR, popcount, accumulate per 64 products, the bias add, then requantization (4 + 1).
+    assert (macs, adds, mults) == (0, 3 * -(-products // 64) * outputs + outputs + 4 * outputs, outputs)
+    _, shifted = _lowered("power_of_two", False)
+    shift = next(n for n in shifted if n.op == "qshift_linear")
+    nonzero = np.count_nonzero(shift.inputs[1].data)
+    macs, adds, mults = arithmetic(shift)
+    outputs = int(np.prod(shift.output.shape[1:]))
+    assert macs == 0 and adds == 2 * nonzero + outputs + 4 * outputs and mults == outputs
