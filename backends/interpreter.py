@@ -22,11 +22,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qcompiler.backends.interpreter_ops import KERNELS, AccumulatorOverflowError
+from qcompiler.backends.interpreter_low_bit import KERNELS as LOW_BIT_KERNELS
+from qcompiler.backends.interpreter_ops import KERNELS as BASE_KERNELS
+from qcompiler.backends.interpreter_ops import AccumulatorOverflowError
 from qcompiler.errors import InputError, IntegerOnlyError, QCompilerError
 from qcompiler.ir import DTYPES, FLOAT_DTYPES, Graph, Node
 from qcompiler.ir.dims import bind_sizes, shape_at
 from qcompiler.ir.ops import attrs_with_defaults, run_op
+
+KERNELS = {**BASE_KERNELS, **LOW_BIT_KERNELS}
 
 
 def _float_values(node: Node) -> list[str]:

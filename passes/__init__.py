@@ -5,9 +5,11 @@ of options whose `__call__(graph)` returns one, and declares whether it works in
 
 # Re-exported so pipelines read `qc.passes.fold_batchnorm` (hence the noqa).
 from qcompiler.passes.absorb_high_bias import absorb_high_bias  # noqa: F401
+from qcompiler.passes.binarize_activations import binarize_activations  # noqa: F401
 from qcompiler.passes.calibrate import calibrate  # noqa: F401
 from qcompiler.passes.cluster_weights import cluster_weights  # noqa: F401
 from qcompiler.passes.convert_batchnorm_to_conv import convert_batchnorm_to_conv  # noqa: F401
+from qcompiler.passes.convert_to_winograd import convert_to_winograd  # noqa: F401
 from qcompiler.passes.correct_bias import correct_bias  # noqa: F401
 from qcompiler.passes.decompose_low_rank import decompose_low_rank  # noqa: F401
 from qcompiler.passes.eliminate_dead_code import eliminate_dead_code  # noqa: F401

@@ -20,9 +20,12 @@ Requires: a float graph. Preserves: structure, names, shapes, dtypes; changes th
 by the quantization error (notes give each weight's relative error). Errors, raised before
 the graph is touched: an unknown scheme, bits out of range, an unknown layer name.
 
-Known limits: activations are not binarized here, and the integer interpreter has no
-XNOR-popcount or shift kernels yet: the low-bit weights run as float (or as int8 after
-qc.quantize, which represents ternary and power-of-two values up to its rounding).
+Integer execution: `qc.quantize` gives these weights an exact integer grid (0 and +-2^k,
+`qcompiler.quantization.low_bit_grids`) and `qc.lower_to_integer` runs them as shift layers,
+or as XNOR-popcount layers where the input is a 1-bit activation (`binarize_activations`;
+docs/integer-spec.md, section 13), bit-exact with the simulation.
+
+Known limits: activations are not binarized here (`binarize_activations` does that).
 """
 
 from __future__ import annotations

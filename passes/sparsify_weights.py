@@ -4,7 +4,9 @@
 
 Scores (larger is more important): "magnitude" |w| (Han et al. 2015), or the saliency
 criteria "obd" (Optimal Brain Damage, LeCun et al. 1990) and "taylor" (first-order Taylor,
-Molchanov et al. 2019), which need `calibration_data` (`qcompiler.compression.saliency`).
+Molchanov et al. 2019), which need `calibration_data` (`qcompiler.compression.saliency`);
+for binary networks "binary_angle" / "ternary_angle": |w| cos(theta), theta the angle
+between the weight's kernel and its binary (ternary) version (`importance.low_bit_angles`).
 `scope="global"` ranks all selected weights together and zeroes the lowest `sparsity`
 fraction of them (one threshold; layers that matter less lose more); `scope="local"`
 zeroes `sparsity` of every weight. Weights that are already zero count towards the
@@ -43,9 +45,20 @@ from qcompiler.errors import OptionError, PassError
 from qcompiler.ir import Graph
 from qcompiler.ir.edit import require_float_graph
 from qcompiler.ir.pipeline import PassResult
+from qcompiler.numerics import importance
 from qcompiler.numerics import sparsity as sparsity_math
 
-CRITERIA = ("magnitude", *saliency.CRITERIA)
+# Per weight |w| cos(theta), theta the angle between its kernel (output channel) and that
+# kernel's binary version: magnitude, discounted where binarization keeps little direction.
+ANGLE_CRITERIA = {"binary_angle": "binary", "ternary_angle": "ternary"}
+CRITERIA = ("magnitude", *ANGLE_CRITERIA, *saliency.CRITERIA)
+_DATA_FREE = ("magnitude", *ANGLE_CRITERIA)
+
+
+def _angle_scores(weight: np.ndarray, scheme: str) -> np.ndarray:
+    rows = weight.reshape(weight.shape[0], -1)
+    cosine = np.cos(importance.low_bit_angles(rows, scheme))
+    return np.abs(weight) * cosine.reshape((-1,) + (1,) * (weight.ndim - 1))
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,7 @@ class sparsify_weights:  # lower case: with its options it reads like a function
         if self.criterion not in CRITERIA:
             raise OptionError(f"sparsify_weights: unknown criterion {self.criterion!r}; choose one "
                               f"of {', '.join(CRITERIA)}")
-        if self.criterion != "magnitude" and not self.calibration_data:
+        if self.criterion not in _DATA_FREE and not self.calibration_data:
             raise OptionError(f"sparsify_weights: criterion {self.criterion!r} needs "
                               "calibration_data (batches of inputs, optionally with labels)")
 
@@ -80,6 +93,8 @@ class sparsify_weights:  # lower case: with its options it reads like a function
             return PassResult(graph, False, notes)
         if self.criterion == "magnitude":
             scores = [np.abs(w.data) for w in weights]
+        elif self.criterion in ANGLE_CRITERIA:
+            scores = [_angle_scores(w.data, ANGLE_CRITERIA[self.criterion]) for w in weights]
         else:
             by_name = saliency.weight_saliency(graph, weights, self.criterion, self.calibration_data)
             # A weight already zero stays the least important whatever its gradient says.

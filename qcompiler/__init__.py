@@ -5,6 +5,7 @@ from qcompiler.analysis.cost import cost
 from qcompiler.backends.torch import to_torch
 from qcompiler.budget import BudgetError, BudgetResult, search_budget
 from qcompiler.errors import (
+    BinaryLayerOrderError,
     CalibrationDataError,
     CaptureError,
     InputError,
@@ -43,7 +44,7 @@ __all__ = [
     "CaptureError", "Graph", "Node", "ParseError", "PassError", "PassResult", "Pipeline",
     "QCompilerError", "QParams", "UnsupportedOpError", "Value", "VerificationError",
     "CalibrationDataError", "InputError", "IntegerOnlyError", "LoadError", "MissingDependencyError",
-    "OptionError", "OutputPathError", "QuantizationError",
+    "BinaryLayerOrderError", "OptionError", "OutputPathError", "QuantizationError",
     "OnnxExportError", "OnnxImportError", "OnnxUnsupportedOpError", "load_onnx",
     "backends", "cost", "load", "parse", "passes", "save", "to_torch", "trace",
     "QOverride", "QScheme", "QuantConfig", "quantize",

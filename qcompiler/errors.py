@@ -104,3 +104,9 @@ def import_optional(module: str, extra: str, purpose: str):
             f"{purpose} needs the package '{module.split('.')[0]}', which is not installed "
             f"({error}); install qcompiler's '{extra}' extra: pip install -c constraints.txt "
             f"-e \".[{extra}]\" from a checkout, or pip install \"qcompiler[{extra}]\"") from None
+
+
+class BinaryLayerOrderError(PassError):
+    """1-bit activations were asked for where the layer order loses their information (a
+    sign after a relu, without a batch norm before it, or an averaging op between the sign
+    and its binary layer); the message names the nodes."""

@@ -15,7 +15,10 @@ write-up with worked examples is `docs/cost-model.md`):
 - **ops**: the other arithmetic, counted per element from `_PER_ELEMENT` (adds,
   multiplies); a compare counts as an add, a divide, exp, erf or rsqrt as a
   multiply. These are nominal counts for a straightforward kernel. An integer op
-  `q<op>` is priced like `<op>` plus one requantization per output element.
+  `q<op>` is priced like `<op>` plus one requantization per output element. The
+  binary-network layers have no multiplies: an XNOR layer costs three adds (XNOR,
+  popcount, accumulate) per 64 packed products, a shift layer a shift and an add per
+  nonzero weight.
 - **params** follow torch's `model.parameters()`: every constant a node reads,
   counted once however many nodes share it, except batch-norm running statistics
   (buffers in torch), quantization numbers (scales, zero points, requantization
@@ -95,6 +98,7 @@ _PER_ELEMENT = MappingProxyType({
     "fake_quant_bias": (4, 3),  # step = s_in * s_w, then fake_quant on that step
     "fake_quant_grouped": (4, 2),  # quantize, then dequantize, with the element's group scale
     "qlookup": (1, 0),  # index = q - input_min, then a table read
+    "sign": (1, 0),  # a compare
     # Nominal counts of the other elementwise functions (float; integer graphs use qlookup).
     "abs": (1, 0), "leaky_relu": (1, 1), "prelu": (1, 1), "pow": (0, 1), "reciprocal": (0, 1),
     "sqrt": (1, 2), "rsqrt": (1, 2), "exp": (2, 3), "log": (2, 3), "erf": (3, 4), "elu": (2, 3),
@@ -115,6 +119,7 @@ _NOT_PARAMETERS = MappingProxyType({
     "batch_norm": (3, 4), "fake_quant": (1, 2), "fake_quant_bias": (1, 2), "fake_quant_grouped": (1,),
     "qconv2d": (3, 4),
     "qconv1d": (3, 4), "qlinear": (3, 4), "qlookup": (1,),
+    **{op: (3, 4) for op in ("qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear")},
 })
 # Ops that only move or reinterpret data: no arithmetic (their memory traffic still counts).
 _DATA_MOVEMENT = frozenset({"concat", "split", "slice", "reshape", "flatten", "permute",
@@ -294,7 +299,7 @@ def node_macs(node: Node) -> int:
 
 def _requantized_elements(node: Node) -> int:
     """Output elements an integer `q<op>` requantizes (its int32 accumulators to 8 bits)."""
-    if _base_op(node.op) == node.op or "output_zero_point" not in node.attrs:
+    if not node.op.startswith("q") or "output_zero_point" not in node.attrs:
         return 0
     return sum(_numel(v) for v in node.outputs)
 
@@ -365,9 +370,27 @@ def _matmul_macs(node: Node):
     return _numel(node.outputs[0]) * node.inputs[0].shape[-1], 0, 0
 
 
+def _xnor_ops(node: Node):
+    # No multiplies: per output element, per 64 packed products one XNOR, one popcount and
+    # one add (three adds in the energy table, which has no logic-op row: an upper bound).
+    products = int(np.prod(node.attrs["weight_shape"][1:]))
+    return 0, 3 * -(-products // 64) * _numel(node.outputs[0]) + _bias_adds(node), 0
+
+
+def _shift_ops(node: Node):
+    # No multiplies: per nonzero weight a shift and an add (both priced as adds); zero
+    # weights cost nothing.
+    codes = node.inputs[1]
+    nonzero_per_output = np.count_nonzero(codes.data) / codes.shape[0]
+    return 0, int(round(2 * nonzero_per_output * _numel(node.outputs[0]))) + _bias_adds(node), 0
+
+
 _RULES = MappingProxyType({
     "conv1d": _conv_macs, "conv2d": _conv_macs, "conv_transpose2d": _conv_transpose_macs,
     "linear": _linear_macs, "matmul": _matmul_macs,
+    # Binary networks (docs/integer-spec.md, section 13).
+    "qxnor_conv2d": _xnor_ops, "qxnor_linear": _xnor_ops,
+    "qshift_conv2d": _shift_ops, "qshift_linear": _shift_ops,
 })
 _KNOWN_OPS = frozenset(_RULES.keys() | _PER_ELEMENT.keys() | _DATA_MOVEMENT | _POOLS | _REDUCTIONS
                        | _SPECIAL)

@@ -9,6 +9,8 @@
   calibration data;
 - "quantization": the angle between each kernel and its quantized version, scored through
   the next layer's kernels that read the channel (`importance.quantization_aware_scores`);
+  "quantization_binary" / "_ternary" / "_power_of_two" take the angle to the binary,
+  ternary or power-of-two kernel instead (pruning binary networks);
 - "obd", "taylor": the weight saliencies of `qcompiler.compression.saliency` (Optimal Brain
   Damage, LeCun et al. 1990; first-order Taylor, Molchanov et al. 2019) over calibration
   data, summed over each channel's filter rows in every producer and reader weight (the
@@ -32,7 +34,11 @@ from qcompiler.ir import Graph
 from qcompiler.ir.evaluate import evaluate, input_batches
 from qcompiler.numerics import importance
 
-CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization", *saliency.CRITERIA)
+# "quantization_binary" etc.: the angle to the low-bit version (binary networks).
+LOW_BIT_CRITERIA = {"quantization_binary": "binary", "quantization_ternary": "ternary",
+                    "quantization_power_of_two": "power_of_two"}
+CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "activation", "quantization", *LOW_BIT_CRITERIA,
+            *saliency.CRITERIA)
 NEEDS_DATA = ("activation", *saliency.CRITERIA)
 _WEIGHT_CRITERIA = {"l1": importance.l1_norms, "l2": importance.l2_norms,
                     "fpgm": importance.geometric_median_distances}
@@ -84,9 +90,10 @@ def _group_scores(graph: Graph, group: Group, criterion: str, activations: dict)
                             "fold_batchnorm, or choose another criterion)")
         return importance.aggregate([importance.batchnorm_scales(rows(m)).sum(axis=1)
                                      for m in gammas])
-    if criterion == "quantization":
+    if criterion == "quantization" or criterion in LOW_BIT_CRITERIA:
         return importance.quantization_aware_scores([rows(m) for m in producers],
-                                                    [rows(m) for m in readers])
+                                                    [rows(m) for m in readers],
+                                                    scheme=LOW_BIT_CRITERIA.get(criterion, "int8"))
     return importance.aggregate([[activations[(m.value, m.axes)][np.asarray(p)].mean()
                                   for p in m.positions] for m in _read_values(graph, group)])
 

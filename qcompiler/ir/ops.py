@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from qcompiler.errors import VerificationError
-from qcompiler.ir import integer_ops
+from qcompiler.ir import integer_ops, low_bit_ops
 from qcompiler.ir import math_ops as m
 from qcompiler.ir.dims import PROBES, Dim, shape_at, solve_probe_dims, symbols
 from qcompiler.ir.fake_quant_ops import fake_quant, fake_quant_bias, fake_quant_grouped
@@ -166,6 +166,8 @@ _SCALAR_MULTIPLIER = {"multiplier": REQUIRED, "shift": REQUIRED}
 _COUNT_MULTIPLIERS = {"multipliers": REQUIRED, "shifts": REQUIRED}
 _REQUANT_OUT = {"output_zero_point": REQUIRED, "output_min": REQUIRED, "output_max": REQUIRED,
                 "output_dtype": REQUIRED}
+# XNOR layers: the unpacked weight's shape and the power of two every weight magnitude is.
+_BINARY_WEIGHT = {"weight_shape": REQUIRED, "weight_shift": REQUIRED}
 
 
 def _spec(name, fn, min_inputs, max_inputs=None, attrs=None, category="other", **kinds):
@@ -324,6 +326,18 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
                                               **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer",
           **_REQUANTIZES),
     _spec("qlookup", integer_ops.qlookup, 2, 2, {"input_min": REQUIRED, "axis": None}, "integer"),
+    # Binary networks (docs/integer-spec.md, section 13; qcompiler.ir.low_bit_ops): 1-bit
+    # activations (a lookup table once quantized), XNOR-popcount layers for binary input x
+    # binary weight, shift layers for power-of-two (and ternary) weights.
+    _spec("sign", low_bit_ops.sign, 1, category="activation", lookup=True),
+    _spec("qxnor_conv2d", low_bit_ops.qxnor_conv2d, 5, 5,
+          {**_CONV_ATTRS, **_BINARY_WEIGHT, **_INPUT_ZP, **_REQUANT_OUT}, "integer", **_REQUANTIZES),
+    _spec("qxnor_linear", low_bit_ops.qxnor_linear, 5, 5, {**_BINARY_WEIGHT, **_INPUT_ZP, **_REQUANT_OUT},
+          "integer", **_REQUANTIZES),
+    _spec("qshift_conv2d", low_bit_ops.qshift_conv2d, 5, 5, {**_CONV_ATTRS, **_INPUT_ZP, **_REQUANT_OUT},
+          "integer", **_REQUANTIZES),
+    _spec("qshift_linear", low_bit_ops.qshift_linear, 5, 5, {**_INPUT_ZP, **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
 ]}
 
 

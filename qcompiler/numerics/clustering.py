@@ -27,6 +27,9 @@ INITS = ("linear", "density", "random")
 MAX_BITS = 8  # 256 centroids: beyond it an index costs as much as an int8 weight
 
 
+CODEBOOKS = ("f32", "f16")
+
+
 def check_bits(bits, owner: str = "cluster_weights") -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
         raise OptionError(f"{owner}: bits must be an int in [1, {MAX_BITS}] (2 to {2 ** MAX_BITS} "
@@ -94,6 +97,28 @@ def cluster_nonzero(weight: np.ndarray, bits: int, init: str = "linear", seed: i
     clustered = np.zeros_like(flat)
     clustered[nonzero] = centroids[labels]
     return clustered.reshape(weight.shape), centroids
+
+
+def cluster_rows(weight: np.ndarray, bits: int, init: str = "linear", seed: int = 0) -> np.ndarray:
+    """`cluster_nonzero` on each output channel (row of the weight reshaped to [C, -1]) with
+    its own codebook: per-channel weight sharing. A row with at most 2^bits distinct nonzero
+    values keeps them."""
+    rows = weight.reshape(weight.shape[0], -1)
+    clustered = rows.copy()
+    for index, row in enumerate(rows):
+        if len(np.unique(row[row != 0])) > 2 ** bits:
+            clustered[index] = cluster_nonzero(row, bits, init, seed)[0]
+    return clustered.reshape(weight.shape)
+
+
+def round_codebook(weight: np.ndarray, codebook: str) -> np.ndarray:
+    """The shared values rounded to the codebook's precision ("f32": unchanged; "f16": each
+    value to the nearest float16, so a half-precision codebook stores them exactly)."""
+    if codebook == "f32":
+        return weight
+    if codebook == "f16":
+        return weight.astype(np.float16).astype(weight.dtype)
+    raise OptionError(f"unknown codebook precision {codebook!r}; choose one of {', '.join(CODEBOOKS)}")
 
 
 def share_by_value(weight: np.ndarray) -> np.ndarray:

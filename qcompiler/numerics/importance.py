@@ -33,6 +33,10 @@ more important. Channels with the lowest scores are removed first.
   after normalising each tensor's values by their maximum, and so are the reader
   factors; a group with no reader layer uses 1 for that factor.
 
+  For binary networks `Q` is the binary (or ternary, power-of-two) quantizer of
+  `qcompiler.numerics.low_bit` (`low_bit_angles`): the thesis's quantization-aware
+  pruning angle, where a filter that binarizes badly carries little of its direction.
+
 `aggregate` combines per-tensor scores into a group score: each tensor's scores
 are divided by their maximum (so tensors of different scale weigh the same) and
 summed. `kept_count` turns a ratio into a channel count honouring `round_to`.
@@ -44,6 +48,8 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from qcompiler.numerics import low_bit
 
 
 def _rows(rows: np.ndarray) -> np.ndarray:
@@ -96,11 +102,11 @@ def int8_quantized(rows: np.ndarray, per_channel: bool = True) -> np.ndarray:
     return np.clip(np.round(rows / scale), -127, 127) * scale
 
 
-def int8_angles(rows: np.ndarray, per_channel: bool = True) -> np.ndarray:
-    """The angle (radians) between each row and its int8 quantization; pi/2 for a row
-    that quantizes to zero (nothing of its direction survives), 0 for a zero row."""
+def quantization_angles(rows: np.ndarray, quantized: np.ndarray) -> np.ndarray:
+    """The angle (radians) between each row and its quantized version; pi/2 for a row that
+    quantizes to zero (nothing of its direction survives), 0 for a zero row."""
     rows = _rows(rows)
-    quantized = int8_quantized(rows, per_channel)
+    quantized = np.asarray(quantized, np.float64).reshape(rows.shape)
     norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(quantized, axis=1)
     cosine = np.divide((rows * quantized).sum(axis=1), norms, out=np.zeros(len(rows)),
                        where=norms > 0)
@@ -109,15 +115,34 @@ def int8_angles(rows: np.ndarray, per_channel: bool = True) -> np.ndarray:
     return angles
 
 
+def int8_angles(rows: np.ndarray, per_channel: bool = True) -> np.ndarray:
+    """`quantization_angles` to the int8 quantization of the rows."""
+    return quantization_angles(rows, int8_quantized(_rows(rows), per_channel))
+
+
+def low_bit_angles(rows: np.ndarray, scheme: str, bits: int = 4) -> np.ndarray:
+    """`quantization_angles` to the binary / ternary / power-of-two version of each row
+    (`qcompiler.numerics.low_bit`, one alpha per row): the quantization-aware pruning angle
+    of binary networks. A binary kernel keeps only the signs, so its angle is
+    arccos(|w|_1 / (sqrt(n) |w|_2)): 0 for a kernel of equal magnitudes, larger the more
+    its magnitudes differ."""
+    rows = _rows(rows)
+    return quantization_angles(rows, low_bit.quantize(rows, scheme, bits))
+
+
 def quantization_aware_scores(producer_rows: Sequence[np.ndarray],
                               reader_columns: Sequence[np.ndarray] = (),
-                              per_channel: bool = True) -> np.ndarray:
+                              per_channel: bool = True, scheme: str = "int8") -> np.ndarray:
     """s_i = (sum over producers of cos(theta_i) |w_i|, each normalised) *
-    (sum over readers of |v_i|, each normalised); see the module docstring."""
+    (sum over readers of |v_i|, each normalised); see the module docstring. `scheme`:
+    "int8", or a low-bit scheme ("binary", "ternary", "power_of_two") for theta."""
     if not producer_rows:
         raise ValueError("quantization_aware_scores needs at least one producer weight")
-    producer = aggregate([np.cos(int8_angles(rows, per_channel)) * l2_norms(rows)
-                          for rows in producer_rows])
+
+    def angles(rows):
+        return int8_angles(rows, per_channel) if scheme == "int8" else low_bit_angles(rows, scheme)
+
+    producer = aggregate([np.cos(angles(rows)) * l2_norms(rows) for rows in producer_rows])
     if not reader_columns:
         return producer
     return producer * aggregate([l2_norms(columns) for columns in reader_columns])

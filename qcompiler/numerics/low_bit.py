@@ -94,3 +94,95 @@ def storage_bits(shape: tuple[int, ...], scheme: str, bits: int = 4) -> int:
     entries, channels = int(np.prod(shape)), shape[0]
     per_entry, per_channel = {"binary": (1, 32), "ternary": (2, 32), "power_of_two": (bits, 8)}[scheme]
     return entries * per_entry + channels * per_channel
+
+
+# ---- recognising low-bit weights, and their integer grids ----------------------------------------
+
+
+def is_power_of_two(magnitude: np.ndarray) -> np.ndarray:
+    """Elementwise: the (positive, finite) magnitude is exactly 2^n for an integer n."""
+    mantissa, _ = np.frexp(np.asarray(magnitude, np.float64))
+    return mantissa == 0.5
+
+
+def scheme_of(weight: np.ndarray) -> str | None:
+    """Which low-bit scheme's values `weight` holds, per output channel (axis 0) up to a
+    per-channel scale: "binary" (one magnitude a channel, no zeros), "ternary" (one
+    magnitude and zeros), "power_of_two" (every nonzero magnitude a power of two times the
+    channel's scale), or None (a float weight)."""
+    rows = np.abs(_channels(weight))
+    nonzero = rows != 0
+    if not nonzero.any() or not np.isfinite(rows).all():
+        return None
+    top = rows.max(axis=1, keepdims=True)
+    if ((rows == top) | ~nonzero).all():
+        return "binary" if nonzero.all() else "ternary"
+    # Ratios to the channel's largest: a per-channel scale (a folded batch norm) keeps them.
+    if is_power_of_two((rows / np.where(top > 0, top, 1.0))[nonzero]).all():
+        return "power_of_two"
+    return None
+
+
+# A weight counts as low-bit (for the integer grids and the XNOR / shift layers) only with
+# at least this many entries a channel and two distinct magnitudes: a tiny or constant
+# weight (a [C, 1] linear, a test's all-0.5 weight) holds such values by accident.
+MIN_ENTRIES_PER_CHANNEL = 4
+
+
+def is_low_bit_weight(weight: np.ndarray) -> bool:
+    """Whether `weight` is a layer weight a low-bit quantizer produced (`scheme_of`, with
+    enough entries and distinct magnitudes that it is not an accident)."""
+    weight = np.asarray(weight)
+    if weight.ndim < 2 or weight.size // weight.shape[0] < MIN_ENTRIES_PER_CHANNEL:
+        return False
+    magnitudes = np.unique(np.abs(weight[weight != 0]))
+    return magnitudes.size >= 2 and scheme_of(weight) is not None
+
+
+def integer_grid(weight: np.ndarray, qmax: int) -> np.ndarray | None:
+    """Per-channel weight scales that put a low-bit weight on integers that are powers of two:
+    scale = max|w| / 2^p with 2^p the largest power of two <= qmax, so a binary or ternary
+    weight becomes +-2^p (and 0) and a power-of-two weight +-2^(p - j), exactly, and an
+    integer kernel multiplies by shifting. None if `weight` is not low-bit
+    (`is_low_bit_weight`) or a channel
+    spans more than p + 1 powers of two (its smallest values would not be integers)."""
+    if not is_low_bit_weight(weight) or qmax < 1:
+        return None
+    rows = np.abs(_channels(weight))
+    top = rows.max(axis=1)
+    levels = 2.0 ** np.floor(np.log2(qmax))
+    smallest = np.where(rows > 0, rows, np.inf).min(axis=1)
+    if (smallest < top / levels).any():
+        return None
+    return np.where(top > 0, top / levels, 1.0).astype(np.float32)
+
+
+def shift_codes(weight_q: np.ndarray) -> np.ndarray | None:
+    """int8 codes of an integer weight whose entries are 0 or +-2^e: 0, or +-(e + 1). None if
+    some entry is not."""
+    w = np.asarray(weight_q, np.int64)
+    magnitude = np.abs(w)
+    if (magnitude[magnitude != 0] & (magnitude[magnitude != 0] - 1)).any():
+        return None
+    exponent = np.log2(np.maximum(magnitude, 1)).astype(np.int64)
+    return np.where(w == 0, 0, np.sign(w) * (exponent + 1)).astype(np.int8)
+
+
+def decode_shift_codes(codes: np.ndarray) -> np.ndarray:
+    """The int64 weight that shift codes stand for (0: zero, +-(e + 1): +-2^e)."""
+    codes = np.asarray(codes, np.int64)
+    return np.sign(codes) * np.left_shift(1, np.maximum(np.abs(codes) - 1, 0))
+
+
+def pack_signs(weight_q: np.ndarray) -> np.ndarray:
+    """One sign bit a weight (1 = negative), packed eight to a byte (little bit order) along
+    the flattened axes after the first: u8 [C_out, ceil(K / 8)]."""
+    flat = (np.asarray(weight_q) < 0).reshape(weight_q.shape[0], -1).astype(np.uint8)
+    return np.packbits(flat, axis=1, bitorder="little")
+
+
+def unpack_signs(bits: np.ndarray, shape) -> np.ndarray:
+    """The +-1 weight (int64) of `pack_signs`'s bits, in `shape`."""
+    count = int(np.prod(shape[1:]))
+    flat = np.unpackbits(np.asarray(bits, np.uint8), axis=1, count=count, bitorder="little")
+    return (1 - 2 * flat.astype(np.int64)).reshape(shape)

@@ -43,6 +43,7 @@ from qcompiler.numerics.integer_params import weight_scales_fitting_bias
 from qcompiler.numerics.quant import choose_qparams
 from qcompiler.quantization.config import QScheme, QuantConfig, as_quant_config
 from qcompiler.quantization.data_free import range_activations_data_free
+from qcompiler.quantization.low_bit_grids import low_bit_grid
 from qcompiler.quantization.observers import make_observer
 from qcompiler.quantization.quantizers import bias_scale_sources, fake_quant_nodes, observed_name
 from qcompiler.quantization.range_check import RangeRecord, check_range
@@ -166,6 +167,8 @@ def calibrate_in_place(work: Graph, calibration_data: Iterable | None,
                                            symmetric=point.scheme.symmetric,
                                            signed=point.scheme.signed,
                                            narrow_range=point.scheme.narrow_range)
+        scale, zero_point = low_bit_grid(point.nodes, point.activation_inputs, point.scheme,
+                                         point.axis, scale, zero_point)
         if point.activation_inputs and point.fixed_range is None:
             check_range(point.record, float(np.min(lo)), float(np.max(hi)), point.scheme.bits,
                         point.name, point.activation_inputs[0])

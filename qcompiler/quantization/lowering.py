@@ -24,6 +24,7 @@ from qcompiler.quantization import lowering_rules as compute
 from qcompiler.quantization import lowering_rules_layout as layout
 from qcompiler.quantization import lowering_rules_masks as masks
 from qcompiler.quantization.lowering_rules import check_rounding, emit_requantize
+from qcompiler.quantization.lowering_rules_low_bit import LOW_BIT_LAYER_OPS, integer_weight
 from qcompiler.quantization.lowering_state import LoweringState, Rule, fake_quant_qparams
 from qcompiler.quantization.quantizers import require_calibrated
 
@@ -184,8 +185,8 @@ def _check_overflow(state: LoweringState) -> None:
 def _overflow_cause(node: Node) -> str:
     """Why an accumulator can reach 2**31, and what to do: a bias too large for its grid (a
     near-dead channel), or too many products of too many bits."""
-    if node.op in ("qconv2d", "qconv1d", "qlinear"):
-        weight, bias = node.inputs[1].data, node.inputs[2].data.astype(np.int64)
+    if node.op in ("qconv2d", "qconv1d", "qlinear") or node.op in LOW_BIT_LAYER_OPS:
+        weight, bias = integer_weight(node), node.inputs[2].data.astype(np.int64)
         products = worst_case_accumulator(weight, None, _offset(node.inputs[0]))
         channel = int(np.argmax(np.abs(bias) + products))
         if abs(int(bias[channel])) >= products[channel]:
@@ -204,8 +205,8 @@ def accumulator_bounds(graph: Graph) -> dict[str, int]:
     node name: from the weights and biases, and the input ranges in the inputs' qparams."""
     bounds = {}
     for node in graph:
-        if node.op in ("qconv2d", "qconv1d", "qlinear"):
-            x, weight, bias = node.inputs[0], node.inputs[1].data, node.inputs[2].data
+        if node.op in ("qconv2d", "qconv1d", "qlinear") or node.op in LOW_BIT_LAYER_OPS:
+            x, weight, bias = node.inputs[0], integer_weight(node), node.inputs[2].data
             bound = int(worst_case_accumulator(weight, bias, _offset(x)).max())
         elif node.op == "qmatmul":
             a, b = node.inputs

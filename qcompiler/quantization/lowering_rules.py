@@ -32,6 +32,7 @@ from qcompiler.numerics.integer_params import (
     weighted_multipliers,
 )
 from qcompiler.numerics.quant import fake_quantize, quantize
+from qcompiler.quantization.lowering_rules_low_bit import low_bit_layer
 from qcompiler.quantization.lowering_state import LoweringState, fake_quant_qparams, integer_dtype
 
 # The integer ops that end in a requantization (spec section 3: round half up; lookups,
@@ -190,13 +191,18 @@ def lower_weighted(state: LoweringState, node: Node):
     except ValueError as error:
         raise QuantizationError(f"{node.describe()}: {error}") from None
     name = node.name
-    constants = [state.constant(f"{name}.weight_q", weight_q, integer_dtype(w_q, weight_fq.describe())),
+    op, stored, attrs = f"q{node.op}", state.constant(
+        f"{name}.weight_q", weight_q, integer_dtype(w_q, weight_fq.describe())), deepcopy(node.attrs)
+    special = low_bit_layer(node, x, weight, weight_q)  # binary networks: spec section 13
+    if special is not None:
+        op, stored = special.op, state.constant(f"{name}.{special.suffix}", special.weight, special.dtype)
+        attrs.update(special.attrs)
+    constants = [stored,
                  state.constant(f"{name}.bias_q", bias_q, "i32"),
                  state.constant(f"{name}.multiplier", m0, "i32"),
                  state.constant(f"{name}.shift", shift, "i32")]
-    attrs = deepcopy(node.attrs)
     attrs.update(input_zero_point=zero_point_of(x), **output_attrs(out_q, chain, node.describe()))
-    result = state.emit(f"q{node.op}", [x, *constants], attrs, name, node.source).output
+    result = state.emit(op, [x, *constants], attrs, name, node.source).output
     finish(state, node, chain, fake_quant, result)
     return None
 

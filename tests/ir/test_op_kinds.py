@@ -13,7 +13,7 @@ def test_derived_kinds():
     assert ops.FUSABLE_ACTIVATIONS == {"relu", "clamp"}
     assert ops.LOOKUP_OPS == {"sigmoid", "tanh", "hardswish", "hardsigmoid", "silu", "gelu", "abs",
                               "exp", "log", "erf", "sqrt", "rsqrt", "reciprocal", "mish", "pow",
-                              "leaky_relu", "elu", "softplus", "prelu"}
+                              "leaky_relu", "elu", "softplus", "prelu", "sign"}
     assert ops_where(homogeneous=True) == {"relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
                                            "max_pool1d", "avg_pool1d", "adaptive_avg_pool1d",
                                            "abs", "leaky_relu"}
@@ -31,7 +31,7 @@ def test_requantizing_ops_float_and_integer():
                       "adaptive_avg_pool1d", "mean", "sum"}
     assert ops_where(category="integer", requantizing=True) == {
         "qconv2d", "qconv1d", "qlinear", "qmatmul", "qadd", "qmul", "requantize", "qavg_pool2d",
-        "qavg_pool1d", "qmean"}
+        "qavg_pool1d", "qmean", "qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear"}
 
 
 def test_weight_axes_and_data_inputs():

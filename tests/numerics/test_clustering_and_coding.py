@@ -156,19 +156,37 @@ def test_relative_index_histogram_matches_a_written_out_format(weight, relative_
 def test_sparse_bits_by_hand():
     # One row, 3 relative bits: nonzeros at 1 and 12 -> gaps 1, then 10 = filler (7) + 2.
     weight = np.zeros((1, 16), np.float32)
-    weight[0, 1], weight[0, 12] = 0.5, -0.5
+    weight[0, 1], weight[0, 12] = 0.1, -0.3  # not float16 values: a 32-bit codebook
     bits = sparse_storage.sparse_bits(weight, 3)
     assert (bits.entries, bits.fillers) == (3, 1)
-    # 3 stored values {0.5, 0, -0.5}: raw 96 bits beats 3 x 2-bit indices + 96-bit codebook.
-    assert (bits.value_bits, bits.codebook_bits) == (96, 0)
+    # 3 stored values {0.1, 0, -0.3}: raw 96 bits; one codebook {-0.3, 0, 0.1}: 3 x 2-bit
+    # indices + 96 bits; the row's codebook {-0.3, 0.1} with index 0 for zero: 6 + 64 bits.
+    assert (bits.value_bits, bits.codebook_bits) == (6, 64)
+    weight[0, 12] = 0.1
+    single = sparse_storage.sparse_bits(weight, 3)  # {0.1} and zero: 3 x 1 bit + 32
+    assert (single.value_bits, single.codebook_bits) == (3, 32)
     assert bits.position_bits == 3 * 3 + 2  # relative indices + one row count of 3 (2 bits)
 
 
 def test_dense_clustered_weight_costs_indices_and_codebook():
-    weight = np.tile(np.array([0.25, -0.5, 1.0, 0.0], np.float32), 64)  # 256 entries, 4 values
+    weight = np.tile(np.array([0.2, -0.7, 1.1, 0.0], np.float32), 64)  # 256 entries, 4 values
     bits = sparse_storage.dense_bits(weight)
-    assert (bits.value_bits, bits.codebook_bits) == (256 * 2, 4 * 32)
+    # 2-bit indices; zero is index 0, not a codebook entry; 3 float32 entries.
+    assert (bits.value_bits, bits.codebook_bits) == (256 * 2, 3 * 32)
     assert bits.value_bits_huffman == 256 * 2 + huffman.table_bits({i: 64 for i in range(4)})
+    # Values that are exactly float16 are stored in a half-precision codebook.
+    half = np.tile(np.array([0.25, -0.5, 1.0, 0.0], np.float32), 64)
+    assert sparse_storage.dense_bits(half).codebook_bits == 3 * 16
+
+
+def test_per_channel_codebooks_are_counted_per_row():
+    rng = np.random.default_rng(0)
+    books = rng.normal(size=(8, 4)).astype(np.float32)  # 8 rows, 4 values each, 32 distinct
+    weight = np.take_along_axis(books, rng.integers(0, 4, (8, 64)), axis=1)
+    bits = sparse_storage.dense_bits(weight)
+    # Per row: 2-bit indices, 4 float32 entries; one codebook of 32 values would need 5 bits.
+    assert (bits.value_bits, bits.codebook_bits) == (8 * 64 * 2, 8 * 4 * 32)
+    assert sparse_storage.codebook_entry_bits(books, 32) == 32
 
 
 # ---- sparsity -----------------------------------------------------------------------------

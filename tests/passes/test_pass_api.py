@@ -21,8 +21,9 @@ PASSES = sorted(name for name in dir(passes) if not name.startswith("_")
 
 
 def test_every_pass_is_listed():
-    assert PASSES == ["absorb_high_bias", "calibrate", "cluster_weights", "convert_batchnorm_to_conv",
-                      "correct_bias", "decompose_low_rank",
+    assert PASSES == ["absorb_high_bias", "binarize_activations", "calibrate", "cluster_weights",
+                      "convert_batchnorm_to_conv", "convert_to_winograd", "correct_bias",
+                      "decompose_low_rank",
                       "eliminate_dead_code", "equalize_cross_layer", "fold_batchnorm", "fold_constants",
                       "insert_fake_quant", "lower_to_integer", "merge_similar_neurons",
                       "migrate_activation_scales", "quantize_weights_grouped",
@@ -53,7 +54,9 @@ def digits():
 def configured(name, batches):
     """Each pass as a pipeline would hold it, with the options it needs."""
     return {
+        "binarize_activations": passes.binarize_activations(layers=("features.2",)),
         "calibrate": passes.calibrate(calibration_data=batches),
+        "convert_to_winograd": passes.convert_to_winograd(tile=2),
         "cluster_weights": passes.cluster_weights(bits=2),
         "correct_bias": passes.correct_bias(calibration_data=batches),
         "decompose_low_rank": passes.decompose_low_rank(rank=0.5),

@@ -75,7 +75,8 @@ def test_a_higher_sparsity_continues_from_the_zeros_already_there(digits):
      r"sparsity must be a fraction in \[0, 1\) \(1\.0 would remove every weight\), got 1\.0"),
     ({"sparsity": -0.2}, r"sparsity must be a fraction in \[0, 1\)"),
     ({"scope": "layer"}, "scope must be 'global' or 'local', got 'layer'"),
-    ({"criterion": "l1"}, "unknown criterion 'l1'; choose one of magnitude, obd, taylor"),
+    ({"criterion": "l1"},
+     "unknown criterion 'l1'; choose one of magnitude, binary_angle, ternary_angle, obd, taylor"),
     ({"criterion": "obd"}, "criterion 'obd' needs calibration_data"),
     ({"ignore": "classifier"}, "ignore must be a tuple of names"),
 ])

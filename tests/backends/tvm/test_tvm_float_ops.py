@@ -120,7 +120,10 @@ def _add_math_ops(add, const, image, signal, tokens):
 
 def test_every_ir_op_but_fake_quant_has_a_lowering():
     lowered = set(FLOAT_LOWERINGS) | set(INTEGER_LOWERINGS)
-    assert set(OPS) - lowered == {"fake_quant", "fake_quant_bias", "fake_quant_grouped"}
+    # The binary-network ops (docs/integer-spec.md, section 13) have no TVM lowering yet.
+    binary_network_ops = {"sign", "qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear"}
+    assert set(OPS) - lowered == {"fake_quant", "fake_quant_bias", "fake_quant_grouped",
+                                  *binary_network_ops}
 
 
 def test_float_ops_match_torch():
