@@ -218,6 +218,24 @@ def qlookup(x, table, *, input_min, axis=None):
     return table[channels, index]
 
 
+def qlinear_grouped(x, weight, zero_point, multiplier, bias, shift, *, group_size, input_zero_point,
+                    output_zero_point, output_min, output_max, output_dtype):
+    """Spec section 13: packed 4-bit codes, per-group int64 accumulators scaled by their
+    int32 multipliers onto the row's fixed point, one rounding shift."""
+    rows, columns = weight.shape[0], weight.shape[1] * 2
+    codes = np.empty((rows, columns), np.int64)
+    codes[:, 0::2], codes[:, 1::2] = weight & 15, weight >> 4
+    codes -= np.repeat(zero_point.astype(np.int64), group_size, axis=1)
+    flat = _offset(x, input_zero_point).reshape(-1, columns)
+    p = np.broadcast_to(bias.astype(np.int64), (flat.shape[0], rows)).copy()
+    for group, start in enumerate(range(0, columns, group_size)):
+        acc = flat[:, start:start + group_size] @ codes[:, start:start + group_size].T
+        p += acc * multiplier[:, group].astype(np.int64)
+    scaled = rounding_shift(p, 31 + shift.astype(np.int64))
+    out = np.clip(scaled + output_zero_point, output_min, output_max).astype(_DTYPES[output_dtype])
+    return out.reshape(*x.shape[:-1], rows)
+
+
 # ---- data movement ----------------------------------------------------------------------------------
 
 
@@ -320,6 +338,7 @@ def argmax(x, *, dim, keepdim):
 KERNELS = {
     "quantize": quantize, "dequantize": dequantize,
     "qconv2d": qconv2d, "qconv1d": qconv1d, "qlinear": qlinear, "qmatmul": qmatmul,
+    "qlinear_grouped": qlinear_grouped,
     "qadd": qadd, "qmul": qmul, "requantize": requantize, "qconcat": qconcat,
     "qmax_pool2d": qmax_pool2d, "qmax_pool1d": qmax_pool1d, "qavg_pool2d": qavg_pool2d,
     "qavg_pool1d": qavg_pool1d, "qmean": qmean, "qlookup": qlookup,

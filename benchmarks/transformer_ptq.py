@@ -87,6 +87,25 @@ def variants(graph, calibration):
             yield f"int4_{method}_g{group}", f"INT4 weight-only {method.upper()}, group {group}", \
                 (lambda m=method, g=group: qc.passes.quantize_weights_grouped(
                     graph.copy(), method=m, group_size=g, calibration_data=calibration).graph)
+    # The INT4 levers one at a time, at group 128 (the defaults above: asymmetric grid,
+    # padding masked out of the statistics, sequential GPTQ).
+    for key, label, method, options in INT4_LEVERS:
+        yield f"int4_{method}_g128_{key}", f"INT4 {method.upper()} g128: {label}", \
+            (lambda m=method, o=options: qc.passes.quantize_weights_grouped(
+                graph.copy(), method=m, group_size=128, calibration_data=calibration, **o).graph)
+
+
+INT4_LEVERS = (
+    ("sym", "symmetric [-7, 7] grid", "rtn", {"asymmetric": False}),
+    ("sym_padded", "symmetric, padding counted", "awq", {"asymmetric": False, "token_mask": None}),
+    ("padded", "padding counted", "awq", {"token_mask": None}),
+    ("sym_padded_float", "symmetric, padding counted, float Hessians (before)", "gptq",
+     {"asymmetric": False, "token_mask": None, "sequential": False}),
+    ("padded_float", "asymmetric, padding counted, float Hessians", "gptq",
+     {"token_mask": None, "sequential": False}),
+    ("float", "asymmetric, padding masked, float Hessians", "gptq", {"sequential": False}),
+    ("actorder", "defaults + act-order", "gptq", {"act_order": True}),
+)
 
 
 def main(argv=None) -> int:
@@ -224,12 +243,14 @@ def int4_layer_errors(group_size: int = 128, calibration_sentences: int = 64) ->
         for linear in linears:
             weight = linear.inputs[1].data.astype(np.float64)
             signal = float(np.sum((weight @ gram) * weight))
-            codes, scales = gq.round_to_nearest(weight, 4, group_size)
-            rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
-            channel, codes, scales, _ = gq.awq_search(weight, gram, stats[value.name].abs_mean, 4, group_size)
-            awq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size) / channel, gram)
-            codes, scales = gq.gptq(weight, gram, 4, group_size)
-            gptq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
+            codes, scales, zeros = gq.round_to_nearest(weight, 4, group_size, asymmetric=True)
+            rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros), gram)
+            channel, (codes, scales, zeros), _ = gq.awq_search(
+                weight, gram, stats[value.name].abs_mean, 4, group_size, asymmetric=True)
+            awq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros) / channel,
+                                  gram)
+            codes, scales, zeros = gq.gptq(weight, gram, 4, group_size, asymmetric=True)
+            gptq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros), gram)
             rows.append({"layer": linear.name, "in": weight.shape[1], "out": weight.shape[0],
                          **{f"{k}_relative_error": float(f"{e / signal:.3g}")
                             for k, e in (("rtn", rtn), ("awq", awq), ("gptq", gptq))}})

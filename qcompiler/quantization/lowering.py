@@ -21,6 +21,7 @@ from qcompiler.ir.edit import moves_values_only
 from qcompiler.ir.ops import LOOKUP_OPS, OPS, ops_where
 from qcompiler.numerics.integer_params import largest_offset, worst_case_accumulator
 from qcompiler.quantization import lowering_rules as compute
+from qcompiler.quantization import lowering_rules_grouped as grouped
 from qcompiler.quantization import lowering_rules_layout as layout
 from qcompiler.quantization import lowering_rules_masks as masks
 from qcompiler.quantization.lowering_rules import check_rounding, emit_requantize
@@ -30,7 +31,7 @@ from qcompiler.quantization.quantizers import require_calibrated
 # The rewrite rules, as data: float op -> rule(state, node) -> None (lowered) or why not.
 RULES: dict[str, Rule] = {
     "conv2d": compute.lower_weighted, "conv1d": compute.lower_weighted,
-    "linear": compute.lower_weighted, "matmul": compute.lower_matmul,
+    "linear": grouped.lower_linear, "matmul": compute.lower_matmul,
     "add": compute.lower_add, "sub": compute.lower_add, "mul": compute.lower_mul,
     "div": compute.lower_div, "relu": compute.lower_activation, "clamp": compute.lower_activation,
     **{op: compute.lower_lookup for op in LOOKUP_OPS},
@@ -78,8 +79,8 @@ def lower(graph: Graph, *, target: str = "generic", strict: bool = True) -> Lowe
         if node.op == "fake_quant":
             _lower_fake_quant(state, node)
             continue
-        if node.op == "fake_quant_bias":
-            continue  # read by its layer's rule (int32 bias), or made on demand by as_float
+        if node.op in ("fake_quant_bias", "fake_quant_grouped"):
+            continue  # read by its layer's rule (int32 bias, int4 codes), or made by as_float
         rule = RULES.get(node.op)
         reason = rule(state, node) if rule is not None else \
             f"{node.op} has no integer form (docs/integer-spec.md, section 9)" + _HINTS.get(node.op, "")

@@ -19,6 +19,7 @@ import numpy as np
 
 from qcompiler.errors import OptionError, QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.numerics import grouped_quant as gq
 from qcompiler.numerics.integer_params import fake_quantize_bias
 from qcompiler.numerics.quant import fake_quantize, quantize
 
@@ -48,6 +49,15 @@ def fake_quant_qparams(node: Node) -> QParams:
     attrs = node.attrs
     return QParams(scale, zero_point, attrs.get("bits", 8), attrs.get("signed", True),
                    attrs.get("axis"), attrs.get("narrow_range", False))
+
+
+def grouped_weight(node: Node) -> np.ndarray:
+    """The float32 weight a constant `fake_quant_grouped` node computes."""
+    weight, scales = node.inputs[0].data, node.inputs[1].data
+    zeros = node.inputs[2].data if len(node.inputs) > 2 else None
+    bits, group_size = int(node.attrs.get("bits", 4)), int(node.attrs["group_size"])
+    return gq.dequantize_grouped(gq.quantize_grouped(weight, scales, bits, group_size, zeros), scales,
+                                 group_size, zeros)
 
 
 class LoweringState:
@@ -107,6 +117,10 @@ class LoweringState:
             bias, input_scale, weight_scale = (v.data for v in producer.inputs)
             result = self.new.add_constant(value.name, fake_quantize_bias(bias, input_scale,
                                                                           weight_scale))
+        elif producer is not None and producer.op == "fake_quant_grouped" \
+                and all(v.is_constant for v in producer.inputs):
+            # A group-wise weight whose layer falls back: the weights the simulation uses.
+            result = self.new.add_constant(value.name, grouped_weight(producer))
         elif id(value) in self.int_of:
             result = self.dequantize(self.int_of[id(value)], f"{value.name}.dequantize")
         else:
