@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qcompiler.numerics import quant
+from qcompiler.numerics import ibert, quant
 from qcompiler.numerics.fixed_point import rounding_shift
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -236,6 +236,17 @@ def qlinear_grouped(x, weight, zero_point, multiplier, bias, shift, *, group_siz
     return out.reshape(*x.shape[:-1], rows)
 
 
+def qsoftmax(x, *, dim, exp_ln2, exp_b, exp_c, fraction_bits, multiplier, shift, output_dtype, **output):
+    """Spec section 14 (I-BERT softmax): `qcompiler.numerics.ibert`."""
+    out = ibert.integer_softmax(x, dim, (exp_ln2, exp_b, exp_c), fraction_bits, multiplier, shift, **output)
+    return out.astype(_DTYPES[output_dtype])
+
+
+def qlayer_norm(x, multiplier, bias, shift, *, eps_q, output_dtype, **output):
+    """Spec section 14 (I-BERT layer_norm): `qcompiler.numerics.ibert`."""
+    return ibert.integer_layer_norm(x, multiplier, bias, shift, eps_q, **output).astype(_DTYPES[output_dtype])
+
+
 # ---- data movement ----------------------------------------------------------------------------------
 
 
@@ -338,7 +349,7 @@ def argmax(x, *, dim, keepdim):
 KERNELS = {
     "quantize": quantize, "dequantize": dequantize,
     "qconv2d": qconv2d, "qconv1d": qconv1d, "qlinear": qlinear, "qmatmul": qmatmul,
-    "qlinear_grouped": qlinear_grouped,
+    "qlinear_grouped": qlinear_grouped, "qsoftmax": qsoftmax, "qlayer_norm": qlayer_norm,
     "qadd": qadd, "qmul": qmul, "requantize": requantize, "qconcat": qconcat,
     "qmax_pool2d": qmax_pool2d, "qmax_pool1d": qmax_pool1d, "qavg_pool2d": qavg_pool2d,
     "qavg_pool1d": qavg_pool1d, "qmean": qmean, "qlookup": qlookup,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qcompiler.numerics import ibert
+
 _INTEGER_DTYPES = {"u8": torch.uint8, "i8": torch.int8, "i16": torch.int16, "i32": torch.int32}
 
 
@@ -226,3 +228,25 @@ def qlinear_grouped(x, weight, zero_point, multiplier, bias, shift, *, group_siz
     scaled = torch.bitwise_right_shift(p + half, total)
     out = torch.clamp(scaled + int(output_zero_point), int(output_min), int(output_max))
     return out.to(_INTEGER_DTYPES[output_dtype]).reshape(*x.shape[:-1], rows)
+
+
+def qsoftmax(x, *, dim, exp_ln2, exp_b, exp_c, fraction_bits, multiplier, shift, output_zero_point,
+             output_min, output_max, output_dtype):
+    """Spec section 14: I-BERT's integer softmax (i-exp, an integer division by the sum, one
+    fixed-point requantization); the arithmetic is `qcompiler.numerics.ibert`'s."""
+    if _is_meta(x):
+        return torch.empty(x.shape, dtype=_INTEGER_DTYPES[output_dtype], device="meta")
+    out = ibert.integer_softmax(x.numpy(), dim, (exp_ln2, exp_b, exp_c), fraction_bits, multiplier, shift,
+                          output_zero_point, output_min, output_max)
+    return torch.from_numpy(out).to(_INTEGER_DTYPES[output_dtype])
+
+
+def qlayer_norm(x, multiplier, bias, shift, *, eps_q, output_zero_point, output_min, output_max,
+                output_dtype):
+    """Spec section 14: I-BERT's integer layer_norm over the last axis (integer mean,
+    integer square root, per-channel fixed point for gamma and beta)."""
+    if _is_meta(x):
+        return torch.empty(x.shape, dtype=_INTEGER_DTYPES[output_dtype], device="meta")
+    out = ibert.integer_layer_norm(x.numpy(), multiplier.numpy(), bias.numpy(), shift.numpy(), eps_q,
+                             output_zero_point, output_min, output_max)
+    return torch.from_numpy(out).to(_INTEGER_DTYPES[output_dtype])

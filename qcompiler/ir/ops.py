@@ -330,6 +330,11 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     _spec("qlinear_grouped", integer_ops.qlinear_grouped, 6, 6, {"group_size": REQUIRED, **_INPUT_ZP,
                                                                  **_REQUANT_OUT}, "integer",
           **_REQUANTIZES),
+    # I-BERT's integer softmax and layer_norm (spec section 14; lower_to_integer(ibert=True)).
+    _spec("qsoftmax", integer_ops.qsoftmax, 1, 1, {"dim": REQUIRED, "exp_ln2": REQUIRED, "exp_b": REQUIRED,
+                                                   "exp_c": REQUIRED, "fraction_bits": REQUIRED,
+                                                   **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+    _spec("qlayer_norm", integer_ops.qlayer_norm, 4, 4, {"eps_q": REQUIRED, **_REQUANT_OUT}, "integer"),
 ]}
 
 

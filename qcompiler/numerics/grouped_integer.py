@@ -83,13 +83,25 @@ def group_multipliers(input_scale: float, group_scales, output_scale: float, bia
     products = float(input_offset) * group_size * np.asarray(code_offsets, np.float64)
     worst = (real * products).sum(axis=1) + np.abs(bias_steps)
     slack = 0.5 * products.sum(axis=1) + 2.0
+    multipliers, offsets, shifts, lowered = fixed_point_rows(real, bias_steps, worst, slack)
+    return multipliers.astype(np.int32), offsets, shifts, lowered
+
+
+def fixed_point_rows(real, offset_steps, worst, slack) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per row r of the real multipliers `real` [R, G] (any sign): (K int64 [R, G], B int64
+    [R], shift int32 [R], rows lowered) with K = rint(real * 2**t), B = rint(offset_steps *
+    2**t), t = 31 + shift the largest that gives max |K| in [2**30, 2**31) and keeps
+    worst[r] * 2**t + slack[r] + 2**(t-1) below 2**62 (`worst`: the row's largest |p| / 2**t
+    in real terms; `slack`: what K's rounding can add). ValueError if no t >= 1 fits."""
+    real = np.asarray(real, np.float64)
+    rows = real.shape[0]
     multipliers = np.zeros(real.shape, np.int64)
     offsets = np.zeros(rows, np.int64)
     shifts = np.zeros(rows, np.int32)
     lowered = 0
     for c in range(rows):
-        peak = real[c].max()
-        precise = 31 - math.frexp(peak)[1] if peak > 0 else 62  # max K in [2**30, 2**31)
+        peak = np.abs(real[c]).max()
+        precise = 31 - math.frexp(peak)[1] if peak > 0 else 62  # max |K| in [2**30, 2**31)
         t = min(precise, 62)
         while t > 1 and worst[c] * 2.0 ** t + slack[c] + 2.0 ** (t - 1) >= P_LIMIT:
             t -= 1
@@ -98,11 +110,11 @@ def group_multipliers(input_scale: float, group_scales, output_scale: float, bia
                              "at any fixed point; lower the input bits or the group count")
         lowered += t < precise
         multipliers[c] = np.rint(np.ldexp(real[c], t))
-        offsets[c] = int(np.rint(np.ldexp(bias_steps[c], t)))
+        offsets[c] = int(np.rint(np.ldexp(offset_steps[c], t)))
         shifts[c] = t - 31
-    if multipliers.max(initial=0) >= 1 << 31:
-        raise ValueError("a group multiplier reached 2**31")  # by construction it cannot
-    return multipliers.astype(np.int32), offsets, shifts, lowered
+    if np.abs(multipliers).max(initial=0) >= 1 << 31:
+        raise ValueError("a multiplier reached 2**31")  # by construction it cannot
+    return multipliers, offsets, shifts, lowered
 
 
 def reference_output(x_q, input_zero_point: int, codes, zero_points, multipliers, offsets, shifts,

