@@ -132,3 +132,16 @@ def test_the_pretrained_sentence_encoders_int4_layers_are_bit_exact():
     grouped = [layer for layer in agreement.layers if layer.op == "qlinear_grouped"]
     assert len(grouped) == 36
     assert all(layer.local.differing == 0 and layer.end_to_end.differing == 0 for layer in grouped)
+
+
+def test_the_tvm_backend_refuses_the_int4_linear_by_name():
+    pytest.importorskip("tvm")
+    from qcompiler.backends.tvm.errors import LoweringError
+    from qcompiler.backends.tvm.lower import lower_graph
+
+    graph = linear_graph(2, 4, 32, True)
+    batches = [torch.randn(2, 5, 32) for _ in range(2)]
+    int4 = quantize_weights_grouped(graph, method="rtn", group_size=16).graph
+    lowered = qc.lower_to_integer(qc.quantize(int4, batches, config="int8", bias_correction=False))
+    with pytest.raises(LoweringError, match=r"cannot lower node %fc \(qlinear_grouped\).*'qlinear_grouped'"):
+        lower_graph(lowered)
