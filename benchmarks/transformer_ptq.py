@@ -14,8 +14,13 @@ simulated (`qc.to_torch`) and compared with FP32 on the evaluation sentences:
 
 Variants: W8A8 as a new user gets it (`config="int8"`), the transformer preset without and
 with SmoothQuant (`qc.quantize`'s default for this graph), w8a16, INT4 weight-only
-(round to nearest, AWQ, GPTQ at group sizes 64 and 128, activations float), and mixed
-precision at size budgets (`qc.search_mixed_precision`). Targets (issue 13) are checked
+(round to nearest, AWQ, GPTQ at group sizes 64 and 128, activations float; and at group
+128 each lever on its own: symmetric grid, padding counted, float Hessians, act-order),
+W8A8 run on the integer interpreter with softmax / layer_norm in float or as I-BERT's
+integer approximations (`lower_to_integer(ibert=True)`), and mixed precision at size
+budgets (`qc.search_mixed_precision`, on the transformer preset's and on w8a16's
+activations). `--merge earlier.json` keeps an earlier run's rows for the variants not run
+now (each says which run it came from), so a long benchmark can be run in parts. Targets (issue 13) are checked
 in the "Targets" table; a miss comes with the per-layer sensitivity that explains it.
 
     python benchmarks/transformer_ptq.py            # results/transformer_ptq.{json,md}
@@ -151,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="a previous results JSON whose rows for variants not run now are kept "
                              "(each kept row says which run it came from)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a note to add to the results (e.g. the load the times were taken at)")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="skip the per-layer sensitivity of the W8A8 variant (minutes)")
     args = parser.parse_args(argv)
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
     notes_from: list[str] = []
     rows = merge_rows(rows, args.merge, notes_from)
     targets, notes = check_targets(rows)
-    notes += notes_from + list(INTEGER_NOTES.values())
+    notes += notes_from + list(INTEGER_NOTES.values()) + args.note
     tables = {"Variants": (rows, ["label", "mean_cosine", "min_cosine", "spearman", "bytes",
                                   "bytes_ratio", "quantize_s"]),
               "Targets": (targets, ["target", "variant", "measured", "met"])}
