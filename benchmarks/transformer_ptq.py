@@ -20,8 +20,9 @@ W8A8 run on the integer interpreter with softmax / layer_norm in float or as I-B
 integer approximations (`lower_to_integer(ibert=True)`), and mixed precision at size
 budgets (`qc.search_mixed_precision`, on the transformer preset's and on w8a16's
 activations). `--merge earlier.json` keeps an earlier run's rows for the variants not run
-now (each says which run it came from), so a long benchmark can be run in parts. Targets (issue 13) are checked
-in the "Targets" table; a miss comes with the per-layer sensitivity that explains it.
+now (each says which run it came from), so a long benchmark can be run in parts. Targets
+(issue 13) are checked in the "Targets" table; a miss comes with the per-layer sensitivity
+that explains it.
 
     python benchmarks/transformer_ptq.py            # results/transformer_ptq.{json,md}
     python benchmarks/transformer_ptq.py --quick    # smoke run, results/transformer_ptq_quick.*
