@@ -260,6 +260,7 @@ def merge_rows(rows, paths, notes):
         if kept:
             notes.append(f"{len(kept)} row(s) from an earlier run (`{earlier['command']}`, {origin}): "
                          + ", ".join(row["variant"] for row in kept))
+            notes += [note for note in earlier["notes"] if note.startswith("Mixed precision plan")]
     return merged
 
 
