@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qcompiler.numerics import quant
+from qcompiler.numerics import ibert, quant
 from qcompiler.numerics.fixed_point import rounding_shift
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -218,6 +218,35 @@ def qlookup(x, table, *, input_min, axis=None):
     return table[channels, index]
 
 
+def qlinear_grouped(x, weight, zero_point, multiplier, bias, shift, *, group_size, input_zero_point,
+                    output_zero_point, output_min, output_max, output_dtype):
+    """Spec section 14: packed 4-bit codes, per-group int64 accumulators scaled by their
+    int32 multipliers onto the row's fixed point, one rounding shift."""
+    rows, columns = weight.shape[0], weight.shape[1] * 2
+    codes = np.empty((rows, columns), np.int64)
+    codes[:, 0::2], codes[:, 1::2] = weight & 15, weight >> 4
+    codes -= np.repeat(zero_point.astype(np.int64), group_size, axis=1)
+    flat = _offset(x, input_zero_point).reshape(-1, columns)
+    p = np.broadcast_to(bias.astype(np.int64), (flat.shape[0], rows)).copy()
+    for group, start in enumerate(range(0, columns, group_size)):
+        acc = flat[:, start:start + group_size] @ codes[:, start:start + group_size].T
+        p += acc * multiplier[:, group].astype(np.int64)
+    scaled = rounding_shift(p, 31 + shift.astype(np.int64))
+    out = np.clip(scaled + output_zero_point, output_min, output_max).astype(_DTYPES[output_dtype])
+    return out.reshape(*x.shape[:-1], rows)
+
+
+def qsoftmax(x, *, dim, exp_ln2, exp_b, exp_c, fraction_bits, multiplier, shift, output_dtype, **output):
+    """Spec section 15 (I-BERT softmax): `qcompiler.numerics.ibert`."""
+    out = ibert.integer_softmax(x, dim, (exp_ln2, exp_b, exp_c), fraction_bits, multiplier, shift, **output)
+    return out.astype(_DTYPES[output_dtype])
+
+
+def qlayer_norm(x, multiplier, bias, shift, *, eps_q, output_dtype, **output):
+    """Spec section 15 (I-BERT layer_norm): `qcompiler.numerics.ibert`."""
+    return ibert.integer_layer_norm(x, multiplier, bias, shift, eps_q, **output).astype(_DTYPES[output_dtype])
+
+
 # ---- data movement ----------------------------------------------------------------------------------
 
 
@@ -286,7 +315,7 @@ def expand(x, *, shape):
     return np.broadcast_to(x, shape).copy()
 
 
-# ---- integers and masks: casts, comparisons, selection, extremes (spec section 13) --------------
+# ---- integers and masks: casts, comparisons, selection, extremes (spec section 16) --------------
 
 _NUMPY = {"i64": np.int64, "i32": np.int32, "i16": np.int16, "i8": np.int8, "u8": np.uint8,
           "bool": np.bool_}
@@ -320,6 +349,7 @@ def argmax(x, *, dim, keepdim):
 KERNELS = {
     "quantize": quantize, "dequantize": dequantize,
     "qconv2d": qconv2d, "qconv1d": qconv1d, "qlinear": qlinear, "qmatmul": qmatmul,
+    "qlinear_grouped": qlinear_grouped, "qsoftmax": qsoftmax, "qlayer_norm": qlayer_norm,
     "qadd": qadd, "qmul": qmul, "requantize": requantize, "qconcat": qconcat,
     "qmax_pool2d": qmax_pool2d, "qmax_pool1d": qmax_pool1d, "qavg_pool2d": qavg_pool2d,
     "qavg_pool1d": qavg_pool1d, "qmean": qmean, "qlookup": qlookup,

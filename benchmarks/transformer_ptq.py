@@ -14,9 +14,15 @@ simulated (`qc.to_torch`) and compared with FP32 on the evaluation sentences:
 
 Variants: W8A8 as a new user gets it (`config="int8"`), the transformer preset without and
 with SmoothQuant (`qc.quantize`'s default for this graph), w8a16, INT4 weight-only
-(round to nearest, AWQ, GPTQ at group sizes 64 and 128, activations float), and mixed
-precision at size budgets (`qc.search_mixed_precision`). Targets (issue 13) are checked
-in the "Targets" table; a miss comes with the per-layer sensitivity that explains it.
+(round to nearest, AWQ, GPTQ at group sizes 64 and 128, activations float; and at group
+128 each lever on its own: symmetric grid, padding counted, float Hessians, act-order),
+W8A8 run on the integer interpreter with softmax / layer_norm in float or as I-BERT's
+integer approximations (`lower_to_integer(ibert=True)`), and mixed precision at size
+budgets (`qc.search_mixed_precision`, on the transformer preset's and on w8a16's
+activations). `--merge earlier.json` keeps an earlier run's rows for the variants not run
+now (each says which run it came from), so a long benchmark can be run in parts. Targets
+(issue 13) are checked in the "Targets" table; a miss comes with the per-layer sensitivity
+that explains it.
 
     python benchmarks/transformer_ptq.py            # results/transformer_ptq.{json,md}
     python benchmarks/transformer_ptq.py --quick    # smoke run, results/transformer_ptq_quick.*
@@ -43,7 +49,7 @@ SIZES = {"full": {"calibration": 64, "evaluation": 128, "sensitivity": 16},
          "quick": {"calibration": 16, "evaluation": 32, "sensitivity": 8}}
 BATCH = 16
 TOKENS = 32
-MIXED_BUDGETS = (0.20, 0.25, 0.30)  # deployed bytes / FP32 bytes
+MIXED_BUDGETS = (0.22, 0.26, 0.30)  # deployed bytes / FP32 bytes
 
 
 def batches(tokenizer, sentences):
@@ -87,6 +93,58 @@ def variants(graph, calibration):
             yield f"int4_{method}_g{group}", f"INT4 weight-only {method.upper()}, group {group}", \
                 (lambda m=method, g=group: qc.passes.quantize_weights_grouped(
                     graph.copy(), method=m, group_size=g, calibration_data=calibration).graph)
+    # The INT4 levers one at a time, at group 128 (the defaults above: asymmetric grid,
+    # padding masked out of the statistics, sequential GPTQ).
+    for key, label, method, options in INT4_LEVERS:
+        yield f"int4_{method}_g128_{key}", f"INT4 {method.upper()} g128: {label}", \
+            (lambda m=method, o=options: qc.passes.quantize_weights_grouped(
+                graph.copy(), method=m, group_size=128, calibration_data=calibration, **o).graph)
+
+
+INT4_LEVERS = (
+    ("sym", "symmetric [-7, 7] grid", "rtn", {"asymmetric": False}),
+    ("sym_padded", "symmetric, padding counted", "awq", {"asymmetric": False, "token_mask": None}),
+    ("padded", "padding counted", "awq", {"token_mask": None}),
+    ("sym_padded_float", "symmetric, padding counted, float Hessians (before)", "gptq",
+     {"asymmetric": False, "token_mask": None, "sequential": False}),
+    ("padded_float", "asymmetric, padding counted, float Hessians", "gptq",
+     {"token_mask": None, "sequential": False}),
+    ("float", "asymmetric, padding masked, float Hessians", "gptq", {"sequential": False}),
+    ("actorder", "defaults + act-order", "gptq", {"act_order": True}),
+)
+
+
+def integer_variants(graph, calibration, evaluation):
+    """W8A8 (transformer preset) run on the integer interpreter, softmax and layer_norm in
+    float (the fall back) or as I-BERT's integer approximations (`lower_to_integer(ibert=True)`).
+    The pooling head after the last layer_norm (masked mean over tokens, L2 normalisation:
+    divisions by data) has no integer form; it is left float (excluded from quantization),
+    so the interpreter runs with strict=False, and the rows say how many ops ran in float."""
+    from qcompiler.backends.interpreter import Interpreter
+
+    last_norm = max(i for i, node in enumerate(graph.nodes) if node.op == "layer_norm")
+    head = [node.name for node in graph.nodes[last_norm + 1:]]
+    config = qc.QuantConfig.preset("transformer", exclude_nodes=head)
+    cache = {}
+
+    def run(ibert):
+        if "quantized" not in cache:
+            cache["quantized"] = qc.quantize(graph, calibration, config=config)
+        result = qc.passes.lower_to_integer(cache["quantized"], strict=False, ibert=ibert)
+        floats = [node for node in result.graph if node.op in ("softmax", "layer_norm")]
+        INTEGER_NOTES[ibert] = (f"{'I-BERT' if ibert else 'float fall back'}: "
+                                f"{len(floats)} softmax/layer_norm ops in float; "
+                                f"{len(head)} head ops float (excluded)")
+        interpreter = Interpreter(result.graph, strict=False)
+        return np.concatenate([interpreter.run(*(t.numpy() for t in batch))[0] for batch in evaluation])
+
+    return [("w8a8_interpreter_float_norms", "W8A8 on the integer interpreter, softmax/layer_norm float",
+             lambda: run(False)),
+            ("w8a8_interpreter_ibert", "W8A8 on the integer interpreter, I-BERT softmax/layer_norm",
+             lambda: run(True))]
+
+
+INTEGER_NOTES: dict[bool, str] = {}
 
 
 def main(argv=None) -> int:
@@ -96,6 +154,11 @@ def main(argv=None) -> int:
     parser.add_argument("--int4-layers", action="store_true",
                         help="instead: per-layer INT4 output errors (results/transformer_ptq_int4_layers.*)")
     parser.add_argument("--results-dir", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="a previous results JSON whose rows for variants not run now are kept "
+                             "(each kept row says which run it came from)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a note to add to the results (e.g. the load the times were taken at)")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="skip the per-layer sensitivity of the W8A8 variant (minutes)")
     args = parser.parse_args(argv)
@@ -113,21 +176,30 @@ def main(argv=None) -> int:
              "bytes": fp32_bytes, "bytes_ratio": 1.0, "quantize_s": 0.0}]
     quantized = {}
     runs = list(variants(graph, calibration))
+    runs += integer_variants(graph, calibration, evaluation)
     if not args.quick or args.only:
         runs += mixed_precision_variants(graph, calibration, evaluation)
+        runs += mixed_precision_variants(graph, calibration, evaluation, base="w8a16")
     for key, label, make in runs:
         if args.only and key not in args.only:
             continue
         start = time.perf_counter()
         result = make()
         seconds = time.perf_counter() - start
-        quantized[key] = result
-        row = {"variant": key, "label": label, **fidelity(reference, embeddings(result, evaluation)),
-               "bytes": stored_bytes(result), "quantize_s": round(seconds, 1)}
-        row["bytes_ratio"] = round(row["bytes"] / fp32_bytes, 4)
+        if isinstance(result, np.ndarray):  # embeddings from the integer interpreter
+            row = {"variant": key, "label": label, **fidelity(reference, result), "bytes": None,
+                   "quantize_s": round(seconds, 1)}  # (time includes the interpreter run)
+        else:
+            quantized[key] = result
+            row = {"variant": key, "label": label, **fidelity(reference, embeddings(result, evaluation)),
+                   "bytes": stored_bytes(result), "quantize_s": round(seconds, 1)}
+        row["bytes_ratio"] = None if row["bytes"] is None else round(row["bytes"] / fp32_bytes, 4)
         rows.append(row)
         print(row, flush=True)
+    notes_from: list[str] = []
+    rows = merge_rows(rows, args.merge, notes_from)
     targets, notes = check_targets(rows)
+    notes += notes_from + list(INTEGER_NOTES.values()) + args.note
     tables = {"Variants": (rows, ["label", "mean_cosine", "min_cosine", "spearman", "bytes",
                                   "bytes_ratio", "quantize_s"]),
               "Targets": (targets, ["target", "variant", "measured", "met"])}
@@ -139,7 +211,7 @@ def main(argv=None) -> int:
                      "quantizers on, SQNR of the embedding vs FP32, lowest first):\n\n"
                      + report.to_markdown(limit=10))
     for budget, plan in MIXED_PLANS.items():
-        notes.append(f"Mixed precision plan at size_ratio={budget}:\n\n{plan}")
+        notes.append(f"Mixed precision plan ({budget}):\n\n{plan}")
     name = "transformer_ptq_quick" if args.quick else "transformer_ptq"
     command = "python benchmarks/transformer_ptq.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_results(name, "Transformer PTQ fidelity: all-MiniLM-L6-v2 on bundled sentences", tables,
@@ -148,25 +220,48 @@ def main(argv=None) -> int:
     return 0
 
 
-def mixed_precision_variants(graph, calibration, evaluation):
-    """The sensitivity is measured once (its time is in the first budget's quantize time)."""
+def mixed_precision_variants(graph, calibration, evaluation, base="transformer"):
+    """The sensitivity is measured once (its time is in the first budget's quantize time).
+    `base`: the config whose activations the search keeps (the transformer preset's 8-bit
+    layer inputs, or w8a16's 16-bit ones); it chooses 4-bit, 8-bit or float weights."""
     from qcompiler.mixed_precision import measure_precision_sensitivity
 
     measured = {}
+    prefix = "mixed" if base == "transformer" else f"mixed_{base}"
 
     def run(budget):
         if "sensitivity" not in measured:
-            measured["sensitivity"] = measure_precision_sensitivity(graph, calibration)
+            measured["sensitivity"] = measure_precision_sensitivity(graph, calibration, config=base)
         result = measured["sensitivity"].plan(size_ratio=budget)
         print(result, flush=True)
-        MIXED_PLANS[budget] = str(result)
+        MIXED_PLANS[f"{base}, size_ratio={budget}"] = str(result)
         return result.quantized
 
-    return [(f"mixed_{round(b * 100)}", f"mixed precision, <= {round(b * 100)}% of FP32 bytes",
-             lambda b=b: run(b)) for b in MIXED_BUDGETS]
+    return [(f"{prefix}_{round(b * 100)}", f"mixed precision ({base} activations), <= {round(b * 100)}% "
+             "of FP32 bytes", lambda b=b: run(b)) for b in MIXED_BUDGETS]
 
 
-MIXED_PLANS: dict[float, str] = {}
+MIXED_PLANS: dict[str, str] = {}
+
+
+def merge_rows(rows, paths, notes):
+    """`rows` and, in the order of the earlier files, their rows for variants not in `rows`."""
+    import json
+
+    have = {row["variant"] for row in rows}
+    merged = list(rows)
+    for path in paths:
+        earlier = json.loads(Path(path).read_text())
+        origin = f"{earlier['machine'].get('git_commit', '?')} {earlier['machine'].get('date', '')}".strip()
+        kept = [dict(row, run=origin) for row in earlier["results"]["Variants"]
+                if row["variant"] not in have]
+        have.update(row["variant"] for row in kept)
+        merged += kept
+        if kept:
+            notes.append(f"{len(kept)} row(s) from an earlier run (`{earlier['command']}`, {origin}): "
+                         + ", ".join(row["variant"] for row in kept))
+            notes += [note for note in earlier["notes"] if note.startswith("Mixed precision plan")]
+    return merged
 
 
 def check_targets(rows):
@@ -190,7 +285,7 @@ def check_targets(rows):
             if row and rtn:
                 add(f"INT4 {method.upper()} g{group} better than RTN", row["variant"],
                     f"{row['mean_cosine']} vs {rtn['mean_cosine']}", row["mean_cosine"] > rtn["mean_cosine"])
-    mixed = [row for row in rows if row["variant"].startswith("mixed_")]
+    mixed = [row for row in rows if row["variant"].startswith("mixed_") and row["bytes_ratio"] is not None]
     if mixed:
         fits = [row for row in mixed if row["bytes_ratio"] <= 0.30]
         best = max(fits, key=lambda row: row["mean_cosine"]) if fits else None
@@ -198,7 +293,12 @@ def check_targets(rows):
             best["mean_cosine"] if best else "no variant fits", bool(best and best["mean_cosine"] >= 0.995))
     else:
         add("mixed precision cosine >= 0.995 at <= 30% FP32 bytes", "-", "not run", False)
-    add("integer softmax / layer_norm variant", "-", "not implemented", False)
+    ibert, fall_back = by_key.get("w8a8_interpreter_ibert"), by_key.get("w8a8_interpreter_float_norms")
+    if ibert and fall_back:
+        add("integer softmax / layer_norm: cost vs float fall back (mean cosine)", ibert["variant"],
+            f"{ibert['mean_cosine']} vs {fall_back['mean_cosine']}", None)
+    else:
+        add("integer softmax / layer_norm variant", "-", "not run", False)
     return targets, notes
 
 
@@ -224,12 +324,14 @@ def int4_layer_errors(group_size: int = 128, calibration_sentences: int = 64) ->
         for linear in linears:
             weight = linear.inputs[1].data.astype(np.float64)
             signal = float(np.sum((weight @ gram) * weight))
-            codes, scales = gq.round_to_nearest(weight, 4, group_size)
-            rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
-            channel, codes, scales, _ = gq.awq_search(weight, gram, stats[value.name].abs_mean, 4, group_size)
-            awq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size) / channel, gram)
-            codes, scales = gq.gptq(weight, gram, 4, group_size)
-            gptq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size), gram)
+            codes, scales, zeros = gq.round_to_nearest(weight, 4, group_size, asymmetric=True)
+            rtn = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros), gram)
+            channel, (codes, scales, zeros), _ = gq.awq_search(
+                weight, gram, stats[value.name].abs_mean, 4, group_size, asymmetric=True)
+            awq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros) / channel,
+                                  gram)
+            codes, scales, zeros = gq.gptq(weight, gram, 4, group_size, asymmetric=True)
+            gptq = gq.output_error(weight, gq.dequantize_grouped(codes, scales, group_size, zeros), gram)
             rows.append({"layer": linear.name, "in": weight.shape[1], "out": weight.shape[0],
                          **{f"{k}_relative_error": float(f"{e / signal:.3g}")
                             for k, e in (("rtn", rtn), ("awq", awq), ("gptq", gptq))}})

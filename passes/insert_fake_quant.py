@@ -158,8 +158,8 @@ class _Placement:
                 fq = self._fake_quant(value, self.config.activation_scheme([value]), None, first)
                 self.graph.replace_all_uses(value, fq.output)
         for node in self.order:
-            if id(node) in self.fused or self.config.is_excluded(node):
-                continue
+            if id(node) in self.fused or self.config.is_excluded(node) or node.op == "fake_quant_grouped":
+                continue  # (a group-wise weight is quantized already: its layer reads the codes)
             if node.op in WEIGHTED_OPS:
                 self._quantize_weight(node)
             spec = OPS[node.op]
@@ -217,6 +217,8 @@ class _Placement:
 
     def _quantize_weight(self, node: Node) -> None:
         weight = node.inputs[1]
+        if weight.producer is not None and weight.producer.op == "fake_quant_grouped":
+            return
         if not _is_float(weight) or not weight.is_constant:
             self.notes.append(f"the weight of {node.describe()} is not a float constant; left float")
             return

@@ -19,7 +19,10 @@ integers and keep their input's quantization parameters. Integer values carry
 `qparams`.
 
 Ops without an integer form (softmax, layer_norm, conv_transpose2d, excluded
-nodes, ...) fall back to float: `dequantize -> float op -> quantize`. With
+nodes, ...) fall back to float: `dequantize -> float op -> quantize`; with `ibert=True`,
+softmax and layer_norm become I-BERT's integer approximations instead (`qsoftmax`,
+`qlayer_norm`, spec section 15; Kim et al. 2021), which do not reproduce the simulation's
+float op exactly (their cost is measured in benchmarks/transformer_ptq.py). With
 `strict=True` (the default) a fallback is an `IntegerOnlyError` naming the node;
 with `strict=False` it is reported in `PassResult.notes`.
 
@@ -60,6 +63,7 @@ class LowerToInteger:
 
     target: str = "generic"
     strict: bool = True
+    ibert: bool = False  # I-BERT integer softmax / layer_norm instead of float fall backs
 
 
     name: ClassVar[str] = "lower_to_integer"
@@ -71,6 +75,8 @@ class LowerToInteger:
                               f"{', '.join(TARGETS)}")
         if not isinstance(self.strict, bool):
             raise OptionError(f"lower_to_integer: strict must be True or False, got {self.strict!r}")
+        if not isinstance(self.ibert, bool):
+            raise OptionError(f"lower_to_integer: ibert must be True or False, got {self.ibert!r}")
 
     def __call__(self, graph: Graph) -> PassResult:
         if not check_calibrated(graph):
@@ -82,14 +88,15 @@ class LowerToInteger:
             raise QuantizationError(f"graph {graph.name} has no fake_quant nodes, so there is "
                                     "nothing to lower: quantize it first (qg = qc.quantize(model, "
                                     "calibration_data); qc.lower_to_integer(qg))")
-        state = lower(graph, target=self.target, strict=self.strict)
+        state = lower(graph, target=self.target, strict=self.strict, ibert=self.ibert)
         return PassResult(state.new, True, state.notes)
 
 
-def lower_to_integer(graph: Graph | None = None, /, *, target: str = "generic", strict: bool = True):
+def lower_to_integer(graph: Graph | None = None, /, *, target: str = "generic", strict: bool = True,
+                     ibert: bool = False):
     """`lower_to_integer(graph)` runs the pass (a PassResult); `lower_to_integer(target=...)`
     returns the configured pass for a Pipeline."""
-    configured = LowerToInteger(target, strict)
+    configured = LowerToInteger(target, strict, ibert)
     return configured if graph is None else configured(graph)
 
 

@@ -70,7 +70,8 @@ def quantize(model_or_graph: nn.Module | Graph, calibration_data: Iterable | Non
     return pipeline.run(graph)
 
 
-def lower_to_integer(graph: Graph, *, target: str = "generic", strict: bool = True) -> Graph:
+def lower_to_integer(graph: Graph, *, target: str = "generic", strict: bool = True,
+                     ibert: bool = False) -> Graph:
     """The integer-only graph of a calibrated fake-quant graph (`docs/integer-spec.md`); the
     caller's graph is not modified. A float graph (no fake_quant nodes) is refused
     (QuantizationError): quantize it first.
@@ -79,8 +80,10 @@ def lower_to_integer(graph: Graph, *, target: str = "generic", strict: bool = Tr
     same name, `qc.passes.lower_to_integer`, returns a PassResult, as every pass does: the
     integer graph and the notes (float fall backs, the overflow check's bounds), for use in a
     Pipeline. target: "generic", "x86" or "aarch64" (operand ranges of spec section 8);
-    strict: refuse float fall backs (IntegerOnlyError) instead of noting them."""
-    return LowerToInteger(target, strict)(graph).graph
+    strict: refuse float fall backs (IntegerOnlyError) instead of noting them; ibert: lower
+    softmax and layer_norm to I-BERT's integer approximations (spec section 15) so that a
+    transformer runs fully integer."""
+    return LowerToInteger(target, strict, ibert)(graph).graph
 
 
 def _reusable(calibration_data: Iterable, passes_over_data: int) -> Iterable:

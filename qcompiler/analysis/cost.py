@@ -120,6 +120,7 @@ _NOT_PARAMETERS = MappingProxyType({
     "qconv2d": (3, 4),
     "qconv1d": (3, 4), "qlinear": (3, 4), "qlookup": (1,),
     **{op: (3, 4) for op in ("qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear")},
+    "qlinear_grouped": (2, 3, 5),
 })
 # Ops that only move or reinterpret data: no arithmetic (their memory traffic still counts).
 _DATA_MOVEMENT = frozenset({"concat", "split", "slice", "reshape", "flatten", "permute",
@@ -365,6 +366,14 @@ def _linear_macs(node: Node):
     return _numel(node.outputs[0]) * node.inputs[1].shape[-1], _bias_adds(node), 0
 
 
+def _grouped_linear_macs(node: Node):
+    """qlinear_grouped: the dot products, then per output element one multiply-add per group
+    (its accumulator times the group multiplier), the bias and one requantization."""
+    out, groups = _numel(node.outputs[0]), node.inputs[2].shape[-1]
+    adds, mults = _PER_ELEMENT["requantize"]
+    return out * node.inputs[0].shape[-1], out * (groups + 1 + adds), out * (groups + mults)
+
+
 def _matmul_macs(node: Node):
     # Every output element is a dot product over the last axis of the left operand.
     return _numel(node.outputs[0]) * node.inputs[0].shape[-1], 0, 0
@@ -387,7 +396,7 @@ def _shift_ops(node: Node):
 
 _RULES = MappingProxyType({
     "conv1d": _conv_macs, "conv2d": _conv_macs, "conv_transpose2d": _conv_transpose_macs,
-    "linear": _linear_macs, "matmul": _matmul_macs,
+    "linear": _linear_macs, "matmul": _matmul_macs, "qlinear_grouped": _grouped_linear_macs,
     # Binary networks (docs/integer-spec.md, section 13).
     "qxnor_conv2d": _xnor_ops, "qxnor_linear": _xnor_ops,
     "qshift_conv2d": _shift_ops, "qshift_linear": _shift_ops,

@@ -6,7 +6,8 @@ fake-quant graph is float32 everywhere. A deployment stores the quantized number
 - a weight read by `fake_quant` (b bits): b bits an element, packed (two 4-bit codes a
   byte), plus its scales and zero points (counted as the constants they are);
 - a weight read by `fake_quant_grouped` (weight-only group-wise): b bits an element,
-  packed, plus its float32 group scales (`qcompiler.numerics.grouped_quant.packed_bytes`);
+  packed, plus its float32 group scales and its zero points, if any, b bits each
+  (`qcompiler.numerics.grouped_quant.packed_bytes`);
 - an embedding table whose output only a per-tensor `fake_quant` reads: b bits an element
   (integer lowering gathers from the table quantized, `lowering_rules_layout.lower_embedding`);
 - a bias read by `fake_quant_bias`: int32;
@@ -23,6 +24,8 @@ from qcompiler.ir.dtypes import DTYPES
 def stored_bits(value: Value) -> int | None:
     """Bits an element `value` is stored with once deployed, or None for its dtype's."""
     for user in value.users:
+        if user.op == "fake_quant_grouped" and len(user.inputs) > 2 and user.inputs[2] is value:
+            return int(user.attrs.get("bits", 4))  # group zero points, packed as the codes
         if user.inputs[0] is not value:
             continue
         if user.op in ("fake_quant", "fake_quant_grouped"):

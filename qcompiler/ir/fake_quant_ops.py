@@ -112,25 +112,35 @@ def fake_quant_bias(bias, input_scale, weight_scale):
     return grid + (bias - bias.detach())
 
 
-def fake_quant_grouped(weight, scale, *, bits, group_size):
-    """Group-wise symmetric quantization of a linear weight [out, in]: `scale` is f32
-    [out, in / group_size], codes in [-(2^(bits-1) - 1), 2^(bits-1) - 1], rounded as
+def fake_quant_grouped(weight, scale, zero_point=None, *, bits, group_size):
+    """Group-wise quantization of a linear weight [out, in]: `scale` is f32
+    [out, in / group_size]; without `zero_point`, symmetric codes in
+    [-(2^(bits-1) - 1), 2^(bits-1) - 1]; with it (integer, the scale's shape), codes in
+    [0, 2^bits - 1] and real = scale * (code - zero_point). Rounded as
     `qcompiler.numerics.grouped_quant` rounds (float32 product with the float32 reciprocal,
     half to even); gradients straight-through inside the range."""
-    if weight.dim() != 2 or group_size < 1 or weight.shape[1] % group_size \
-            or tuple(scale.shape) != (weight.shape[0], weight.shape[1] // group_size):
+    groups = (weight.shape[0], weight.shape[1] // group_size) if weight.dim() == 2 and group_size >= 1 \
+        else None
+    if groups is None or weight.shape[1] % group_size or tuple(scale.shape) != groups \
+            or (zero_point is not None and tuple(zero_point.shape) != groups):
         raise ValueError(f"fake_quant_grouped needs a weight [out, in] with in divisible by "
-                         f"group_size={group_size} and a scale [out, in / group_size], got "
-                         f"{list(weight.shape)} and {list(scale.shape)}")
+                         f"group_size={group_size} and a scale (and zero point) [out, in / "
+                         f"group_size], got {list(weight.shape)} and {list(scale.shape)}")
     if scale.dtype not in _FLOAT_SCALES:
         raise ValueError(f"fake_quant_grouped needs an f32 scale, got {scale.dtype}")
+    if zero_point is not None and (zero_point.dtype.is_floating_point or zero_point.dtype == torch.bool):
+        raise ValueError(f"fake_quant_grouped needs an integer zero point, got {zero_point.dtype}")
     if weight.device.type == "meta":
         return torch.empty_like(weight)
-    limit = (1 << (bits - 1)) - 1
+    low, high = (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1) if zero_point is None \
+        else (0, (1 << bits) - 1)
     per_column = scale.to(torch.float32).repeat_interleave(group_size, dim=1)
+    offset = 0.0 if zero_point is None else zero_point.to(torch.float32).repeat_interleave(group_size, dim=1)
     inverse = 1.0 / per_column
     with torch.no_grad():
-        codes = torch.round(weight.to(torch.float32) * inverse)
-        inside = (codes >= -limit) & (codes <= limit)
-        value = (codes.clamp(-limit, limit) * per_column).to(weight.dtype)
+        codes = torch.round(weight.to(torch.float32) * inverse) + offset
+        inside = (codes >= low) & (codes <= high)
+        # In the weight's dtype: a float64 simulation gets scale * (code - zero) exactly (up
+        # to 28 significant bits, more than float32 holds), as the integer kernel applies it.
+        value = (codes.clamp(low, high) - offset).to(weight.dtype) * per_column.to(weight.dtype)
     return value + torch.where(inside, weight - weight.detach(), torch.zeros_like(weight))

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qcompiler.numerics import ibert
+
 _INTEGER_DTYPES = {"u8": torch.uint8, "i8": torch.int8, "i16": torch.int16, "i32": torch.int32}
 
 
@@ -201,3 +203,50 @@ def qlookup(x, table, *, input_min, axis=None):
     channels = torch.arange(table.shape[0], device=x.device).reshape(
         [-1 if d == axis % x.dim() else 1 for d in range(x.dim())])
     return table[channels, index]
+
+
+def qlinear_grouped(x, weight, zero_point, multiplier, bias, shift, *, group_size, input_zero_point,
+                    output_zero_point, output_min, output_max, output_dtype):
+    """Spec section 14: a linear with packed 4-bit weights [C, K / 2] (uint8, even input
+    feature in the low nibble), zero points [C, G], and one int32 multiplier per group on a
+    fixed point per output channel; p = bias[c] + sum_g acc[c, g] * multiplier[c, g] in
+    int64, one rounding shift by t = 31 + shift[c]. Each group's accumulator is a float64
+    matmul of integers below 2**53 (exact, see the module docstring)."""
+    rows, columns = weight.shape[0], weight.shape[1] * 2
+    if _is_meta(x, weight):
+        return torch.empty((*x.shape[:-1], rows), dtype=_INTEGER_DTYPES[output_dtype], device="meta")
+    codes = torch.stack([weight & 15, weight >> 4], dim=-1).reshape(rows, columns).to(torch.int64)
+    codes = codes - zero_point.to(torch.int64).repeat_interleave(group_size, dim=1)
+    flat = _offset(x, input_zero_point).reshape(-1, columns)
+    p = bias.to(torch.int64).expand(flat.shape[0], rows).clone()
+    for group, start in enumerate(range(0, columns, group_size)):
+        acc = _exact(flat[:, start:start + group_size].to(torch.float64)
+                     @ codes[:, start:start + group_size].to(torch.float64).T)
+        p += acc * multiplier[:, group].to(torch.int64)
+    total = 31 + shift.to(torch.int64)
+    half = torch.bitwise_left_shift(torch.ones_like(total), total - 1)
+    scaled = torch.bitwise_right_shift(p + half, total)
+    out = torch.clamp(scaled + int(output_zero_point), int(output_min), int(output_max))
+    return out.to(_INTEGER_DTYPES[output_dtype]).reshape(*x.shape[:-1], rows)
+
+
+def qsoftmax(x, *, dim, exp_ln2, exp_b, exp_c, fraction_bits, multiplier, shift, output_zero_point,
+             output_min, output_max, output_dtype):
+    """Spec section 15: I-BERT's integer softmax (i-exp, an integer division by the sum, one
+    fixed-point requantization); the arithmetic is `qcompiler.numerics.ibert`'s."""
+    if _is_meta(x):
+        return torch.empty(x.shape, dtype=_INTEGER_DTYPES[output_dtype], device="meta")
+    out = ibert.integer_softmax(x.numpy(), dim, (exp_ln2, exp_b, exp_c), fraction_bits, multiplier, shift,
+                          output_zero_point, output_min, output_max)
+    return torch.from_numpy(out).to(_INTEGER_DTYPES[output_dtype])
+
+
+def qlayer_norm(x, multiplier, bias, shift, *, eps_q, output_zero_point, output_min, output_max,
+                output_dtype):
+    """Spec section 15: I-BERT's integer layer_norm over the last axis (integer mean,
+    integer square root, per-channel fixed point for gamma and beta)."""
+    if _is_meta(x):
+        return torch.empty(x.shape, dtype=_INTEGER_DTYPES[output_dtype], device="meta")
+    out = ibert.integer_layer_norm(x.numpy(), multiplier.numpy(), bias.numpy(), shift.numpy(), eps_q,
+                             output_zero_point, output_min, output_max)
+    return torch.from_numpy(out).to(_INTEGER_DTYPES[output_dtype])

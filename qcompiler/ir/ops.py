@@ -284,10 +284,11 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
     # fake_quant_bias(bias, input_scale, weight_scale): the bias on the int32 grid the integer
     # kernel adds (scales are the fake_quant scale constants of the layer's input and weight).
     _spec("fake_quant_bias", fake_quant_bias, 3, 3, {}, "quant"),
-    # fake_quant_grouped(weight, scale): a linear weight [out, in] quantized symmetrically with
-    # one f32 scale per group of `group_size` input features (scale [out, in / group_size]);
-    # weight-only low-bit quantization (qc.passes.quantize_weights_grouped).
-    _spec("fake_quant_grouped", fake_quant_grouped, 2, 2, {"bits": 4, "group_size": REQUIRED}, "quant"),
+    # fake_quant_grouped(weight, scale, zero_point=None): a linear weight [out, in] quantized
+    # with one f32 scale per group of `group_size` input features (scale [out, in / group_size]),
+    # symmetric, or asymmetric on [0, 2^bits - 1] with an integer zero point of the scale's
+    # shape; weight-only low-bit quantization (qc.passes.quantize_weights_grouped).
+    _spec("fake_quant_grouped", fake_quant_grouped, 2, 3, {"bits": 4, "group_size": REQUIRED}, "quant"),
     # Integer ops (docs/integer-spec.md; semantics in qcompiler.ir.integer_ops). Per-channel numbers
     # of weighted ops are constant inputs: int8 weight, int32 bias, int32 multiplier and shift.
     _spec("quantize", integer_ops.quantize, 1, 1, {"scale": REQUIRED, "zero_point": REQUIRED,
@@ -338,6 +339,16 @@ OPS: dict[str, OpSpec] = {spec.name: spec for spec in [
           "integer", **_REQUANTIZES),
     _spec("qshift_linear", low_bit_ops.qshift_linear, 5, 5, {**_INPUT_ZP, **_REQUANT_OUT}, "integer",
           **_REQUANTIZES),
+    # qlinear_grouped(x, weight u8 [C, K/2] packed int4, zero_point u8 [C, G], multiplier i32
+    # [C, G], bias i64 [C], shift i32 [C]): the weight-only int4 linear (spec section 14).
+    _spec("qlinear_grouped", integer_ops.qlinear_grouped, 6, 6, {"group_size": REQUIRED, **_INPUT_ZP,
+                                                                 **_REQUANT_OUT}, "integer",
+          **_REQUANTIZES),
+    # I-BERT's integer softmax and layer_norm (spec section 15; lower_to_integer(ibert=True)).
+    _spec("qsoftmax", integer_ops.qsoftmax, 1, 1, {"dim": REQUIRED, "exp_ln2": REQUIRED, "exp_b": REQUIRED,
+                                                   "exp_c": REQUIRED, "fraction_bits": REQUIRED,
+                                                   **_SCALAR_MULTIPLIER, **_REQUANT_OUT}, "integer"),
+    _spec("qlayer_norm", integer_ops.qlayer_norm, 4, 4, {"eps_q": REQUIRED, **_REQUANT_OUT}, "integer"),
 ]}
 
 

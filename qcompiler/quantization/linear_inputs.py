@@ -71,6 +71,7 @@ class _Recorder(Evaluator):
         self.watched = {id(v): v for v in values}
         self.hessian = hessian
         self.stats: dict[str, InputStatistics] = {}
+        self.mask: torch.Tensor | None = None  # the current batch's real tokens
 
     def store(self, value: Value, result) -> None:
         super().store(value, result)
@@ -78,6 +79,8 @@ class _Recorder(Evaluator):
             return
         for tensor in (result if isinstance(result, list) else [result]):
             rows = tensor.detach().to(torch.float64).reshape(-1, tensor.shape[-1]).numpy()
+            if self.mask is not None and tuple(tensor.shape[:-1]) == tuple(self.mask.shape):
+                rows = rows[self.mask.reshape(-1).numpy()]
             stats = self.stats.get(value.name)
             if stats is None:
                 channels = rows.shape[1]
@@ -93,13 +96,29 @@ class _Recorder(Evaluator):
 
 
 def record_linear_inputs(graph: Graph, batches: Sequence[Sequence[torch.Tensor]],
-                         values: Sequence[Value], *, hessian: bool = False) -> dict[str, InputStatistics]:
-    """Statistics of each value in `values` (by name) over the float graph run on `batches`
-    (checked input tensors, `qcompiler.ir.evaluate.input_batches`), one batch at a time."""
+                         values: Sequence[Value], *, hessian: bool = False,
+                         token_mask: int | None = None) -> dict[str, InputStatistics]:
+    """Statistics of each value in `values` (by name) over the graph run on `batches`
+    (checked input tensors, `qcompiler.ir.evaluate.input_batches`), one batch at a time.
+    `token_mask` is the index of the graph input that marks real tokens (an attention
+    mask, nonzero = real, [batch, tokens]): the rows of a value whose leading dimensions are
+    that shape are counted only where it is nonzero, so padding does not weigh on the
+    statistics (values of other shapes count every row)."""
     recorder = _Recorder(graph, values, hessian)
     for batch in batches:
+        recorder.mask = None if token_mask is None else batch[token_mask] != 0
         recorder.run([batch], wanted=list(values))
     return recorder.stats
+
+
+def find_token_mask(graph: Graph) -> int | None:
+    """The index of the graph input that is an attention mask: an integer or bool input of
+    rank 2 whose name says `mask`; None if there is none."""
+    for index, value in enumerate(graph.inputs):
+        if "mask" in value.name.lower() and len(value.shape) == 2 and value.dtype in (
+                "i64", "i32", "i16", "i8", "u8", "bool"):
+            return index
+    return None
 
 
 def divide_input_channels(graph: Graph, value: Value, linears: Sequence[Node], scales: np.ndarray,

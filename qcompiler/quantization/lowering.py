@@ -21,6 +21,8 @@ from qcompiler.ir.edit import moves_values_only
 from qcompiler.ir.ops import LOOKUP_OPS, OPS, ops_where
 from qcompiler.numerics.integer_params import largest_offset, worst_case_accumulator
 from qcompiler.quantization import lowering_rules as compute
+from qcompiler.quantization import lowering_rules_grouped as grouped
+from qcompiler.quantization import lowering_rules_ibert as ibert_rules
 from qcompiler.quantization import lowering_rules_layout as layout
 from qcompiler.quantization import lowering_rules_masks as masks
 from qcompiler.quantization.lowering_rules import check_rounding, emit_requantize
@@ -31,7 +33,7 @@ from qcompiler.quantization.quantizers import require_calibrated
 # The rewrite rules, as data: float op -> rule(state, node) -> None (lowered) or why not.
 RULES: dict[str, Rule] = {
     "conv2d": compute.lower_weighted, "conv1d": compute.lower_weighted,
-    "linear": compute.lower_weighted, "matmul": compute.lower_matmul,
+    "linear": grouped.lower_linear, "matmul": compute.lower_matmul,
     "add": compute.lower_add, "sub": compute.lower_add, "mul": compute.lower_mul,
     "div": compute.lower_div, "relu": compute.lower_activation, "clamp": compute.lower_activation,
     **{op: compute.lower_lookup for op in LOOKUP_OPS},
@@ -51,6 +53,8 @@ _HINTS = {
     "batch_norm": "; a batch norm that cannot fold is a depthwise 1x1 conv: run "
                   "qc.passes.convert_batchnorm_to_conv before insert_fake_quant (qc.quantize does)",
     "resize": "; nearest resizing moves values and stays integer (mode='nearest')",
+    **{op: "; lower_to_integer(ibert=True) makes it integer (I-BERT's approximation, spec "
+           "section 15)" for op in ibert_rules.RULES},
 }
 # Float ops without a rule: they always fall back to float (softmax, layer_norm, ...).
 FALLBACK_OPS = frozenset(op for op, spec in OPS.items()
@@ -67,10 +71,13 @@ def check_calibrated(graph: Graph) -> bool:
     return bool(fake_quants)
 
 
-def lower(graph: Graph, *, target: str = "generic", strict: bool = True) -> LoweringState:
+def lower(graph: Graph, *, target: str = "generic", strict: bool = True, ibert: bool = False
+          ) -> LoweringState:
     """Lower a calibrated fake-quant graph (see the module docstring); the finished state's
-    `new` is the integer graph (verified) and its `notes` say what a reader should know."""
-    state = LoweringState(graph, target, strict)
+    `new` is the integer graph (verified) and its `notes` say what a reader should know.
+    `ibert`: softmax and layer_norm become I-BERT's integer approximations
+    (`lowering_rules_ibert`) instead of float fall backs."""
+    state = LoweringState(graph, target, strict, ibert)
     for value in graph.inputs:
         state.float_of[id(value)] = state.new.add_input(value.name, value.shape, value.dtype)
     for node in graph:
@@ -79,9 +86,9 @@ def lower(graph: Graph, *, target: str = "generic", strict: bool = True) -> Lowe
         if node.op == "fake_quant":
             _lower_fake_quant(state, node)
             continue
-        if node.op == "fake_quant_bias":
-            continue  # read by its layer's rule (int32 bias), or made on demand by as_float
-        rule = RULES.get(node.op)
+        if node.op in ("fake_quant_bias", "fake_quant_grouped"):
+            continue  # read by its layer's rule (int32 bias, int4 codes), or made by as_float
+        rule = RULES.get(node.op) or (ibert_rules.RULES.get(node.op) if state.ibert else None)
         reason = rule(state, node) if rule is not None else \
             f"{node.op} has no integer form (docs/integer-spec.md, section 9)" + _HINTS.get(node.op, "")
         if reason is not None:

@@ -4,7 +4,7 @@ the logical ops, `where`, `argmax`; the table of all rules is
 
 Integers and bools that are not quantized (an int64 attention mask, a bool mask computed from
 it) are not numbers of the quantized region: ops on them only are copied as they are, and run
-on the integers (docs/integer-spec.md, section 13). Where a quantized value meets them:
+on the integers (docs/integer-spec.md, section 16). Where a quantized value meets them:
 
 - a cast of an integer input to float followed by a fake_quant is a `quantize` of the
   integers themselves (the boundary rule converts to float32 first, exactly the cast);
@@ -12,7 +12,7 @@ on the integers (docs/integer-spec.md, section 13). Where a quantized value meet
   input, so it is a `qlookup` gather from a table of the result (bool or integer) at every
   input level: `table[q - qmin] = f(dequantize(q))`, no quantize (section 9);
 - a comparison of two values with one quantization compares their integers (dequantize is
-  strictly increasing, section 13), and so does argmax;
+  strictly increasing, section 16), and so does argmax;
 - `where(c, a, b)` shares one quantization between a, b and its output (insert_fake_quant
   gives them one, as for concat): a select on the integers.
 """

@@ -19,6 +19,7 @@ import numpy as np
 
 from qcompiler.errors import OptionError, QuantizationError
 from qcompiler.ir import Graph, Node, QParams, Value
+from qcompiler.numerics import grouped_quant as gq
 from qcompiler.numerics.integer_params import fake_quantize_bias
 from qcompiler.numerics.quant import fake_quantize, quantize
 
@@ -50,17 +51,27 @@ def fake_quant_qparams(node: Node) -> QParams:
                    attrs.get("axis"), attrs.get("narrow_range", False))
 
 
+def grouped_weight(node: Node) -> np.ndarray:
+    """The float32 weight a constant `fake_quant_grouped` node computes."""
+    weight, scales = node.inputs[0].data, node.inputs[1].data
+    zeros = node.inputs[2].data if len(node.inputs) > 2 else None
+    bits, group_size = int(node.attrs.get("bits", 4)), int(node.attrs["group_size"])
+    return gq.dequantize_grouped(gq.quantize_grouped(weight, scales, bits, group_size, zeros), scales,
+                                 group_size, zeros)
+
+
 class LoweringState:
     """The old (fake-quant) graph, the new (integer) graph being built, and the maps between
     their values (see the module docstring)."""
 
-    def __init__(self, graph: Graph, target: str, strict: bool):
+    def __init__(self, graph: Graph, target: str, strict: bool, ibert: bool = False):
         if target not in TARGETS:
             raise OptionError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
         self.old: Graph = graph
         self.new: Graph = Graph(graph.name)
         self.target: str = target
         self.strict: bool = strict
+        self.ibert: bool = ibert  # I-BERT integer softmax / layer_norm (lowering_rules_ibert)
         self.int_of: dict[int, Value] = {}  # id of an old value -> its integer value
         self.float_of: dict[int, Value] = {}  # id of an old value -> its float value
         self.consumed: set[int] = set()  # ids of old nodes lowered as part of an earlier rule
@@ -107,6 +118,10 @@ class LoweringState:
             bias, input_scale, weight_scale = (v.data for v in producer.inputs)
             result = self.new.add_constant(value.name, fake_quantize_bias(bias, input_scale,
                                                                           weight_scale))
+        elif producer is not None and producer.op == "fake_quant_grouped" \
+                and all(v.is_constant for v in producer.inputs):
+            # A group-wise weight whose layer falls back: the weights the simulation uses.
+            result = self.new.add_constant(value.name, grouped_weight(producer))
         elif id(value) in self.int_of:
             result = self.dequantize(self.int_of[id(value)], f"{value.name}.dequantize")
         else:

@@ -2,6 +2,7 @@
 once each, by hand on small graphs."""
 
 import numpy as np
+import pytest
 
 from qcompiler.analysis.model_size import stored_bytes
 from qcompiler.ir import Graph
@@ -23,10 +24,13 @@ def test_float_graph_is_its_float32_constants():
     assert stored_bytes(linear_graph()) == 4 * (6 * 64 + 6)
 
 
-def test_int4_group_wise_weights_are_packed_with_their_scales():
-    graph = quantize_weights_grouped(linear_graph(), method="rtn", group_size=32).graph
-    assert stored_bytes(graph) == packed_bytes(6, 64, 4, 32) + 4 * 6  # + the float bias
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_int4_group_wise_weights_are_packed_with_their_scales(asymmetric):
+    graph = quantize_weights_grouped(linear_graph(), method="rtn", group_size=32,
+                                     asymmetric=asymmetric).graph
+    assert stored_bytes(graph) == packed_bytes(6, 64, 4, 32, asymmetric) + 4 * 6  # + the float bias
     assert packed_bytes(6, 64, 4, 32) == 6 * 64 // 2 + 4 * 6 * 2
+    assert packed_bytes(6, 64, 4, 32, asymmetric=True) == 6 * 64 // 2 + 4 * 6 * 2 + 6  # 12 zero points
 
 
 def test_fake_quant_weights_count_their_bits_and_qparams():

@@ -421,7 +421,7 @@ def test_per_channel_qlookup_matches_the_python_reference(data):
 @SETTINGS
 @given(st.data())
 def test_bool_tables_are_gathers_too(data):
-    """A comparison or cast of a quantized value is a table of bools (spec section 13)."""
+    """A comparison or cast of a quantized value is a table of bools (spec section 16)."""
     x = int_array(data.draw, data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)), "u8")
     table = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).integers(0, 2, 256) > 0
     result = KERNELS["qlookup"](x, table, input_min=0)
@@ -437,7 +437,7 @@ _INTEGER_OPS = ["cast", "eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logi
 @given(st.sampled_from(_INTEGER_OPS), st.sampled_from(["u8", "i8"]), st.data())
 def test_ops_on_integers_and_masks_match_torch(op, dtype, data):
     """The ops that run on integers and bools as they are (masks, selection, extremes; spec
-    section 13) compute what their torch semantics compute, dtype included."""
+    section 16) compute what their torch semantics compute, dtype included."""
     shape = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
     a, b = int_array(data.draw, shape, dtype), int_array(data.draw, shape, dtype)
     mask = int_array(data.draw, shape, "u8") > 127

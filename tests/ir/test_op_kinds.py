@@ -31,7 +31,8 @@ def test_requantizing_ops_float_and_integer():
                       "adaptive_avg_pool1d", "mean", "sum"}
     assert ops_where(category="integer", requantizing=True) == {
         "qconv2d", "qconv1d", "qlinear", "qmatmul", "qadd", "qmul", "requantize", "qavg_pool2d",
-        "qavg_pool1d", "qmean", "qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear"}
+        "qavg_pool1d", "qmean", "qxnor_conv2d", "qxnor_linear", "qshift_conv2d", "qshift_linear",
+        "qlinear_grouped"}
 
 
 def test_weight_axes_and_data_inputs():
