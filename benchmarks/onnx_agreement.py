@@ -60,7 +60,7 @@ def _torch(module, batches: list[torch.Tensor], dtype=torch.float32) -> np.ndarr
         return np.concatenate([module(b.to(dtype)).double().numpy() for b in batches])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from qcompiler.examples.models import pretrained_mobilenet_v2, pretrained_weights_path
     from qcompiler.examples.photos import calibration_pool, evaluation_pool
 
@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="evaluation crops")
     parser.add_argument("--calibration", type=int, default=64, help="calibration crops")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--results-dir", default=None, help="where to write (default benchmarks/results)")
+    args = parser.parse_args(argv)
     if pretrained_weights_path() is None:
         sys.exit("the pretrained MobileNetV2 weights package is not installed (see README)")
     set_threads(args.threads)
@@ -100,8 +101,9 @@ def main() -> None:
         ("our exact simulation (= interpreter)", "our float32 simulation", "float64 against float32"),
         ("onnxruntime, our file as written", "our float32 simulation", "both float32, QDQ as written"),
     ]
-    rows = [{"execution A": a, "execution B": b, "top-1 agreement": round(top1_agreement(runs[a], runs[b]), 4),
-             "what the pair is": note} for a, b, note in pairs]
+    rows = [{"execution A": a, "execution B": b,
+             "top-1 agreement": round(top1_agreement(runs[a], runs[b]), 4), "what the pair is": note}
+            for a, b, note in pairs]
     rows += [{"execution A": name, "execution B": "FP32 (torch)",
               "top-1 agreement": round(top1_agreement(runs["FP32 (torch)"], logits), 4),
               "what the pair is": "fidelity"} for name, logits in runs.items() if name != "FP32 (torch)"]
@@ -119,13 +121,15 @@ def main() -> None:
              "difference",
              "every pair of executions of one file computes the same quantized function up to "
              "rounding order: their agreement is what two faithful implementations reach here"]
-    command = "python benchmarks/onnx_agreement.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/onnx_agreement.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_results("onnx_agreement", "Top-1 agreement between executions of one INT8 MobileNetV2",
                   {"Pairs of executions": (rows, ["execution A", "execution B", "top-1 agreement",
                                                   "what the pair is"])},
                   command.strip(), notes, settings={"images": args.images,
-                                                    "calibration crops": args.calibration})
+                                                    "calibration crops": args.calibration},
+                  results_dir=args.results_dir)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

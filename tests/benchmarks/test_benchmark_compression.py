@@ -1,31 +1,14 @@
 """The compression benchmark's quick mode runs end to end and writes consistent results."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compression.py"
 
 
 @pytest.mark.slow
-def test_quick_mode_writes_consistent_json(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("compression_benchmark", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # dataclasses look their module up
-    spec.loader.exec_module(benchmark)
-    # The benchmark sets torch's thread count and thread variables for the process: restore them.
-    for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
-        monkeypatch.delenv(variable, raising=False)  # restored (or removed) after the test
-    threads = torch.get_num_threads()
-    try:
-        assert benchmark.main(["--quick", "--results-dir", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+def test_quick_mode_writes_consistent_json(tmp_path, run_benchmark):
+    assert run_benchmark("compression", ["--quick", "--results-dir", str(tmp_path)]) == 0
 
     payload = json.loads((tmp_path / "compression_quick.json").read_text())
     assert payload["command"] == "python benchmarks/compression.py --quick"

@@ -1,28 +1,14 @@
 """The extreme-compression benchmark's quick mode runs end to end and writes rows whose sizes
 agree with the storage report's arithmetic."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "extreme_compression.py"
 
 
 @pytest.mark.slow
-def test_quick_mode_writes_consistent_json(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("extreme_compression_benchmark", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, benchmark)
-    spec.loader.exec_module(benchmark)
-    threads = torch.get_num_threads()
-    try:
-        assert benchmark.main(["--quick", "--results-dir", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+def test_quick_mode_writes_consistent_json(tmp_path, run_benchmark):
+    assert run_benchmark("extreme_compression", ["--quick", "--results-dir", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "extreme_compression_quick.json").read_text())
     rows = payload["results"]["digits CNN"]
     original = rows[0]

@@ -2,26 +2,11 @@
 exact integer Winograd with wide intermediates, 8-bit Winograd-domain rounding far worse for
 F(4x4) than F(2x2), and the bits the transformed int8 input needs."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "winograd.py"
 
 
-def test_quick_mode_writes_consistent_json(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("winograd_benchmark", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, benchmark)
-    spec.loader.exec_module(benchmark)
-    threads = torch.get_num_threads()
-    try:
-        assert benchmark.main(["--quick", "--results-dir", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+def test_quick_mode_writes_consistent_json(tmp_path, run_benchmark):
+    assert run_benchmark("winograd", ["--quick", "--results-dir", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "winograd_quick.json").read_text())
     f2, f4 = next(iter(payload["results"].values()))
     assert f2["int8_wide_equals_direct"] and f4["int8_wide_equals_direct"]
