@@ -124,8 +124,12 @@ def run_tune(args, out: TextIO) -> int:
     tuned = qc.backends.tvm.build(graph, args.target, batch=batch, database=args.db)
     out.write(f"built the model with and without the database: {time.perf_counter() - start:.1f} s\n")
     inputs = ours.example_inputs()
-    same = all(np.array_equal(a, b) for a, b in zip(_tuple(ours.run(*inputs)), _tuple(tuned.run(*inputs)),
-                                                   strict=True))
+    if args.rpc:  # run where the kernels were measured (the devices may be another architecture)
+        outputs = [remote.run(m, *inputs, tracker=args.rpc, key=args.key, timeout=args.timeout)
+                   for m in (ours, tuned)]
+    else:
+        outputs = [m.run(*inputs) for m in (ours, tuned)]
+    same = all(np.array_equal(a, b) for a, b in zip(_tuple(outputs[0]), _tuple(outputs[1]), strict=True))
     if args.rpc:
         before, after = (remote.benchmark(m, args.rpc, args.key, repeat=10, timeout=args.timeout)
                          for m in (ours, tuned))

@@ -56,11 +56,16 @@ def _require(tool: str, package: str) -> str:
     return path
 
 
+def require_cross_compiler() -> str:
+    """The path of the aarch64 C++ cross compiler (TargetError naming the package if absent)."""
+    return _require(CROSS_CXX, "g++-aarch64-linux-gnu")
+
+
 def cross_compiler():
     """`export_library`'s fcompile for aarch64 shared libraries."""
     from tvm.support import cc
 
-    return cc.cross_compiler(_require(CROSS_CXX, "g++-aarch64-linux-gnu"))
+    return cc.cross_compiler(require_cross_compiler())
 
 
 # ---- looking inside a library -------------------------------------------------------------------

@@ -31,6 +31,8 @@ gives `ROUNDS_PER_KERNEL` batches of trials each.
 
 Measurements go through MetaSchedule's LocalRunner, or its RPCRunner on devices registered
 with a TVM RPC tracker (`rpc="HOST:PORT", key=KEY`, as `remote.py`): the builds stay here.
+Kernels for another architecture (aarch64 boards) are cross-compiled here into shared
+libraries the devices load, and can only be measured there: such a target needs `rpc`.
 """
 
 from __future__ import annotations
@@ -149,13 +151,66 @@ def _register_intrinsics(arch: str) -> None:
     importlib.import_module(f"{name}.{'arm_cpu' if arch == 'aarch64' else 'x86'}")
 
 
-def _measurers(rpc: str | None, key: str | None, timeout: float):
-    """MetaSchedule's builder (here) and runner (here, or on the tracker's devices). The
-    runner times each kernel CONFIRM_ROUNDS times (each the mean of at least 30 ms of calls)
-    and a trial counts their median: on a shared machine one round is often an outlier."""
+def _export_function(compiler: str):
+    """Export a built kernel as a shared library linked by `compiler` (the cross compiler of
+    the devices' architecture), which their RPC servers load; MetaSchedule's default export
+    is a tar of objects that the device would have to link itself. A closure, as above."""
+
+    def export(mod):
+        import os
+        import tempfile
+
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+        return path
+
+    return export
+
+
+def _alloc_function():
+    """MetaSchedule's argument allocation for devices whose runtime has no random fill (the
+    aarch64 runtime wheel is built without it): random arrays made here and copied over.
+    Kernels run the same instructions on any values. A closure, as above."""
+
+    def alloc(_session, device, args_info, alloc_repeat):
+        import numpy as np
+        from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+        generator = np.random.default_rng(0)
+
+        def fill(tensor):
+            dtype, shape = str(tensor.dtype), tuple(int(d) for d in tensor.shape)
+            if dtype == "bool":
+                data = generator.integers(0, 2, size=shape).astype(bool)
+            elif dtype.startswith(("int", "uint")):
+                info = np.iinfo(dtype)
+                data = generator.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape,
+                                          dtype=dtype)
+            else:
+                data = generator.standard_normal(shape).astype(dtype)
+            tensor.copyfrom(data)
+
+        return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+    return alloc
+
+
+def _measurers(rpc: str | None, key: str | None, timeout: float, cross_arch: str | None = None):
+    """MetaSchedule's builder (here; cross-compiling for `cross_arch` devices) and runner
+    (here, or on the tracker's devices). The runner times each kernel CONFIRM_ROUNDS times
+    (each the mean of at least 30 ms of calls) and a trial counts their median: on a shared
+    machine one round is often an outlier."""
     from tvm.s_tir import meta_schedule as ms
 
-    builder = ms.builder.LocalBuilder(f_build=_build_function(), max_workers=1, timeout_sec=timeout)
+    export = None
+    if cross_arch is not None:
+        from qcompiler.backends.tvm import aarch64
+
+        export = _export_function(aarch64.require_cross_compiler())
+    builder = ms.builder.LocalBuilder(f_build=_build_function(), f_export=export, max_workers=1,
+                                      timeout_sec=timeout)
     evaluator = ms.runner.EvaluatorConfig(number=3, repeat=CONFIRM_ROUNDS, min_repeat_ms=30)
     if rpc is None:
         return builder, ms.runner.LocalRunner(timeout_sec=timeout, evaluator_config=evaluator)
@@ -169,7 +224,8 @@ def _measurers(rpc: str | None, key: str | None, timeout: float):
     config = ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
                                  tracker_key=key, session_timeout_sec=int(timeout))
     return builder, ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator,
-                                        max_workers=devices)
+                                        max_workers=devices,
+                                        f_alloc_argument=_alloc_function() if cross_arch else None)
 
 
 def _measure(builder, runner, tvm_target, functions) -> list[float | None]:
@@ -230,7 +286,8 @@ def _search(tasks, tvm_target, db, builder, runner, report, deadline: float, sta
     quiet = logging.getLogger("qcompiler.tune")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
-    contexts = [ms.TuneContext(mod=as_module(workload), target=tvm_target,
+    search_target = _with_core_count(tvm_target)
+    contexts = [ms.TuneContext(mod=as_module(workload), target=search_target,
                                space_generator=ms.space_generator.PostOrderApply(
                                    sch_rules="llvm", postprocs="llvm", mutator_probs="llvm"),
                                search_strategy=ms.search_strategy.EvolutionarySearch(
@@ -266,16 +323,16 @@ def tune(graph, target="host", *, budget_s: float, database, batch: int | None =
     is called after every batch of trials."""
     from qcompiler.backends.tvm.lower import lower_graph
     from qcompiler.backends.tvm.plan import plan_graph
-    from qcompiler.backends.tvm.target import check_host_can_run, resolve_target
+    from qcompiler.backends.tvm.target import check_host_can_run, host_arch, resolve_target
 
     if not budget_s > 0:
         raise OptionError(f"--budget must be a positive duration, got {budget_s} s")
     start = time.monotonic()
     spec = resolve_target(target)
-    if spec.is_cross:
-        raise TargetError(f"tuning builds kernels here for {spec.name} ({spec.arch}), and "
-                          "cross-compiled tuning is not built: tune on a machine of the "
-                          "device's architecture")
+    if spec.is_cross and rpc is None:
+        raise TargetError(f"{spec.name} ({spec.arch}) kernels cannot run on this {host_arch()} "
+                          "machine: tune them on devices of that architecture through a tracker "
+                          "(rpc='HOST:PORT', key='KEY'; qcompiler tune --rpc HOST:PORT --key KEY)")
     if rpc is None:
         check_host_can_run(spec)
     if not graph.is_static:
@@ -299,7 +356,7 @@ def tune(graph, target="host", *, budget_s: float, database, batch: int | None =
     report.kernels = [result for result, _, _ in kernels]
 
     _register_intrinsics(spec.arch)
-    builder, runner = _measurers(rpc, key, timeout)
+    builder, runner = _measurers(rpc, key, timeout, cross_arch=spec.arch if spec.is_cross else None)
     db = open_database(directory)
     began = time.monotonic()
     for (result, workload, ours), milliseconds in zip(
@@ -336,6 +393,20 @@ def tune(graph, target="host", *, budget_s: float, database, batch: int | None =
     write_choices(directory, tvm_target, choices)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _with_core_count(tvm_target):
+    """The target MetaSchedule's search needs: with "num-cores" (its rules size parallel loops
+    by it). Our host targets carry it; an aarch64 target without it is searched as if the
+    device had as many cores as this machine (give a TVM target dict with "num-cores" for a
+    board with another count)."""
+    import os
+
+    import tvm
+
+    if "num-cores" in tvm_target.attrs:
+        return tvm_target
+    return tvm.target.Target({**tvm_target.export(), "num-cores": os.cpu_count() or 1})
 
 
 def _confirm(chosen, db, tvm_target, builder, runner) -> None:

@@ -285,3 +285,48 @@ def test_cli_tune_through_an_rpc_tracker(device, tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert f"on devices 'tune' at {device.tracker}" in text and "outputs identical" in text
+
+
+@pytest.mark.slow
+def test_tuning_for_aarch64_on_the_qemu_rpc_server(tmp_path):
+    """Cross-compiled tuning: aarch64 kernels built here, measured on an ARM device (our
+    session server under qemu-aarch64; its timings mean nothing, the plumbing does), and the
+    build with the database runs there bit for bit the interpreter's."""
+    import shutil
+    import sys
+
+    from rpc_loopback import free_port, loopback
+
+    from qcompiler.backends.tvm import aarch64, remote
+
+    missing = [tool for tool in (aarch64.CROSS_CXX, aarch64.QEMU) if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"install the aarch64 toolchain first: {', '.join(missing)} (.ci/run does)")
+    torch.manual_seed(0)
+    target = "aarch64-dotprod"
+    config = qc.QuantConfig.preset(qc.backends.tvm.quant_preset(target))
+    quantized = qc.quantize(ConvPair().eval(), [torch.randn(1, 16, 14, 14) for _ in range(4)],
+                            config=config, progress=False)
+    graph = qc.lower_to_integer(quantized, target=qc.backends.tvm.lowering_target(target))
+    with pytest.raises(qc.backends.tvm.TargetError, match="tune them on devices of that architecture"):
+        tuning.tune(graph, target, budget_s=60, database=tmp_path / "local", batch=1)
+    with loopback() as fleet:
+        port = free_port()
+        fleet.start_server("arm", [sys.executable, "-m", "qcompiler.backends.tvm.remote_server",
+                                   "--tracker", fleet.tracker, "--key", "arm", "--port", str(port),
+                                   "--port-end", str(port + 50), "--silent"])
+        fleet.wait_free("arm", 1)
+        report = tuning.tune(graph, target, budget_s=90, database=tmp_path / "db", batch=1,
+                             rpc=fleet.tracker, key="arm", trials_per_round=2, timeout=120)
+        assert all(k.ours_ms is not None for k in report.kernels)  # each measured on the device
+        compiled = qc.backends.tvm.build(graph, target, batch=1, database=tmp_path / "db")
+        x = np.random.default_rng(3).standard_normal((1, 16, 14, 14)).astype(np.float32)
+        fleet.wait_free("arm", 1)
+        outputs = remote.run(compiled, x, tracker=fleet.tracker, key="arm", timeout=120)
+    expected = qc.backends.interpreter.run(graph, x)
+    assert all(np.array_equal(a, b) for a, b in zip(_tuple(outputs), _tuple(expected), strict=True))
+    assert json.loads((tmp_path / "db" / "choices.json").read_text())["kernels"]
+
+
+def _tuple(value):
+    return value if isinstance(value, tuple | list) else (value,)
