@@ -57,6 +57,14 @@ class Loopback:
         self.servers.setdefault(key, []).append(process)
         return process
 
+    def start_aarch64_server(self, key: str):
+        """An ARM device: our aarch64 session server under qemu-aarch64 behind TVM's Python
+        server (`qcompiler.backends.tvm.remote_server`)."""
+        port = free_port()
+        return self.start_server(key, [sys.executable, "-m", "qcompiler.backends.tvm.remote_server",
+                                       "--tracker", self.tracker, "--key", key, "--port", str(port),
+                                       "--port-end", str(port + 50), "--silent"])
+
     def wait_free(self, key: str, count: int, timeout: float = START_TIMEOUT) -> None:
         """Until `count` devices are free under `key` (servers re-register after a session)."""
         deadline = time.monotonic() + timeout

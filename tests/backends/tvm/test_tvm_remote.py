@@ -131,9 +131,6 @@ def test_an_aarch64_build_runs_on_the_qemu_rpc_server_bit_exact(tmp_path):
     """The ARM device: our aarch64 session server under qemu-aarch64 behind TVM's Python
     server; the aarch64 library is uploaded, loaded and run by the aarch64 runtime."""
     import shutil
-    import sys
-
-    from rpc_loopback import free_port
 
     from qcompiler.backends.tvm import aarch64
 
@@ -148,10 +145,7 @@ def test_an_aarch64_build_runs_on_the_qemu_rpc_server_bit_exact(tmp_path):
     compiled = qc.backends.tvm.build(graph, "aarch64-dotprod", batch=1)
     x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
     with loopback() as fleet:
-        port = free_port()
-        fleet.start_server("arm", [sys.executable, "-m", "qcompiler.backends.tvm.remote_server",
-                                   "--tracker", fleet.tracker, "--key", "arm", "--port", str(port),
-                                   "--port-end", str(port + 50), "--silent"])
+        fleet.start_aarch64_server("arm")
         fleet.wait_free("arm", 1)
         outputs = remote.run(compiled, x, tracker=fleet.tracker, key="arm", timeout=120)
         fleet.wait_free("arm", 1)

@@ -293,9 +293,8 @@ def test_tuning_for_aarch64_on_the_qemu_rpc_server(tmp_path):
     session server under qemu-aarch64; its timings mean nothing, the plumbing does), and the
     build with the database runs there bit for bit the interpreter's."""
     import shutil
-    import sys
 
-    from rpc_loopback import free_port, loopback
+    from rpc_loopback import loopback
 
     from qcompiler.backends.tvm import aarch64, remote
 
@@ -311,10 +310,7 @@ def test_tuning_for_aarch64_on_the_qemu_rpc_server(tmp_path):
     with pytest.raises(qc.backends.tvm.TargetError, match="tune them on devices of that architecture"):
         tuning.tune(graph, target, budget_s=60, database=tmp_path / "local", batch=1)
     with loopback() as fleet:
-        port = free_port()
-        fleet.start_server("arm", [sys.executable, "-m", "qcompiler.backends.tvm.remote_server",
-                                   "--tracker", fleet.tracker, "--key", "arm", "--port", str(port),
-                                   "--port-end", str(port + 50), "--silent"])
+        fleet.start_aarch64_server("arm")
         fleet.wait_free("arm", 1)
         report = tuning.tune(graph, target, budget_s=90, database=tmp_path / "db", batch=1,
                              rpc=fleet.tracker, key="arm", trials_per_round=2, timeout=120)
